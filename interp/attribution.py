@@ -156,14 +156,17 @@ def attribution_patching(model, prompts: PromptSet, component: str = "head_out",
     def start_graph(x, hook=None):  # make the forward differentiable even if weights are frozen
         return x if x.requires_grad else x.detach().requires_grad_(True)
 
-    def keep(x, hook):
-        acts[hook.name] = x
-        return x
+    def keep(name):  # key by the registered name: hook.name may be the bridge's alias target
+        def hook(x, hook=None):
+            acts[name] = x
+            return x
+
+        return hook
 
     with torch.enable_grad():
         logits = model.run_with_hooks(
             prompts.corrupted_tokens,
-            fwd_hooks=[("hook_embed", start_graph)] + [(n, keep) for n in names],
+            fwd_hooks=[("hook_embed", start_graph)] + [(n, keep(n)) for n in names],
         )
         m = metric(logits, prompts).mean()
         grads = torch.autograd.grad(m, [acts[n] for n in names])

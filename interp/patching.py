@@ -226,12 +226,15 @@ def path_patch(
     recv_names = {hook_name(k, l) for l, _, k in receivers}
     stored = {}
 
-    def store(act, hook):
-        stored[hook.name] = act.detach().clone()
-        return act
+    def store(name):  # key by the registered name: hook.name may be an alias's target
+        def hook(act, hook=None):
+            stored[name] = act.detach().clone()
+            return act
+
+        return hook
 
     with torch.no_grad():
-        model.run_with_hooks(prompts.clean_tokens, fwd_hooks=freeze + [(n, store) for n in recv_names])
+        model.run_with_hooks(prompts.clean_tokens, fwd_hooks=freeze + [(n, store(n)) for n in recv_names])
     # Step 4: only the receivers' inputs take their step-3 values.
     groups: dict[str, list[int]] = {}
     for l, h, k in receivers:

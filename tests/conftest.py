@@ -1,0 +1,31 @@
+"""Shared fixtures: the real default model (loaded once) and a small IOI prompt set.
+
+Everything runs on the real SmolLM2-135M-Instruct weights, fp32, CPU. The first run of a fresh
+machine de-quantises the GGUF (~30 s) into the user cache; later loads take a few seconds.
+"""
+import pytest
+import torch
+
+import interp
+from interp.tasks import ioi_examples
+
+
+@pytest.fixture(scope="session")
+def model():
+    torch.manual_seed(0)
+    return interp.load_model()
+
+
+@pytest.fixture(scope="session")
+def prompts(model):
+    """Three IOI pairs of different token lengths (right-padded), mixed BABA/ABBA."""
+    ps = ioi_examples(model, n=3, seed=1)
+    assert len(set(ps.answer_pos.tolist())) > 1, "want prompts of different lengths"
+    return ps
+
+
+def mean_logit_diff(prompts):
+    """A scalar metric closure for TransformerLens's patching functions."""
+    from interp.metrics import logit_diff
+
+    return lambda logits: logit_diff(logits, prompts).mean()

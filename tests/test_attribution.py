@@ -1,0 +1,61 @@
+"""Direct logit attribution, logit lens and attribution patching on the real model."""
+import torch
+
+from interp import attribution_patching, direct_logit_attribution, logit_lens, patch
+from interp.metrics import logit_diff
+
+
+def test_dla_components_sum_to_the_logit_difference(model, prompts):
+    dla = direct_logit_attribution(model, prompts)
+    parts = dla.embed + dla.attn.values.sum().item() + dla.mlp.values.sum().item()
+    assert abs(parts - dla.total) < 1e-3  # the models here have no unembedding bias
+    assert abs(dla.rest) < 1e-3
+    # each layer's heads add up to that layer's attention output
+    torch.testing.assert_close(dla.heads.values.sum(1), dla.attn.values, atol=1e-4, rtol=0)
+
+
+def test_per_head_dla_equals_transformerlens(model, prompts):
+    """TL's stack_head_results + apply_ln_to_stack, read at each example's answer position."""
+    dla = direct_logit_attribution(model, prompts)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompts.clean_tokens)
+    stack = cache.stack_head_results(layer=-1)  # [layer*head, batch, pos, d_model]
+    stack = cache.apply_ln_to_stack(stack, layer=-1)
+    rows = torch.arange(len(prompts))
+    at_answer = stack[:, rows, prompts.answer_pos]  # [layer*head, batch, d_model]
+    direction = (model.W_U[:, prompts.answer_ids] - model.W_U[:, prompts.distractor_ids]).T
+    tl = (at_answer * direction).sum(-1).mean(-1).reshape(model.cfg.n_layers, model.cfg.n_heads)
+    torch.testing.assert_close(dla.heads.values, tl.float(), atol=1e-4, rtol=0)
+    assert dla.heads.values.abs().max() > 0.1
+
+
+def test_logit_lens_ends_at_the_model_logit_difference(model, prompts):
+    lens = logit_lens(model, prompts)
+    assert lens.values.shape == (model.cfg.n_layers + 1,)
+    with torch.no_grad():
+        final = logit_diff(model(prompts.clean_tokens), prompts).mean().item()
+    assert abs(lens.values[-1].item() - final) < 1e-4
+    assert abs(lens.values[0].item() - final) > 0.5  # the embedding alone does not solve IOI
+
+
+def test_attribution_patching_correlates_with_exact_patching(model, prompts):
+    layers = list(range(0, model.cfg.n_layers, 3))
+    exact = patch(model, prompts, "head_out", layers=layers, progress=False)
+    atp = attribution_patching(model, prompts, "head_out")
+    assert abs(atp.corrupted - exact.corrupted) < 1e-4
+    a = (atp.values[layers] - atp.corrupted).flatten()
+    e = (exact.values - exact.corrupted).flatten()
+    corr = torch.corrcoef(torch.stack([a, e]))[0, 1].item()
+    print(f"AtP vs exact head patching: Pearson r = {corr:.3f} over {e.numel()} heads")
+    assert corr > 0.5
+
+
+def test_attribution_patching_residual_positions(model, prompts):
+    atp = attribution_patching(model, prompts, "resid_pre")
+    assert atp.axes == ("layer", "pos")
+    assert atp.values.shape == (model.cfg.n_layers, prompts.n_pos)
+    # At layer 0 the residual is the embedding: positions where clean == corrupted tokens have
+    # zero estimated effect exactly.
+    same = (prompts.clean_tokens == prompts.corrupted_tokens).all(0)
+    assert torch.all(atp.values[0, same] == atp.corrupted)
+    assert (atp.values[0, ~same] != atp.corrupted).any()

@@ -1,0 +1,102 @@
+"""The command-line contract: JSON outputs, and one-line errors with a non-zero exit on bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from interp.cli import main
+
+GOOD = {"clean": "When Mary and John went to the store, John gave a drink to",
+        "corrupted": "When Alice and Bob went to the store, Bob gave a drink to",
+        "answer": " Mary", "distractor": " John"}
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [GOOD, dict(GOOD, answer=" John", distractor=" Mary",
+                                                                    clean=GOOD["clean"].replace("store, John", "store, Mary"))]))
+    return path
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err):
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "error" in lines[0], err
+    return lines[0]
+
+
+def test_patch_json_contract(model, prompts_file, tmp_path, capsys):
+    out_file = tmp_path / "r.json"
+    code, _, _ = run(["patch", "--prompts", str(prompts_file), "--component", "resid_pre", "--out", str(out_file)], capsys)
+    assert code == 0
+    r = json.loads(out_file.read_text())
+    assert set(r) == {"component", "metric", "axes", "values", "clean", "corrupted", "model", "n_prompts"}
+    assert r["component"] == "resid_pre" and r["axes"] == ["layer"] and r["metric"] == "logit_diff"
+    assert r["model"] == "smollm2-135m-instruct" and r["n_prompts"] == 2 and len(r["values"]) == 30
+    assert abs(r["values"][0] - r["clean"]) < 1e-4  # patching the whole input restores the clean run
+
+
+def test_dla_json_contract(model, prompts_file, capsys):
+    code, out, _ = run(["dla", "--prompts", str(prompts_file)], capsys)
+    assert code == 0
+    r = json.loads(out)
+    assert len(r["heads"]) == 30 and len(r["heads"][0]) == 9 and len(r["attn"]) == 30 and len(r["mlp"]) == 30
+    assert abs(r["embed"] + sum(r["attn"]) + sum(r["mlp"]) - r["total"]) < 1e-3
+
+
+def test_ablate_json_contract(model, prompts_file, capsys):
+    code, out, _ = run(["ablate", "--prompts", str(prompts_file), "--heads", "20.1,25.3", "--mode", "mean"], capsys)
+    assert code == 0
+    r = json.loads(out)
+    assert r["heads"] == ["20.1", "25.3"] and r["mode"] == "mean" and r["baseline"] != r["ablated"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (dict(corrupted="When Alice and Bob went to the big store, Bob gave a drink to"), r"p.jsonl:2: clean and corrupted"),
+    (dict(answer=" Maryxzqj"), r"p.jsonl:2: answer ' Maryxzqj' is \d+ tokens"),
+])
+def test_bad_prompts_give_one_line(model, tmp_path, capsys, edit, message):
+    import re
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, **edit)) + "\n")
+    code, _, err = run(["patch", "--prompts", str(path), "--component", "head_out"], capsys)
+    assert re.search(message, one_line_error(code, err))
+
+
+def test_unknown_model_and_missing_file(prompts_file, tmp_path, capsys):
+    line = one_line_error(*run(["patch", "--prompts", str(prompts_file), "--component", "head_out", "--model", "gpt-17"], capsys)[::2])
+    assert "unknown model 'gpt-17'" in line
+    line = one_line_error(*run(["dla", "--prompts", str(tmp_path / "nope.jsonl")], capsys)[::2])
+    assert "prompts file not found" in line
+
+
+def test_bad_heads_and_analysis(prompts_file, capsys):
+    line = one_line_error(*run(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
+    assert "LAYER.HEAD" in line
+    line = one_line_error(*run(["reproduce", "safety-heads"], capsys)[::2])
+    assert "not implemented yet" in line
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["patch", "--prompts", "x.jsonl", "--component", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice" in err
+
+
+def test_console_script_help_and_models():
+    exe = [sys.executable, "-m", "interp.cli"]
+    for sub in ([], ["patch"], ["dla"], ["ablate"], ["reproduce"], ["models"]):
+        assert subprocess.run(exe + sub + ["--help"], capture_output=True).returncode == 0
+    out = subprocess.run(exe + ["models"], capture_output=True, text=True)
+    assert out.returncode == 0 and "* smollm2-135m-instruct" in out.stdout and "weights installed" in out.stdout

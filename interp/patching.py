@@ -74,6 +74,8 @@ def patch(
     heads: list[int] | None = None,
     positions: list[int] | None = None,
     progress: bool = True,
+    engine: str = "auto",
+    checkpoint=None,
 ) -> Result:
     """Patch one activation at a time and record the metric.
 
@@ -90,6 +92,11 @@ def patch(
         by_pos: one position at a time (all examples at that position), else all positions.
         metric: ``metric(logits, prompts) -> [batch]``; averaged over the batch.
         layers, heads, positions: sweep only these indices (default: all).
+        engine: "batched" (``interp.sweep``: exact, many variants per forward), "reference"
+            (one forward per index, as TransformerLens), or "auto" (batched where the
+            architecture is supported, else reference).
+        checkpoint: batched engine only: a file where finished chunks are saved; rerunning the
+            same sweep with it resumes an interrupted run.
 
     Returns:
         Result with axes as TransformerLens orders them: (layer[, pos], head) for head vectors,
@@ -97,6 +104,14 @@ def patch(
         ``meta["index"]`` lists the swept indices of each axis.
     """
     comp = get_component(component)
+    if engine not in ("auto", "batched", "reference"):
+        raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
+    if engine != "reference":
+        from interp.sweep import engine_supports, sweep_patch
+
+        if engine == "batched" or engine_supports(model):
+            return sweep_patch(model, prompts, component, by_pos, direction, metric, layers, heads,
+                               positions, checkpoint=checkpoint, progress=progress)
     if direction not in ("denoise", "noise"):
         raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     base, source = (
@@ -128,7 +143,8 @@ def patch(
     return Result(
         values.reshape(shape), axes, component, getattr(metric, "__name__", "metric"),
         clean=clean, corrupted=corrupted,
-        meta={"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts)},
+        meta={"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),
+              "engine": "reference"},
     )
 
 

@@ -1,5 +1,10 @@
 """Triton kernels of the sweep engine, importable as ``interp.kernels``.
 
-Each kernel has a plain PyTorch reference beside it and is tested against it (on CPU through
-``TRITON_INTERPRET=1``). The sweep engine is its own issue; this package is empty until then.
+Each kernel has a plain PyTorch reference beside it (``*_reference``) and a dispatcher that picks
+the Triton version on CUDA tensors (or on CPU tensors under ``TRITON_INTERPRET=1``, for tests) and
+the reference otherwise. A kernel ships only if it beats its reference on the H200 (BENCHMARKS.md).
 """
+from interp.kernels.norm_logit_diff import norm_logit_diff, norm_logit_diff_reference
+from interp.kernels.head_scatter import head_scatter, head_scatter_reference
+
+__all__ = ["norm_logit_diff", "norm_logit_diff_reference", "head_scatter", "head_scatter_reference"]

@@ -1,5 +1,6 @@
 """Every activation-patching component, all positions and by position, equals TransformerLens 4.3's
-own ``patching.get_act_patch_*`` on the same bridge and prompts (max abs diff <= 1e-4).
+own ``patching.get_act_patch_*`` on the same bridge and prompts (max abs diff <= 1e-4), for both
+the reference loop and the batched sweep engine.
 
 A subset of layers/heads/positions is swept (TL's ``index_df``) to keep CPU time small; the subset
 spans the first, a middle and the last layer and includes per-example answer positions.
@@ -49,11 +50,13 @@ def clean_cache(model, prompts):
 
 @pytest.mark.parametrize("component", list(TL_BY_POS))
 @pytest.mark.parametrize("by_pos", [False, True], ids=["all_pos", "by_pos"])
-def test_patch_matches_transformerlens(model, prompts, clean_cache, component, by_pos):
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_patch_matches_transformerlens(model, prompts, clean_cache, component, by_pos, engine):
     heads = _heads(component) if component.startswith("head") else None
     positions = sorted({0, int(prompts.positions["S2"][0]), int(prompts.answer_pos.max())})
     ours = patch(model, prompts, component, by_pos=by_pos, layers=LAYERS, heads=heads,
-                 positions=positions, progress=False)
+                 positions=positions, progress=False, engine=engine)
+    assert ours.meta["engine"] == engine
     index = ours.meta["index"]
     rows = list(itertools.product(*[index[a] for a in ours.axes]))
     metric = mean_logit_diff(prompts)

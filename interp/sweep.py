@@ -1,0 +1,567 @@
+"""The batched sweep engine: exact activation-patching sweeps without one forward per patch.
+
+The reference loop (``interp.patching.patch``) runs the whole model once per patched index. This
+engine computes the same numbers with far less work, using four facts:
+
+1. A patch at layer l leaves layers < l exactly as in the cached base run: each variant starts at
+   its layer from the cached residual stream.
+2. Every patch is a change of the residual stream at one point (layer l, before attention or before
+   the MLP), at some positions. Head-level patches (z, q, k, v, pattern) are turned into that
+   residual change by recomputing only the patched head(s) of layer l.
+3. A patch at position p leaves positions < p unchanged in every layer (causal attention): the
+   variant recomputes positions >= p only, attending to the cached keys/values of the earlier ones.
+4. The metric needs the logits of two tokens at one position per example: the final norm is applied
+   there only, and only the answer and distractor columns of the unembedding are used.
+
+Variants with the same first recomputed position are packed into the batch dimension of one forward
+(variants join the batch at their own layer). Chunks are sized from a memory budget and halved on
+out-of-memory; finished chunks can be checkpointed to a file so an interrupted sweep resumes.
+
+Supported architectures: pre-norm decoders with RMSNorm or LayerNorm, rotary or absolute positions,
+gated (SiLU) or plain (GELU) MLPs: Llama, Qwen2, Mistral, GPT-2 families, in TransformerLens's
+compatibility mode (folded norms). Other models use ``engine="reference"``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from interp.errors import ComponentError, InterpError
+from interp.hooks import hook_name, n_heads_of
+from interp.kernels import head_scatter, norm_logit_diff
+from interp.metrics import logit_diff
+from interp.result import Result
+from interp.tasks.prompts import PromptSet
+
+
+# --------------------------------------------------------------------------------------- weights
+def _param(model, name):
+    try:
+        return getattr(model, name).detach()
+    except AttributeError:
+        return None
+
+
+def _norm_params(module):
+    inner = getattr(module, "_original_component", module)
+    w = getattr(inner, "weight", None)
+    b = getattr(inner, "bias", None)
+    return (None if w is None else w.detach()), (None if b is None else b.detach())
+
+
+@dataclass
+class Weights:
+    """The model's parameters, stacked per layer, in TransformerLens's (folded) coordinates."""
+
+    W_Q: torch.Tensor  # [L, H, d, dh]
+    W_K: torch.Tensor  # [L, Hkv, d, dh]
+    W_V: torch.Tensor
+    W_O: torch.Tensor  # [L, H, dh, d]
+    b_Q: torch.Tensor | None
+    b_K: torch.Tensor | None
+    b_V: torch.Tensor | None
+    b_O: torch.Tensor | None  # [L, d]
+    W_in: torch.Tensor  # [L, d, d_mlp]
+    W_gate: torch.Tensor | None
+    W_out: torch.Tensor  # [L, d_mlp, d]
+    b_in: torch.Tensor | None
+    b_out: torch.Tensor | None
+    ln1: list
+    ln2: list
+    ln_final: tuple
+    W_U: torch.Tensor
+    b_U: torch.Tensor | None
+    eps: float
+    center: bool  # LayerNorm (centre then scale) vs RMSNorm
+    act: str
+    rotary: bool
+    scale: float
+
+    @classmethod
+    def from_model(cls, model) -> "Weights":
+        cfg = model.cfg
+        norm = str(cfg.normalization_type)
+        if norm not in ("RMS", "RMSPre", "LN", "LNPre"):
+            raise InterpError(f"the sweep engine supports RMSNorm/LayerNorm models, not {norm}; use engine='reference'")
+        if cfg.positional_embedding_type not in ("rotary", "standard"):
+            raise InterpError("the sweep engine supports rotary or absolute positions; use engine='reference'")
+        blocks = model.blocks
+        known = {"hook_in", "hook_out", "hook_mlp_in", "_original_component", "ln1", "ln2", "attn", "mlp"}
+        extra = {n for n, _ in blocks[0].named_children()} - known
+        if extra:  # e.g. Gemma's post-attention/post-MLP norms: the residual algebra differs
+            raise InterpError(f"the sweep engine does not model blocks with {sorted(extra)}; use engine='reference'")
+        d_head = cfg.d_head
+        scale = 1 / math.sqrt(d_head) if not cfg.attn_scale or cfg.attn_scale < 0 else 1 / cfg.attn_scale
+        return cls(
+            W_Q=model.W_Q.detach(), W_K=model.W_K.detach(), W_V=model.W_V.detach(), W_O=model.W_O.detach(),
+            b_Q=_param(model, "b_Q"), b_K=_param(model, "b_K"), b_V=_param(model, "b_V"), b_O=_param(model, "b_O"),
+            W_in=model.W_in.detach(), W_gate=_param(model, "W_gate") if cfg.gated_mlp else None,
+            W_out=model.W_out.detach(), b_in=_param(model, "b_in"), b_out=_param(model, "b_out"),
+            ln1=[_norm_params(b.ln1) for b in blocks], ln2=[_norm_params(b.ln2) for b in blocks],
+            ln_final=_norm_params(model.ln_final), W_U=model.W_U.detach(), b_U=_param(model, "b_U"),
+            eps=float(cfg.eps), center=norm.startswith("LN"), act=str(cfg.act_fn),
+            rotary=cfg.positional_embedding_type == "rotary", scale=scale,
+        )
+
+    def norm(self, x, params):
+        x32 = x.float()
+        if self.center:
+            x32 = x32 - x32.mean(-1, keepdim=True)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        w, b = params
+        out = x32.to(x.dtype)
+        if w is not None:
+            out = out * w
+        if b is not None:
+            out = out + b
+        return out
+
+    def mlp(self, layer, x):
+        h = self.norm(x, self.ln2[layer])
+        pre = h @ self.W_in[layer]
+        if self.b_in is not None:
+            pre = pre + self.b_in[layer]
+        if self.W_gate is not None:
+            post = F.silu(h @ self.W_gate[layer]) * pre
+        else:
+            post = F.gelu(pre, approximate="tanh") if "gelu" in self.act else getattr(F, self.act)(pre)
+        out = post @ self.W_out[layer]
+        return out if self.b_out is None else out + self.b_out[layer]
+
+
+def rotate(x, cos, sin):
+    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]."""
+    a, b = x.chunk(2, -1)
+    return x * cos[:, None] + torch.cat([-b, a], -1) * sin[:, None]
+
+
+# ----------------------------------------------------------------------------------------- cache
+@dataclass
+class RunCache:
+    """What the engine needs of one full run, per layer (lists of [batch, pos, ...] tensors)."""
+
+    resid_pre: list
+    resid_mid: list
+    attn_out: list
+    mlp_out: list
+    q: list  # before RoPE, [B, T, H, dh]
+    k: list  # before RoPE, [B, T, Hkv, dh]
+    v: list
+    z: list
+    pattern: list  # [B, H, T, T]
+    metric: torch.Tensor  # [B]
+
+
+def _run_cache(model, tokens, prompts, metric, need_pattern: bool) -> RunCache:
+    kinds = ["resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z"] + (["pattern"] if need_pattern else [])
+    L = model.cfg.n_layers
+    names = {hook_name(k, l) for k in kinds for l in range(L)} | {"rotary_emb.hook_cos", "rotary_emb.hook_sin"}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    get = lambda kind: [cache[hook_name(kind, l)] for l in range(L)] if kind in kinds else None  # noqa: E731
+    rc = RunCache(**{k: get(k) for k in ["resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z", "pattern"]},
+                  metric=metric(logits, prompts).float())
+    cos = cache["rotary_emb.hook_cos"][0] if "rotary_emb.hook_cos" in cache else None
+    sin = cache["rotary_emb.hook_sin"][0] if "rotary_emb.hook_sin" in cache else None
+    return rc, cos, sin
+
+
+# ----------------------------------------------------------------------------------------- engine
+@dataclass(frozen=True)
+class Variant:
+    """One patch: the component's layer, head (or None) and position (None = all positions)."""
+
+    layer: int
+    head: int | None
+    pos: int | None
+
+
+class SweepEngine:
+    """Runs patching sweeps for one model and prompt set, exactly and in batches.
+
+    Args:
+        model: a TransformerBridge (``load_model``).
+        prompts: the prompt set.
+        direction: "denoise" (run corrupted, patch clean values in) or "noise".
+        metric: ``metric(logits [batch, vocab] at the answer position, prompts) -> [batch]``;
+            logit_diff uses only the two unembedding columns it needs.
+        memory_budget: bytes of activation memory a chunk may use (default: 1/4 of free GPU
+            memory on CUDA, 2 GiB on CPU).
+    """
+
+    def __init__(self, model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
+                 memory_budget: int | None = None):
+        if direction not in ("denoise", "noise"):
+            raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+        self.model, self.metric, self.direction = model, metric, direction
+        self.device = next(iter(model.parameters())).device
+        self.prompts = prompts.to(self.device)
+        self.w = Weights.from_model(model)
+        self.cfg = model.cfg
+        self.memory_budget = memory_budget or _default_budget(self.device)
+        base, source = (self.prompts.corrupted_tokens, self.prompts.clean_tokens)
+        if direction == "noise":
+            base, source = source, base
+        self.base_tokens, self.source_tokens = base, source
+        self._caches: dict[str, RunCache] = {}
+        self.cos = self.sin = None
+
+    # -- caches ---------------------------------------------------------------------------------
+    def cache(self, which: str, need_pattern: bool = False) -> RunCache:
+        have = self._caches.get(which)
+        if have is None or (need_pattern and have.pattern is None):
+            tokens = self.base_tokens if which == "base" else self.source_tokens
+            self._caches[which], cos, sin = _run_cache(self.model, tokens, self.prompts, self.metric, need_pattern)
+            if cos is not None:
+                self.cos, self.sin = cos, sin
+        return self._caches[which]
+
+    def clean_and_corrupted(self) -> tuple[float, float]:
+        base, src = self.cache("base").metric.mean().item(), self.cache("source").metric.mean().item()
+        return (src, base) if self.direction == "denoise" else (base, src)
+
+    # -- the forward over a suffix of positions ------------------------------------------------
+    def _attention(self, layer, x, p0):
+        """Attention of layer ``layer`` for rows x [N, B, S, d] holding positions p0..p0+S-1."""
+        w, base = self.w, self.cache("base")
+        N, B, S, _ = x.shape
+        H, Hkv, dh = w.W_Q.shape[1], w.W_K.shape[1], w.W_Q.shape[-1]
+        h = w.norm(x, w.ln1[layer])
+        q = torch.einsum("nbsd,hde->nbshe", h, w.W_Q[layer])
+        k = torch.einsum("nbsd,hde->nbshe", h, w.W_K[layer])
+        v = torch.einsum("nbsd,hde->nbshe", h, w.W_V[layer])
+        if w.b_Q is not None:
+            q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
+        k_pre, v_pre = base.k[layer][:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
+        if w.rotary:
+            q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
+            k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
+            k_pre = rotate(k_pre, self.cos[:p0], self.sin[:p0])
+        z = attend(q, k, v, k_pre, v_pre, w.scale)  # [N, B, S, H, dh]
+        out = torch.einsum("nbshe,hed->nbsd", z, w.W_O[layer])
+        return out if w.b_O is None else out + w.b_O[layer]
+
+    def _final_metric(self, x, p0):
+        """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N]."""
+        ps, base = self.prompts, self.cache("base")
+        N, B, S, d = x.shape
+        rel = ps.answer_pos - p0  # [B]
+        valid = rel >= 0
+        at = x[:, torch.arange(B, device=x.device), rel.clamp(min=0)]  # [N, B, d]
+        if self.metric is logit_diff:
+            w, b = self.w.ln_final
+            direction = (self.w.W_U[:, ps.answer_ids] - self.w.W_U[:, ps.distractor_ids]).T  # [B, d]
+            bias = torch.zeros(B, device=x.device)
+            if b is not None:
+                bias = bias + (direction.float() @ b.float())
+            if self.w.b_U is not None:
+                bias = bias + (self.w.b_U[ps.answer_ids] - self.w.b_U[ps.distractor_ids]).float()
+            idx = torch.arange(B, device=x.device).repeat(N)
+            vals = norm_logit_diff(at.reshape(N * B, d), w, direction, idx, bias, self.w.eps,
+                                   self.w.center).reshape(N, B)
+        else:
+            h = self.w.norm(at, self.w.ln_final)
+            logits = h @ self.w.W_U
+            if self.w.b_U is not None:
+                logits = logits + self.w.b_U
+            vals = torch.stack([self.metric(lg, ps).float() for lg in logits])
+        vals = torch.where(valid[None], vals, base.metric[None])
+        return vals.mean(1)
+
+    def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int) -> torch.Tensor:
+        """Run variants from their own starting points; return the metric of each, in order.
+
+        ``starts``: (layer, "pre"|"mid"|"final", x [B, S, d]) per variant, x being the residual
+        stream at positions p0.. just before that layer's attention ("pre") or MLP ("mid").
+        """
+        L = self.cfg.n_layers
+        order = sorted(range(len(starts)), key=lambda i: (starts[i][0], {"pre": 0, "mid": 1, "final": 2}[starts[i][1]]))
+        queue = [starts[i] for i in order]
+        x, qi = None, 0
+
+        def join(layer, point, x):
+            nonlocal qi
+            new = []
+            while qi < len(queue) and queue[qi][0] == layer and queue[qi][1] == point:
+                new.append(queue[qi][2])
+                qi += 1
+            if new:
+                new = torch.stack(new)
+                x = new if x is None else torch.cat([x, new])
+            return x
+
+        for layer in range(min(s[0] for s in starts), L):
+            x = join(layer, "pre", x)
+            if x is not None:
+                x = x + self._attention(layer, x, p0)
+            x = join(layer, "mid", x)
+            if x is not None:
+                x = x + self.w.mlp(layer, x)
+        x = join(L, "final", x)
+        values = self._final_metric(x, p0)
+        out = torch.empty_like(values)
+        out[torch.tensor(order, device=values.device)] = values
+        return out
+
+    # -- turning a patch into a change of the residual stream ----------------------------------
+    def start_of(self, component: str, var: Variant) -> tuple[int, str, torch.Tensor, int]:
+        """(layer, point, x [B, S, d], p0) for one variant: where its residual stream first differs."""
+        base, src = self.cache("base"), self.cache("source", need_pattern=component == "head_pattern")
+        l, h, p = var.layer, var.head, var.pos
+        p0 = 0 if p is None else p
+        sl = slice(p0, None)
+        at = slice(None) if p is None else slice(p, p + 1)
+        L = self.cfg.n_layers
+        w = self.w
+        if component == "resid_pre":
+            x = base.resid_pre[l].clone()
+            x[:, at] = src.resid_pre[l][:, at]
+            return l, "pre", x[:, sl], p0
+        if component == "attn_out":
+            x = base.resid_mid[l].clone()
+            x[:, at] += src.attn_out[l][:, at] - base.attn_out[l][:, at]
+            return l, "mid", x[:, sl], p0
+        if component == "mlp_out":
+            nxt = base.resid_pre[l + 1] if l + 1 < L else base.resid_mid[l] + base.mlp_out[l]
+            x = nxt.clone()
+            x[:, at] += src.mlp_out[l][:, at] - base.mlp_out[l][:, at]
+            return (l + 1, "pre", x[:, sl], p0) if l + 1 < L else (L, "final", x[:, sl], p0)
+        # head-level components: recompute the affected head(s) of layer l, positions >= p0
+        rep = w.W_Q.shape[1] // w.W_K.shape[1]
+        if component == "head_out":
+            heads, z_new = [h], src.z[l][:, sl, [h]]
+        elif component == "head_q":
+            q = base.q[l].clone()
+            q[:, at, h] = src.q[l][:, at, h]
+            heads, z_new = [h], self._head_z(l, q[:, sl, [h]], [h // rep], None, None, p0)
+        elif component in ("head_k", "head_v"):
+            kv = (base.k if component == "head_k" else base.v)[l].clone()
+            kv[:, at, h] = (src.k if component == "head_k" else src.v)[l][:, at, h]
+            heads = list(range(h * rep, (h + 1) * rep))
+            k_all = kv if component == "head_k" else base.k[l]
+            v_all = kv if component == "head_v" else base.v[l]
+            z_new = self._head_z(l, base.q[l][:, sl, heads], [h] * rep, k_all, v_all, p0)
+        elif component == "head_pattern":
+            pat = src.pattern[l][:, h, sl] if p is None else src.pattern[l][:, h, p:p + 1]
+            v = base.v[l][:, :, h // rep]  # [B, T, dh]
+            heads, z_new = [h], (pat.to(v.dtype) @ v)[:, :, None]
+        else:
+            raise ComponentError(f"unknown component {component!r}")
+        dz = torch.zeros_like(base.z[l][:, sl, heads])
+        if p is None:
+            dz = z_new - base.z[l][:, sl, heads]
+        else:  # a by-position q or pattern patch changes only position p; k/v change positions >= p
+            n = z_new.shape[1] if component in ("head_k", "head_v") else 1
+            dz[:, :n] = z_new[:, :n] - base.z[l][:, p0:p0 + n, heads]
+        delta = torch.einsum("bshe,hed->bsd", dz, w.W_O[l, heads])
+        return l, "mid", base.resid_mid[l][:, sl] + delta, p0
+
+    def starts(self, component: str, variants: list[Variant], p0: int):
+        """``start_of`` for a chunk of variants sharing p0. Head outputs of one layer go through
+        the fused scatter kernel (one W_O product per variant, added to the residual)."""
+        if component != "head_out":
+            return [self.start_of(component, v)[:3] for v in variants]
+        base, src = self.cache("base"), self.cache("source")
+        out = [None] * len(variants)
+        for l in sorted({v.layer for v in variants}):
+            idx = [i for i, v in enumerate(variants) if v.layer == l]
+            heads = torch.tensor([variants[i].head for i in idx], device=self.device)
+            B, T = base.z[l].shape[:2]
+            S = T - p0
+            dz = torch.zeros(len(idx), B, S, base.z[l].shape[-1], device=self.device, dtype=base.z[l].dtype)
+            n = S if variants[idx[0]].pos is None else 1  # a by-position patch changes position p0 only
+            diff = (src.z[l][:, p0:p0 + n] - base.z[l][:, p0:p0 + n])[:, :, heads]  # [B, n, V, dh]
+            dz[:, :, :n] = diff.permute(2, 0, 1, 3)
+            resid = base.resid_mid[l][:, p0:].reshape(B * S, -1)
+            x = head_scatter(resid, dz.reshape(len(idx), B * S, -1), self.w.W_O[l], heads)
+            for i, xi in zip(idx, x):
+                out[i] = (l, "mid", xi.reshape(B, S, -1))
+        return out
+
+    def _head_z(self, l, q_pre, kv_heads, k_pre_all, v_all, p0):
+        """z of some query heads at positions p0.. with the given (pre-RoPE) q, k and v of layer l."""
+        base, w = self.cache("base"), self.w
+        k_all = base.k[l] if k_pre_all is None else k_pre_all
+        v_all = base.v[l] if v_all is None else v_all
+        T = k_all.shape[1]
+        S = q_pre.shape[1]
+        k = k_all[:, :, kv_heads]  # [B, T, h, dh]
+        v = v_all[:, :, kv_heads]
+        q = q_pre
+        if w.rotary:
+            q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
+            k = rotate(k, self.cos[:T], self.sin[:T])
+        scores = torch.einsum("bshe,bthe->bhst", q.float(), k.float()) * w.scale
+        qpos = torch.arange(p0, p0 + S, device=q.device)[:, None]
+        mask = torch.arange(T, device=q.device)[None, :] > qpos
+        pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
+        return torch.einsum("bhst,bthe->bshe", pattern, v.float()).to(q_pre.dtype)
+
+    # -- sweeps --------------------------------------------------------------------------------
+    def variants(self, component: str, by_pos: bool, layers=None, heads=None, positions=None):
+        from interp.patching import get_component
+
+        comp = get_component(component)
+        axes = comp.by_pos_axes if by_pos else comp.all_pos_axes
+        index = {
+            "layer": list(range(self.cfg.n_layers)) if layers is None else [int(x) for x in layers],
+            "head": list(range(n_heads_of(self.model, comp.kind))) if heads is None else [int(x) for x in heads],
+            "pos": list(range(self.prompts.n_pos)) if positions is None else [int(x) for x in positions],
+        }
+        cells = list(itertools.product(*[index[a] for a in axes]))
+        vs = []
+        for cell in cells:
+            where = dict(zip(axes, cell))
+            vs.append(Variant(where["layer"], where.get("head"), where.get("pos")))
+        return axes, index, vs
+
+    def run(self, component: str, variants: list[Variant], checkpoint: str | Path | None = None,
+            progress: bool = True) -> torch.Tensor:
+        """The metric of every variant, in order: [n_variants]."""
+        values = torch.full((len(variants),), float("nan"))
+        done = torch.zeros(len(variants), dtype=torch.bool)
+        key = self._key(component, variants)
+        if checkpoint is not None:
+            values, done = _load_checkpoint(checkpoint, key, values, done)
+        groups: dict[int, list[int]] = {}
+        for i, v in enumerate(variants):
+            if not done[i]:
+                groups.setdefault(0 if v.pos is None else v.pos, []).append(i)
+        bar = tqdm(total=len(variants), initial=int(done.sum()), desc=f"sweep {component}",
+                   disable=not progress, leave=False)
+        for p0, idx in groups.items():
+            chunk = self._chunk_size(self.prompts.n_pos - p0)
+            i = 0
+            while i < len(idx):
+                part = idx[i:i + chunk]
+                try:
+                    with torch.no_grad():
+                        vals = self.run_suffix(self.starts(component, [variants[j] for j in part], p0), p0).cpu()
+                except torch.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                values[part], done[part] = vals, True
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, key, values, done)
+                bar.update(len(part))
+                i += len(part)
+        bar.close()
+        return values
+
+    def _chunk_size(self, S: int) -> int:
+        c = self.cfg
+        B = len(self.prompts)
+        elt = torch.finfo(self.w.W_Q.dtype).bits // 8
+        per_variant = B * S * (6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * (c.d_head + self.prompts.n_pos)) * max(elt, 4)
+        return max(1, int(self.memory_budget // per_variant))
+
+    def _key(self, component, variants) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([component, self.direction, getattr(self.metric, "__name__", "metric"),
+                             [(v.layer, v.head, v.pos) for v in variants]]).encode())
+        h.update(self.prompts.clean_tokens.cpu().numpy().tobytes())
+        h.update(self.prompts.corrupted_tokens.cpu().numpy().tobytes())
+        h.update(str(getattr(self.model, "interp_key", "")).encode())
+        return h.hexdigest()
+
+
+def attend(q, k, v, k_pre, v_pre, scale):
+    """Causal attention of suffix rows over a shared cached prefix, GQA-aware.
+
+    q [N, B, S, H, dh]; k, v [N, B, S, Hkv, dh] (the suffix's own keys/values);
+    k_pre, v_pre [B, P, Hkv, dh] (positions before the suffix, shared by all N variants).
+    Returns z [N, B, S, H, dh].
+    """
+    N, B, S, H, dh = q.shape
+    Hkv, P = k.shape[3], k_pre.shape[1]
+    rep = H // Hkv
+    qg = q.float().reshape(N, B, S, Hkv, rep, dh)
+    s_suf = torch.einsum("nbsgre,nbtge->nbgrst", qg, k.float()) * scale
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).triu(1)
+    s_suf = s_suf.masked_fill(causal, float("-inf"))
+    if P:
+        s_pre = torch.einsum("nbsgre,btge->nbgrst", qg, k_pre.float()) * scale
+        probs = torch.cat([s_pre, s_suf], -1).softmax(-1)
+        z = torch.einsum("nbgrst,btge->nbsgre", probs[..., :P], v_pre.float()) + \
+            torch.einsum("nbgrst,nbtge->nbsgre", probs[..., P:], v.float())
+    else:
+        z = torch.einsum("nbgrst,nbtge->nbsgre", s_suf.softmax(-1), v.float())
+    return z.reshape(N, B, S, H, dh).to(q.dtype)
+
+
+def engine_supports(model) -> bool:
+    """Whether the batched engine can run this model (else use engine="reference")."""
+    try:
+        Weights.from_model(model)
+    except InterpError:
+        return False
+    return True
+
+
+def _default_budget(device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    return 2 << 30
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path, key, values, done) -> None:
+    """Atomically write finished values (safetensors: no pickle) with the sweep's key."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"values": values.contiguous(), "done": done.to(torch.uint8)}, str(tmp), metadata={"key": key})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, key, values, done):
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        return values, done
+    try:
+        with safe_open(str(path), "pt") as f:
+            if f.metadata().get("key") != key:
+                raise InterpError(f"checkpoint {path} belongs to a different sweep; delete it or pick another path")
+            v, d = f.get_tensor("values"), f.get_tensor("done").bool()
+    except InterpError:
+        raise
+    except Exception as exc:  # a torn or foreign file
+        raise InterpError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
+    if v.shape != values.shape:
+        raise InterpError(f"checkpoint {path} has {v.numel()} values, this sweep {values.numel()}")
+    return v, d
+
+
+def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False, direction: str = "denoise",
+                metric=logit_diff, layers=None, heads=None, positions=None, checkpoint=None,
+                memory_budget: int | None = None, progress: bool = True) -> Result:
+    """``patch`` through the engine: same arguments, same Result (see ``interp.patching.patch``)."""
+    engine = SweepEngine(model, prompts, direction, metric, memory_budget)
+    axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
+    for a in axes:
+        limit = {"layer": engine.cfg.n_layers, "pos": engine.prompts.n_pos}.get(a)
+        if limit is not None and any(not 0 <= i < limit for i in index[a]):
+            raise ComponentError(f"{a} index out of range (0..{limit - 1})")
+    values = engine.run(component, variants, checkpoint, progress)
+    clean, corrupted = engine.clean_and_corrupted()
+    return Result(values.reshape([len(index[a]) for a in axes]), axes, component,
+                  getattr(metric, "__name__", "metric"), clean=clean, corrupted=corrupted,
+                  meta={"index": {a: index[a] for a in axes}, "direction": direction,
+                        "n_prompts": len(prompts), "engine": "batched"})

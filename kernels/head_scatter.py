@@ -1,0 +1,36 @@
+"""Scatter of patched head outputs through W_O into the residual stream, for many variants.
+
+For variant v (a head h_v of one layer) and residual row r (example x position):
+    out[v, r] = resid[r] + dz[v, r] @ W_O[h_v]
+where dz = z_patched - z_base of that head ([dh]) and W_O[h] is [dh, d]. This is the residual
+stream right after the patched layer's attention, for every variant at once.
+"""
+import torch
+
+from interp.kernels._triton import use_triton
+
+
+def head_scatter_reference(resid, dz, W_O, heads):
+    """PyTorch reference. resid [R, d]; dz [V, R, dh]; W_O [H, dh, d]; heads [V] -> [V, R, d]."""
+    return resid[None] + torch.bmm(dz, W_O[heads])
+
+
+def head_scatter(resid, dz, W_O, heads):
+    """Fused version on CUDA (Triton); the reference elsewhere. Same arguments and result."""
+    if not use_triton(resid):
+        return head_scatter_reference(resid, dz, W_O, heads)
+    import triton
+
+    from interp.kernels.head_scatter_triton import head_scatter_kernel
+
+    V, R, dh = dz.shape
+    d = resid.shape[-1]
+    resid, dz, W_O = resid.contiguous(), dz.contiguous(), W_O.contiguous()
+    out = torch.empty(V, R, d, device=resid.device, dtype=resid.dtype)
+    BLOCK_R, BLOCK_D = (64, 128) if resid.is_cuda else (128, 256)
+    grid = (V, triton.cdiv(R, BLOCK_R), triton.cdiv(d, BLOCK_D))
+    head_scatter_kernel[grid](
+        resid, dz, W_O, heads.contiguous(), out, R, d,
+        DH=dh, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, IEEE=resid.dtype == torch.float32,
+    )
+    return out

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "ua", "sc"])
     _add_model_args(p)
 
+    p = sub.add_parser("bench", help="the batched engine vs TransformerLens's patching loop (BENCHMARKS.md)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--shapes", default="gpt2-small,smollm2-135m,qwen2.5-0.5b,llama-2-7b",
+                   help="GPU only: random-weight architectures to time")
+    p.add_argument("--seqs", default="16,64", help="GPU only: prompt lengths")
+    p.add_argument("--kernels", action="store_true", help="GPU only: also time each Triton kernel vs its reference")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="GPU only")
+
     p = sub.add_parser("reproduce", help="run a paper analysis end to end and write a report")
     p.add_argument("analysis", choices=ANALYSES)
     p.add_argument("--quick", action="store_true", help="the small setting (minutes on a CPU)")
@@ -150,8 +158,32 @@ def cmd_reproduce(args) -> None:
     print(f"index: {report.write_index(args.out, reports)}")
 
 
+def cmd_bench(args) -> None:
+    import torch
+
+    from interp import bench
+
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise InterpError("--device cuda requested but no CUDA device is available")
+        if args.kernels:
+            print("| kernel | dtype | shape | PyTorch us | Triton us | speed-up |\n|---|---|---|---|---|---|")
+            bench.bench_kernels("cuda")
+        shapes = [s for s in args.shapes.split(",") if s]
+        unknown = [s for s in shapes if s not in bench.SHAPES]
+        if unknown:
+            raise InterpError(f"unknown shape {unknown[0]!r}: use {', '.join(bench.SHAPES)}")
+        print(bench.HEADER)
+        bench.run_gpu(shapes, tuple(int(x) for x in args.seqs.split(",")), dtype=getattr(torch, args.dtype))
+    else:
+        print(bench.HEADER)
+        bench.run_cpu()
+    print("(* = TransformerLens time extrapolated from a sample of cells; time vs floor = how many "
+          "times the FLOP floor at 790 TFLOP/s our run takes)")
+
+
 COMMANDS = {"models": cmd_models, "patch": cmd_patch, "dla": cmd_dla, "ablate": cmd_ablate,
-            "reproduce": cmd_reproduce}
+            "reproduce": cmd_reproduce, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import datetime
 import html
 import io
 import json
+import os
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -70,6 +71,27 @@ def fig_to_img(fig, alt: str = "") -> str:
     fig.savefig(buf, format="png", dpi=100)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (None: leave it), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_threads() -> int | None:
+    """1 on machines with 2 cores or fewer, else None (PyTorch's default).
+
+    On a small virtual machine whose host throttles it to about one core, PyTorch's OpenMP threads
+    stall each other: a forward of the default model takes ~10 s with 2 threads, ~0.4 s with one.
+    """
+    return 1 if (os.cpu_count() or 1) <= 2 else None
 
 
 def _versions() -> dict:
@@ -256,7 +278,8 @@ def _table(rows: list[tuple], header: tuple | None = None) -> str:
     """An HTML table; floats are formatted to 3 decimals and right-aligned."""
     def cell(v):
         if isinstance(v, float):
-            return f'<td class="num">{v:.3f}</td>'
+            text = f"{v:.1e}" if 0 < abs(v) < 5e-4 else f"{v:.3f}"
+            return f'<td class="num">{text}</td>'
         return f"<td>{html.escape(str(v))}</td>"
 
     head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
@@ -285,6 +308,16 @@ def numbers_table(numbers: dict) -> str:
     rows += [(f"ablate {', '.join(a['heads'])}: {m} -> clean logit diff", a[m]["logit_diff"])
              for m in ("none", *ABLATION_MODES) if m in a]
     return _table(rows, ("quantity", "value"))
+
+
+def _prompt_rows(model, prompts, k: int = 4) -> list[tuple]:
+    """The first ``k`` prompt pairs with their answer and distractor as strings."""
+    decode = model.tokenizer.decode
+    return [
+        (prompts.clean_text[i], prompts.corrupted_text[i], decode([int(prompts.answer_ids[i])]),
+         decode([int(prompts.distractor_ids[i])]))
+        for i in range(min(k, len(prompts)))
+    ]
 
 
 def render_report(numbers: dict, figures: dict[str, str], attention_html: str, prompt_rows: list) -> str:
@@ -381,6 +414,7 @@ def collect_numbers(model, prompts, res: dict, seed: int, quick: bool) -> dict:
             "corruption": "abc", "prepend_bos": prompts.prepend_bos,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": _versions(), "timings_s": res["timings"], "runtime_s": None,
+            "torch_threads": torch.get_num_threads(),
         },
         "prompts": {"clean": prompts.clean_text, "corrupted": prompts.corrupted_text,
                     "answer_ids": prompts.answer_ids.tolist(),
@@ -415,16 +449,23 @@ def quickstart(model_key: str | None = None, out_dir: str = "reports", quick: bo
             folder or a hub name.
         out_dir: the reports folder; files go to ``out_dir/quickstart/``.
         quick: 8 prompts; patch every 3rd layer, the last 3 and the layers of the top-3 DLA
-            heads (about 45 s on a 2-core CPU). Else 32 prompts and all layers (several minutes).
+            heads (30-60 s on a 2-core CPU). Else 32 prompts and all layers (several minutes).
         seed: seed of the IOI prompt generator.
 
     Returns:
         The path of ``report.html``. Next to it: ``numbers.json`` and ``patching_head_out.json``.
+
+    On machines with 2 cores or fewer it runs with one PyTorch thread (see ``default_threads``).
     """
+    with cpu_threads(default_threads()):
+        return _quickstart(model_key, Path(out_dir) / "quickstart", quick, seed)
+
+
+def _quickstart(model_key: str | None, folder: Path, quick: bool, seed: int) -> Path:
+    """The body of :func:`quickstart`, writing into ``folder``."""
     import interp
 
     start = time.time()
-    folder = Path(out_dir) / "quickstart"
     folder.mkdir(parents=True, exist_ok=True)
     model = interp.load_model(model_key)
     prompts = interp.tasks.ioi_examples(model, n=QUICK_N if quick else FULL_N, seed=seed)
@@ -444,20 +485,8 @@ def quickstart(model_key: str | None = None, out_dir: str = "reports", quick: bo
     return path
 
 
-def _prompt_rows(model, prompts, k: int = 4) -> list[tuple]:
-    """The first ``k`` prompt pairs with their answer and distractor as strings."""
-    decode = model.tokenizer.decode
-    return [
-        (prompts.clean_text[i], prompts.corrupted_text[i], decode([int(prompts.answer_ids[i])]),
-         decode([int(prompts.distractor_ids[i])]))
-        for i in range(min(k, len(prompts)))
-    ]
-
-
 def write_index(out_dir: str | Path, reports: dict[str, Path]) -> Path:
     """Write ``out_dir/index.html`` linking each report (title -> path), relative to ``out_dir``."""
-    import os
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []

@@ -213,6 +213,7 @@ class SweepEngine:
             base, source = source, base
         self.base_tokens, self.source_tokens = base, source
         self._caches: dict[str, RunCache] = {}
+        self._rotated: dict[int, torch.Tensor] = {}
         self.cos = self.sin = None
 
     # -- caches ---------------------------------------------------------------------------------
@@ -241,14 +242,20 @@ class SweepEngine:
         v = torch.einsum("nbsd,hde->nbshe", h, w.W_V[layer])
         if w.b_Q is not None:
             q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
-        k_pre, v_pre = base.k[layer][:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
+        k_pre, v_pre = self._base_keys(layer)[:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
-            k_pre = rotate(k_pre, self.cos[:p0], self.sin[:p0])
         z = attend(q, k, v, k_pre, v_pre, w.scale)  # [N, B, S, H, dh]
         out = torch.einsum("nbshe,hed->nbsd", z, w.W_O[layer])
         return out if w.b_O is None else out + w.b_O[layer]
+
+    def _base_keys(self, layer):
+        """The base run's keys of ``layer`` after RoPE (what later positions attend to)."""
+        if layer not in self._rotated:
+            k = self.cache("base").k[layer]
+            self._rotated[layer] = rotate(k, self.cos[:k.shape[1]], self.sin[:k.shape[1]]) if self.w.rotary else k
+        return self._rotated[layer]
 
     def _final_metric(self, x, p0):
         """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N]."""
@@ -479,27 +486,26 @@ class SweepEngine:
 
 
 def attend(q, k, v, k_pre, v_pre, scale):
-    """Causal attention of suffix rows over a shared cached prefix, GQA-aware.
+    """Causal attention of suffix rows over a shared cached prefix, GQA-aware (PyTorch SDPA).
 
     q [N, B, S, H, dh]; k, v [N, B, S, Hkv, dh] (the suffix's own keys/values);
     k_pre, v_pre [B, P, Hkv, dh] (positions before the suffix, shared by all N variants).
-    Returns z [N, B, S, H, dh].
+    Returns z [N, B, S, H, dh]. Query i (absolute position P + i) sees keys 0 .. P + i.
     """
     N, B, S, H, dh = q.shape
     Hkv, P = k.shape[3], k_pre.shape[1]
-    rep = H // Hkv
-    qg = q.float().reshape(N, B, S, Hkv, rep, dh)
-    s_suf = torch.einsum("nbsgre,nbtge->nbgrst", qg, k.float()) * scale
-    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).triu(1)
-    s_suf = s_suf.masked_fill(causal, float("-inf"))
+    qf = q.reshape(N * B, S, H, dh).transpose(1, 2)
+    kf, vf = k.reshape(N * B, S, Hkv, dh), v.reshape(N * B, S, Hkv, dh)
     if P:
-        s_pre = torch.einsum("nbsgre,btge->nbgrst", qg, k_pre.float()) * scale
-        probs = torch.cat([s_pre, s_suf], -1).softmax(-1)
-        z = torch.einsum("nbgrst,btge->nbsgre", probs[..., :P], v_pre.float()) + \
-            torch.einsum("nbgrst,nbtge->nbsgre", probs[..., P:], v.float())
+        expand = lambda t: t.to(q.dtype).expand(N, *t.shape).reshape(N * B, P, Hkv, dh)  # noqa: E731
+        kf, vf = torch.cat([expand(k_pre), kf], 1), torch.cat([expand(v_pre), vf], 1)
+    kf, vf = kf.transpose(1, 2), vf.transpose(1, 2)
+    if P:
+        mask = torch.arange(P + S, device=q.device)[None, :] <= P + torch.arange(S, device=q.device)[:, None]
+        z = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale, enable_gqa=H != Hkv)
     else:
-        z = torch.einsum("nbgrst,nbtge->nbsgre", s_suf.softmax(-1), v.float())
-    return z.reshape(N, B, S, H, dh).to(q.dtype)
+        z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale, enable_gqa=H != Hkv)
+    return z.transpose(1, 2).reshape(N, B, S, H, dh)
 
 
 def engine_supports(model) -> bool:

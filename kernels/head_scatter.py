@@ -16,8 +16,13 @@ def head_scatter_reference(resid, dz, W_O, heads):
 
 
 def head_scatter(resid, dz, W_O, heads):
-    """Fused version on CUDA (Triton); the reference elsewhere. Same arguments and result."""
-    if not use_triton(resid):
+    """Fused version on CUDA for bf16/fp16 (Triton); the reference elsewhere. Same result.
+
+    fp32 stays on PyTorch: an exact (IEEE) fp32 product in Triton was 25-75x slower than cuBLAS on
+    the H200 (BENCHMARKS.md), and TF32 would not be exact.
+    """
+    interpreted = not resid.is_cuda  # the CPU interpreter is for testing the kernel in every dtype
+    if not use_triton(resid) or (resid.dtype == torch.float32 and not interpreted):
         return head_scatter_reference(resid, dz, W_O, heads)
     import triton
 

@@ -1,0 +1,255 @@
+"""Benchmarks: the batched engine against TransformerLens's patching loop, in one run.
+
+    interp bench                          # CPU: the real default model, 8 IOI prompts
+    interp bench --device cuda            # GPU: random-weight models of the papers' shapes
+
+Speed does not depend on weight values, so the GPU benchmark uses real architectures with random
+weights (no weights can be brought to that machine). Each row times TransformerLens 4.3's
+``patching.get_act_patch_attn_head_out_*`` and ``interp``'s engine on the same bridge and prompts,
+checks they agree, and reports the FLOP floor of the minimal recomputation, the achieved TFLOP/s
+and the peak memory. Where a TransformerLens sweep would take too long its time per patched
+forward is measured on a sample of cells and multiplied out (marked "extrapolated").
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from interp.metrics import logit_diff
+from interp.tasks.prompts import PromptSet
+
+SHAPES = {
+    "gpt2-small": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)),
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   rope_theta=100000.0, tie_word_embeddings=True, head_dim=64)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                   tie_word_embeddings=True)),
+    "llama-2-7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)),
+}
+
+
+def _tokenizer(folder: str):
+    """A small word-level tokenizer saved to ``folder`` (the bridge wants a local name_or_path)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(256)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="t0", pad_token="t0", bos_token="t1", eos_token="t2")
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def random_model(shape: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """A TransformerBridge (compatibility mode) with random weights and the named architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformer_lens.model_bridge import TransformerBridge
+
+    kind, kwargs = SHAPES[shape]
+    config = AutoConfig.for_model(kind, **kwargs)
+    folder = tempfile.mkdtemp(prefix=f"interp-bench-{shape}-")
+    config.save_pretrained(folder)
+    tokenizer = _tokenizer(folder)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    hf.eval()
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.eval()
+    bridge.interp_key = f"random:{shape}"
+    return bridge
+
+
+def random_prompts(model, batch: int, n_pos: int, seed: int = 0) -> PromptSet:
+    """Random token prompts; corrupted differs from clean at three positions."""
+    g = torch.Generator().manual_seed(seed)
+    V = model.cfg.d_vocab
+    clean = torch.randint(100, V, (batch, n_pos), generator=g)
+    corrupted = clean.clone()
+    for p in (1, n_pos // 2, n_pos - 2):
+        corrupted[:, p] = torch.randint(100, V, (batch,), generator=g)
+    ids = torch.randint(100, V, (2, batch), generator=g)
+    return PromptSet(clean, corrupted, ids[0], ids[1], torch.full((batch,), n_pos - 1)).to(model.cfg.device)
+
+
+def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool) -> float:
+    """FLOPs of the minimal exact recomputation of a head-output sweep.
+
+    A patch of head h at layer l (at position p) must recompute layer l's MLP and every later
+    layer, at positions >= p only (attending to all earlier keys), and two logits per example.
+    """
+    d, H, dh, L = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.n_layers
+    Hkv = cfg.n_key_value_heads or H
+    mlp = 2 * d * cfg.d_mlp * (3 if cfg.gated_mlp else 2)
+    proj = 2 * d * dh * (2 * H + 2 * Hkv)
+    total = 0.0
+    for p0 in (range(n_pos) if by_pos else [0]):
+        S = n_pos - p0
+        ctx = sum(range(p0 + 1, n_pos + 1))  # keys seen by the recomputed queries
+        attn_layer = S * proj + 4 * H * dh * ctx
+        for l in range(L):
+            per_variant = S * mlp + (L - 1 - l) * (S * mlp + attn_layer) + 4 * d
+            total += H * batch * per_variant
+    return total
+
+
+@dataclass
+class Row:
+    shape: str
+    dtype: str
+    batch: int
+    n_pos: int
+    sweep: str
+    tl_s: float
+    tl_extrapolated: bool
+    ours_s: float
+    max_abs_diff: float
+    floor_tflop: float
+    peak_gib: float
+
+    @property
+    def speedup(self) -> float:
+        return self.tl_s / self.ours_s
+
+    def markdown(self, peak_tflops: float | None) -> str:
+        achieved = self.floor_tflop / self.ours_s
+        vs_floor = f"{peak_tflops / achieved:.1f}x" if peak_tflops else "-"
+        tl = f"{self.tl_s:.2f}{'*' if self.tl_extrapolated else ''}"
+        return (f"| {self.shape} | {self.dtype} | {self.batch}x{self.n_pos} | {self.sweep} | {tl} | "
+                f"{self.ours_s:.3f} | **{self.speedup:.0f}x** | {self.max_abs_diff:.1e} | "
+                f"{self.floor_tflop:.3f} | {achieved:.1f} | {vs_floor} | {self.peak_gib:.1f} |")
+
+
+HEADER = ("| model shape | dtype | prompts | sweep | TransformerLens s | interp s | speed-up | max abs diff | "
+          "FLOP floor (TFLOP) | achieved TFLOP/s | time vs floor | peak GiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats: int = 3):
+    """Median wall time of fn() over ``repeats`` runs after one warm-up (one run if the warm-up
+    took over 5 s); returns (seconds, last result)."""
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    if time.perf_counter() - t > 5:
+        repeats = 1
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | None = None, repeats: int = 3) -> tuple:
+    """(TL seconds, extrapolated?, our seconds, max abs diff on the compared cells, peak GiB)."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    from interp.sweep import sweep_patch
+
+    device = model.cfg.device
+    L, H, T = model.cfg.n_layers, model.cfg.n_heads, prompts.n_pos
+    metric = lambda logits: logit_diff(logits, prompts).mean()  # noqa: E731
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(prompts.clean_tokens)
+    fn = patching.get_act_patch_attn_head_out_by_pos if by_pos else patching.get_act_patch_attn_head_out_all_pos
+    axes = ("layer", "pos", "head") if by_pos else ("layer", "head")
+    cells = pd.MultiIndex.from_product([range(L)] + ([range(T)] if by_pos else []) + [range(H)]).to_frame(index=False)
+    cells.columns = list(axes)
+    sample = cells if max_tl_cells is None or len(cells) <= max_tl_cells else cells.sample(max_tl_cells, random_state=0)
+    with torch.no_grad():
+        fn(model, prompts.corrupted_tokens, clean_cache, metric, index_axis_names=None, index_df=sample.head(2))  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        tl_vals = fn(model, prompts.corrupted_tokens, clean_cache, metric, index_axis_names=None, index_df=sample)
+        _sync(device)
+    tl_s = (time.perf_counter() - t) * len(cells) / len(sample)
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    ours_s, result = _timed(lambda: sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False), device, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" and torch.cuda.is_available() else float("nan")
+    ours = result.values[tuple(torch.as_tensor(sample[a].values) for a in axes)]
+    diff = (ours - tl_vals.float().cpu()).abs().max().item()
+    return tl_s, len(sample) < len(cells), ours_s, diff, peak
+
+
+def run_gpu(shapes=("gpt2-small", "smollm2-135m", "qwen2.5-0.5b", "llama-2-7b"), seqs=(16, 64),
+            dtype=torch.bfloat16, batch: int = 16, max_tl_cells: int = 96) -> list[Row]:
+    rows = []
+    for shape in shapes:
+        model = random_model(shape, "cuda", dtype)
+        for T in seqs:
+            prompts = random_prompts(model, batch, T)
+            for by_pos in (False, True):
+                cells = model.cfg.n_layers * model.cfg.n_heads * (T if by_pos else 1)
+                full = shape == "gpt2-small" and T == 16
+                tl_s, extra, ours_s, diff, peak = bench_sweep(model, prompts, by_pos, None if full else max_tl_cells)
+                rows.append(Row(shape, str(dtype).replace("torch.", ""), batch, T, "head_out by pos" if by_pos else "head_out all pos",
+                                tl_s, extra, ours_s, diff, floor_flops(model.cfg, batch, T, by_pos) / 1e12, peak))
+                print(rows[-1].markdown(790.0), flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def run_cpu(n_prompts: int = 8) -> list[Row]:
+    """The real default model on this CPU, IOI prompts, fp32."""
+    from interp.models import load_model
+    from interp.tasks import ioi_examples
+
+    model = load_model()
+    model.set_use_attn_result(False)  # both sides skip per-head results: a fair loop
+    prompts = ioi_examples(model, n=n_prompts, seed=0)
+    rows = []
+    for by_pos in (False, True):
+        tl_s, extra, ours_s, diff, _ = bench_sweep(model, prompts, by_pos, max_tl_cells=None if not by_pos else 270, repeats=1)
+        rows.append(Row("smollm2-135m (real)", "float32", n_prompts, prompts.n_pos,
+                        "head_out by pos" if by_pos else "head_out all pos", tl_s, extra, ours_s, diff,
+                        floor_flops(model.cfg, n_prompts, prompts.n_pos, by_pos) / 1e12, float("nan")))
+        print(rows[-1].markdown(None), flush=True)
+    return rows
+
+
+def bench_kernels(device: str = "cuda") -> list[str]:
+    """Each Triton kernel against its PyTorch reference on engine-sized inputs: markdown rows."""
+    from interp.kernels import head_scatter, head_scatter_reference, norm_logit_diff, norm_logit_diff_reference
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for d, dh, V, R in [(768, 64, 144, 16 * 16), (4096, 128, 64, 16 * 64)]:
+            x = torch.randn(V * 16, d, device=device, dtype=dtype)
+            w = torch.ones(d, device=device, dtype=dtype)
+            D = torch.randn(16, d, device=device, dtype=dtype)
+            idx = torch.arange(16, device=device).repeat(V)
+            bias = torch.zeros(16, device=device)
+            args = (x, w, D, idx, bias, 1e-5, False)
+            t_ref, _ = _timed(lambda: norm_logit_diff_reference(*args), device, 20)
+            t_tri, _ = _timed(lambda: norm_logit_diff(*args), device, 20)
+            rows.append(f"| norm_logit_diff | {str(dtype)[6:]} | rows={V * 16} d={d} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
+            resid = torch.randn(R, d, device=device, dtype=dtype)
+            dz = torch.randn(V, R, dh, device=device, dtype=dtype)
+            W_O = torch.randn(max(V // 4, 1), dh, d, device=device, dtype=dtype)
+            heads = torch.arange(V, device=device) % W_O.shape[0]
+            t_ref, _ = _timed(lambda: head_scatter_reference(resid, dz, W_O, heads), device, 20)
+            t_tri, _ = _timed(lambda: head_scatter(resid, dz, W_O, heads), device, 20)
+            rows.append(f"| head_scatter | {str(dtype)[6:]} | V={V} rows={R} dh={dh} d={d} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
+            print(rows[-2], "\n" + rows[-1], flush=True)
+    return rows

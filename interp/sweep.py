@@ -85,6 +85,8 @@ class Weights:
     act: str
     rotary: bool
     scale: float
+    W_E: torch.Tensor  # [vocab, d]
+    W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
 
     @classmethod
     def from_model(cls, model) -> "Weights":
@@ -110,7 +112,28 @@ class Weights:
             ln_final=_norm_params(model.ln_final), W_U=model.W_U.detach(), b_U=_param(model, "b_U"),
             eps=float(cfg.eps), center=norm.startswith("LN"), act=str(cfg.act_fn),
             rotary=cfg.positional_embedding_type == "rotary", scale=scale,
+            W_E=model.W_E.detach(),
+            W_pos=model.W_pos.detach() if cfg.positional_embedding_type == "standard" else None,
         )
+
+    def embed(self, tokens):
+        x = self.W_E[tokens]
+        return x if self.W_pos is None else x + self.W_pos[: tokens.shape[-1]]
+
+    def project(self, layer, x):
+        """q, k, v (before RoPE) of the residual x [..., S, d]: [..., S, heads, dh] each."""
+        h = self.norm(x, self.ln1[layer])
+        q = torch.einsum("...sd,hde->...she", h, self.W_Q[layer])
+        k = torch.einsum("...sd,hde->...she", h, self.W_K[layer])
+        v = torch.einsum("...sd,hde->...she", h, self.W_V[layer])
+        if self.b_Q is not None:
+            q, k, v = q + self.b_Q[layer], k + self.b_K[layer], v + self.b_V[layer]
+        return q, k, v
+
+    def out(self, layer, z):
+        """The attention output of z [..., S, H, dh]: sum over heads of z_h W_O[h] (+ b_O)."""
+        o = torch.einsum("...she,hed->...sd", z, self.W_O[layer])
+        return o if self.b_O is None else o + self.b_O[layer]
 
     def norm(self, x, params):
         x32 = x.float()
@@ -161,18 +184,15 @@ class RunCache:
     metric: torch.Tensor  # [B]
 
 
-def _run_cache(model, tokens, prompts, metric, need_pattern: bool) -> RunCache:
-    kinds = ["resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z"] + (["pattern"] if need_pattern else [])
-    L = model.cfg.n_layers
-    names = {hook_name(k, l) for k in kinds for l in range(L)} | {"rotary_emb.hook_cos", "rotary_emb.hook_sin"}
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    get = lambda kind: [cache[hook_name(kind, l)] for l in range(L)] if kind in kinds else None  # noqa: E731
-    rc = RunCache(**{k: get(k) for k in ["resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z", "pattern"]},
-                  metric=metric(logits, prompts).float())
-    cos = cache["rotary_emb.hook_cos"][0] if "rotary_emb.hook_cos" in cache else None
-    sin = cache["rotary_emb.hook_sin"][0] if "rotary_emb.hook_sin" in cache else None
-    return rc, cos, sin
+def rotary_tables(model, n_pos: int, device, dtype):
+    """cos, sin [n_pos, d_head] of the model's RoPE, from its own Hugging Face rotary module."""
+    inner = getattr(model.original_model, "model", model.original_model)
+    rot = getattr(inner, "rotary_emb", None)
+    if rot is None:
+        raise InterpError("rotary model without a rotary_emb module: use engine='reference'")
+    x = torch.zeros(1, n_pos, 1, device=device, dtype=dtype)
+    cos, sin = rot(x, torch.arange(n_pos, device=device)[None])
+    return cos[0].to(dtype), sin[0].to(dtype)
 
 
 # ----------------------------------------------------------------------------------------- engine
@@ -218,13 +238,47 @@ class SweepEngine:
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
+        """The activations of the full base or source run, computed once (by this engine's own
+        forward, which the tests hold equal to the bridge's)."""
         have = self._caches.get(which)
         if have is None or (need_pattern and have.pattern is None):
             tokens = self.base_tokens if which == "base" else self.source_tokens
-            self._caches[which], cos, sin = _run_cache(self.model, tokens, self.prompts, self.metric, need_pattern)
-            if cos is not None:
-                self.cos, self.sin = cos, sin
+            with torch.no_grad():
+                self._caches[which] = self._forward_cache(tokens, need_pattern)
         return self._caches[which]
+
+    def _forward_cache(self, tokens, need_pattern: bool) -> RunCache:
+        w, L = self.w, self.cfg.n_layers
+        T = tokens.shape[1]
+        if w.rotary and self.cos is None:
+            self.cos, self.sin = rotary_tables(self.model, T, self.device, w.W_Q.dtype)
+        rc = RunCache(*[[] for _ in range(9)], metric=None)
+        x = w.embed(tokens)
+        for l in range(L):
+            rc.resid_pre.append(x)
+            q, k, v = w.project(l, x)
+            rc.q.append(q), rc.k.append(k), rc.v.append(v)
+            if w.rotary:
+                q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
+            empty = k[:, :0]
+            z = attend(q[None], k[None], v[None], empty, empty, w.scale)[0]
+            rc.z.append(z)
+            if need_pattern:
+                rep = q.shape[2] // k.shape[2]
+                scores = torch.einsum("bqhe,bkhe->bhqk", q.float(), k.repeat_interleave(rep, 2).float()) * w.scale
+                causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+                rc.pattern.append(scores.masked_fill(causal, float("-inf")).softmax(-1).to(q.dtype))
+            a = w.out(l, z)
+            rc.attn_out.append(a)
+            x = x + a
+            rc.resid_mid.append(x)
+            m = w.mlp(l, x)
+            rc.mlp_out.append(m)
+            x = x + m
+        if not need_pattern:
+            rc.pattern = None
+        rc.metric = self._final_metric(x[None], 0, base_metric=torch.zeros(len(tokens), device=x.device), per_example=True)
+        return rc
 
     def clean_and_corrupted(self) -> tuple[float, float]:
         base, src = self.cache("base").metric.mean().item(), self.cache("source").metric.mean().item()
@@ -234,21 +288,13 @@ class SweepEngine:
     def _attention(self, layer, x, p0):
         """Attention of layer ``layer`` for rows x [N, B, S, d] holding positions p0..p0+S-1."""
         w, base = self.w, self.cache("base")
-        N, B, S, _ = x.shape
-        H, Hkv, dh = w.W_Q.shape[1], w.W_K.shape[1], w.W_Q.shape[-1]
-        h = w.norm(x, w.ln1[layer])
-        q = torch.einsum("nbsd,hde->nbshe", h, w.W_Q[layer])
-        k = torch.einsum("nbsd,hde->nbshe", h, w.W_K[layer])
-        v = torch.einsum("nbsd,hde->nbshe", h, w.W_V[layer])
-        if w.b_Q is not None:
-            q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
+        S = x.shape[2]
+        q, k, v = w.project(layer, x)
         k_pre, v_pre = self._base_keys(layer)[:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
-        z = attend(q, k, v, k_pre, v_pre, w.scale)  # [N, B, S, H, dh]
-        out = torch.einsum("nbshe,hed->nbsd", z, w.W_O[layer])
-        return out if w.b_O is None else out + w.b_O[layer]
+        return w.out(layer, attend(q, k, v, k_pre, v_pre, w.scale))
 
     def _base_keys(self, layer):
         """The base run's keys of ``layer`` after RoPE (what later positions attend to)."""
@@ -257,9 +303,10 @@ class SweepEngine:
             self._rotated[layer] = rotate(k, self.cos[:k.shape[1]], self.sin[:k.shape[1]]) if self.w.rotary else k
         return self._rotated[layer]
 
-    def _final_metric(self, x, p0):
-        """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N]."""
-        ps, base = self.prompts, self.cache("base")
+    def _final_metric(self, x, p0, base_metric=None, per_example: bool = False):
+        """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N] (or [N, B])."""
+        ps = self.prompts
+        base_metric = self.cache("base").metric if base_metric is None else base_metric
         N, B, S, d = x.shape
         rel = ps.answer_pos - p0  # [B]
         valid = rel >= 0
@@ -281,8 +328,8 @@ class SweepEngine:
             if self.w.b_U is not None:
                 logits = logits + self.w.b_U
             vals = torch.stack([self.metric(lg, ps).float() for lg in logits])
-        vals = torch.where(valid[None], vals, base.metric[None])
-        return vals.mean(1)
+        vals = torch.where(valid[None], vals, base_metric[None])
+        return vals[0] if per_example else vals.mean(1)
 
     def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int) -> torch.Tensor:
         """Run variants from their own starting points; return the metric of each, in order.

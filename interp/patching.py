@@ -104,6 +104,8 @@ def patch(
         ``meta["index"]`` lists the swept indices of each axis.
     """
     comp = get_component(component)
+    if positions is not None and not by_pos:
+        raise ComponentError("positions select the positions of a by_pos sweep: pass by_pos=True")
     if engine not in ("auto", "batched", "reference"):
         raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
     if engine != "reference":

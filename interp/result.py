@@ -75,6 +75,7 @@ class Result:
         vals = self.normalised() if normalise else self.values
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4.5))
+        index = self.meta.get("index", {})
         if vals.ndim == 1:
             ax.bar(range(len(vals)), vals.numpy())
             ax.set_xlabel(self.axes[0])
@@ -84,9 +85,13 @@ class Result:
             ax.set_ylabel(self.axes[0])
             ax.set_xlabel(self.axes[1])
             ax.figure.colorbar(im, ax=ax)
+            if self.axes[0] in index:  # a sweep over a subset: label rows with the real indices
+                ax.set_yticks(range(len(index[self.axes[0]])), index[self.axes[0]])
         else:
             raise ValueError(f"plot() draws 1-D or 2-D results; this one has axes {self.axes}: "
                              "sum or select an axis first")
+        if self.axes[-1] in index and len(index[self.axes[-1]]) <= 40:
+            ax.set_xticks(range(len(index[self.axes[-1]])), index[self.axes[-1]])
         label = "normalised " + self.metric if normalise else self.metric
         ax.set_title(title or f"{self.component}: {label}")
         return ax

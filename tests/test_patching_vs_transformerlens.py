@@ -55,7 +55,7 @@ def test_patch_matches_transformerlens(model, prompts, clean_cache, component, b
     heads = _heads(component) if component.startswith("head") else None
     positions = sorted({0, int(prompts.positions["S2"][0]), int(prompts.answer_pos.max())})
     ours = patch(model, prompts, component, by_pos=by_pos, layers=LAYERS, heads=heads,
-                 positions=positions, progress=False, engine=engine)
+                 positions=positions if by_pos else None, progress=False, engine=engine)
     assert ours.meta["engine"] == engine
     index = ours.meta["index"]
     rows = list(itertools.product(*[index[a] for a in ours.axes]))

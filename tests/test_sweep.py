@@ -58,7 +58,8 @@ def test_out_of_memory_halves_the_chunk(model, prompts, monkeypatch):
     got = engine.run("head_out", variants, progress=False)
     assert engine._chunk_size(prompts.n_pos) >= len(variants)  # the first try was one chunk
     assert sum(sizes) == len(variants) and max(sizes) <= 4
-    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    # different chunk sizes change the GEMM shapes, hence the last bits of fp32 rounding
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 SCRIPT = textwrap.dedent("""

@@ -215,7 +215,7 @@ class SweepEngine:
         metric: ``metric(logits [batch, vocab] at the answer position, prompts) -> [batch]``;
             logit_diff uses only the two unembedding columns it needs.
         memory_budget: bytes of activation memory a chunk may use (default: 1/4 of free GPU
-            memory on CUDA, 2 GiB on CPU).
+            memory on CUDA, 64 MiB on CPU, where cache-sized chunks are fastest).
     """
 
     def __init__(self, model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
@@ -568,7 +568,9 @@ def _default_budget(device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free // 4)
-    return 2 << 30
+    # On CPU, chunks that stay near the caches win: a full SmolLM2 head sweep took 31 s with a
+    # 2 GiB budget, 22 s with 256 MiB and 19 s with 64 MiB (2 cores, 8 prompts).
+    return 64 << 20
 
 
 # ----------------------------------------------------------------------------------- checkpoints

@@ -368,7 +368,9 @@ class SweepEngine:
 
     # -- turning a patch into a change of the residual stream ----------------------------------
     def start_of(self, component: str, var: Variant) -> tuple[int, str, torch.Tensor, int]:
-        """(layer, point, x [B, S, d], p0) for one variant: where its residual stream first differs."""
+        """(layer, point, x [B, S, d], p0) for one variant: where its residual stream first differs.
+
+        Head outputs (head_out) are handled a chunk at a time by ``starts``."""
         base, src = self.cache("base"), self.cache("source", need_pattern=component == "head_pattern")
         l, h, p = var.layer, var.head, var.pos
         p0 = 0 if p is None else p
@@ -391,9 +393,7 @@ class SweepEngine:
             return (l + 1, "pre", x[:, sl], p0) if l + 1 < L else (L, "final", x[:, sl], p0)
         # head-level components: recompute the affected head(s) of layer l, positions >= p0
         rep = w.W_Q.shape[1] // w.W_K.shape[1]
-        if component == "head_out":
-            heads, z_new = [h], src.z[l][:, sl, [h]]
-        elif component == "head_q":
+        if component == "head_q":
             q = base.q[l].clone()
             q[:, at, h] = src.q[l][:, at, h]
             heads, z_new = [h], self._head_z(l, q[:, sl, [h]], [h // rep], None, None, p0)

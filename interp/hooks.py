@@ -99,3 +99,20 @@ def select(act: torch.Tensor, heads: list[int] | None, pos: torch.Tensor | None,
         return (rows, slice(None), pos) if head_dim == 1 else (rows, pos)
     rows, heads_ix = rows[:, None], heads_ix[None, :]
     return (rows, heads_ix, pos[:, None]) if head_dim == 1 else (rows, pos[:, None], heads_ix)
+
+
+def sweep_index(model, kind: str, n_pos: int, layers=None, heads=None, positions=None) -> dict[str, list[int]]:
+    """The indices a sweep visits on each axis (default: all), checked against the model and prompts."""
+
+    def checked(chosen, size: int, axis: str) -> list[int]:
+        if chosen is None:
+            return list(range(size))
+        chosen = [int(c) for c in chosen]
+        bad = [c for c in chosen if not 0 <= c < size]
+        if bad:
+            raise ComponentError(f"{axis} index {bad[0]} out of range (0..{size - 1})")
+        return chosen
+
+    return {"layer": checked(layers, model.cfg.n_layers, "layer"),
+            "head": checked(heads, n_heads_of(model, kind), "head"),
+            "pos": checked(positions, n_pos, "pos")}

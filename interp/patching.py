@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import ComponentError
-from interp.hooks import check_heads, hook_name, n_heads_of, resolve_positions, select
+from interp.hooks import check_heads, hook_name, resolve_positions, select, sweep_index
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp.tasks.prompts import PromptSet
@@ -121,11 +121,7 @@ def patch(
         if direction == "denoise"
         else (prompts.clean_tokens, prompts.corrupted_tokens)
     )
-    index = {
-        "layer": _checked(layers, model.cfg.n_layers, "layer"),
-        "head": _checked(heads, n_heads_of(model, comp.kind), "head"),
-        "pos": _checked(positions, prompts.n_pos, "pos"),
-    }
+    index = sweep_index(model, comp.kind, prompts.n_pos, layers, heads, positions)
     axes = comp.by_pos_axes if by_pos else comp.all_pos_axes
     names = {hook_name(comp.kind, layer) for layer in index["layer"]}
     with torch.no_grad():
@@ -148,16 +144,6 @@ def patch(
         meta={"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),
               "engine": "reference"},
     )
-
-
-def _checked(chosen, size: int, axis: str) -> list[int]:
-    if chosen is None:
-        return list(range(size))
-    chosen = [int(c) for c in chosen]
-    bad = [c for c in chosen if not 0 <= c < size]
-    if bad:
-        raise ComponentError(f"{axis} index {bad[0]} out of range (0..{size - 1})")
-    return chosen
 
 
 def _patch_hook(source: torch.Tensor, head: int | None, pos: int | None, head_dim: int = 2):
@@ -310,7 +296,7 @@ def path_patch_heads(
     score a head with ``(value - clean) / (corrupted - clean)``.
     """
     caches = path_patch_caches(model, prompts)
-    layers = _checked(layers, model.cfg.n_layers, "layer")
+    layers = sweep_index(model, "z", prompts.n_pos, layers=layers)["layer"]
     heads = list(range(model.cfg.n_heads))
     values = torch.zeros(len(layers), len(heads))
     cells = list(itertools.product(range(len(layers)), heads))

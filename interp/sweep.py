@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from interp.errors import ComponentError, InterpError
-from interp.hooks import hook_name, n_heads_of
+from interp.hooks import sweep_index
 from interp.kernels import head_scatter, norm_logit_diff
 from interp.metrics import logit_diff
 from interp.result import Result
@@ -367,8 +367,8 @@ class SweepEngine:
         return out
 
     # -- turning a patch into a change of the residual stream ----------------------------------
-    def start_of(self, component: str, var: Variant) -> tuple[int, str, torch.Tensor, int]:
-        """(layer, point, x [B, S, d], p0) for one variant: where its residual stream first differs.
+    def start_of(self, component: str, var: Variant) -> tuple[int, str, torch.Tensor]:
+        """(layer, point, x [B, S, d]) for one variant: where its residual stream first differs.
 
         Head outputs (head_out) are handled a chunk at a time by ``starts``."""
         base, src = self.cache("base"), self.cache("source", need_pattern=component == "head_pattern")
@@ -381,16 +381,16 @@ class SweepEngine:
         if component == "resid_pre":
             x = base.resid_pre[l].clone()
             x[:, at] = src.resid_pre[l][:, at]
-            return l, "pre", x[:, sl], p0
+            return l, "pre", x[:, sl]
         if component == "attn_out":
             x = base.resid_mid[l].clone()
             x[:, at] += src.attn_out[l][:, at] - base.attn_out[l][:, at]
-            return l, "mid", x[:, sl], p0
+            return l, "mid", x[:, sl]
         if component == "mlp_out":
             nxt = base.resid_pre[l + 1] if l + 1 < L else base.resid_mid[l] + base.mlp_out[l]
             x = nxt.clone()
             x[:, at] += src.mlp_out[l][:, at] - base.mlp_out[l][:, at]
-            return (l + 1, "pre", x[:, sl], p0) if l + 1 < L else (L, "final", x[:, sl], p0)
+            return (l + 1, "pre", x[:, sl]) if l + 1 < L else (L, "final", x[:, sl])
         # head-level components: recompute the affected head(s) of layer l, positions >= p0
         rep = w.W_Q.shape[1] // w.W_K.shape[1]
         if component == "head_q":
@@ -417,13 +417,13 @@ class SweepEngine:
             n = z_new.shape[1] if component in ("head_k", "head_v") else 1
             dz[:, :n] = z_new[:, :n] - base.z[l][:, p0:p0 + n, heads]
         delta = torch.einsum("bshe,hed->bsd", dz, w.W_O[l, heads])
-        return l, "mid", base.resid_mid[l][:, sl] + delta, p0
+        return l, "mid", base.resid_mid[l][:, sl] + delta
 
     def starts(self, component: str, variants: list[Variant], p0: int):
         """``start_of`` for a chunk of variants sharing p0. Head outputs of one layer go through
         the fused scatter kernel (one W_O product per variant, added to the residual)."""
         if component != "head_out":
-            return [self.start_of(component, v)[:3] for v in variants]
+            return [self.start_of(component, v) for v in variants]
         base, src = self.cache("base"), self.cache("source")
         out = [None] * len(variants)
         for l in sorted({v.layer for v in variants}):
@@ -446,19 +446,14 @@ class SweepEngine:
         base, w = self.cache("base"), self.w
         k_all = base.k[l] if k_pre_all is None else k_pre_all
         v_all = base.v[l] if v_all is None else v_all
-        T = k_all.shape[1]
-        S = q_pre.shape[1]
-        k = k_all[:, :, kv_heads]  # [B, T, h, dh]
+        T, S = k_all.shape[1], q_pre.shape[1]
+        k = k_all[:, :, kv_heads]  # [B, T, h, dh]: one key/value head per query head
         v = v_all[:, :, kv_heads]
         q = q_pre
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[:T], self.sin[:T])
-        scores = torch.einsum("bshe,bthe->bhst", q.float(), k.float()) * w.scale
-        qpos = torch.arange(p0, p0 + S, device=q.device)[:, None]
-        mask = torch.arange(T, device=q.device)[None, :] > qpos
-        pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
-        return torch.einsum("bhst,bthe->bshe", pattern, v.float()).to(q_pre.dtype)
+        return attend(q[None], k[None, :, p0:], v[None, :, p0:], k[:, :p0], v[:, :p0], w.scale)[0]
 
     # -- sweeps --------------------------------------------------------------------------------
     def variants(self, component: str, by_pos: bool, layers=None, heads=None, positions=None):
@@ -466,11 +461,7 @@ class SweepEngine:
 
         comp = get_component(component)
         axes = comp.by_pos_axes if by_pos else comp.all_pos_axes
-        index = {
-            "layer": list(range(self.cfg.n_layers)) if layers is None else [int(x) for x in layers],
-            "head": list(range(n_heads_of(self.model, comp.kind))) if heads is None else [int(x) for x in heads],
-            "pos": list(range(self.prompts.n_pos)) if positions is None else [int(x) for x in positions],
-        }
+        index = sweep_index(self.model, comp.kind, self.prompts.n_pos, layers, heads, positions)
         cells = list(itertools.product(*[index[a] for a in axes]))
         vs = []
         for cell in cells:
@@ -610,10 +601,6 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     """``patch`` through the engine: same arguments, same Result (see ``interp.patching.patch``)."""
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
-    for a in axes:
-        limit = {"layer": engine.cfg.n_layers, "pos": engine.prompts.n_pos}.get(a)
-        if limit is not None and any(not 0 <= i < limit for i in index[a]):
-            raise ComponentError(f"{a} index out of range (0..{limit - 1})")
     values = engine.run(component, variants, checkpoint, progress)
     clean, corrupted = engine.clean_and_corrupted()
     return Result(values.reshape([len(index[a]) for a in axes]), axes, component,

@@ -201,12 +201,7 @@ def path_patch(
     mlp_senders = sorted({int(s[0]) for s in senders if s[1] is None})
     if any(not 0 <= l < n_layers for l in mlp_senders):
         raise ComponentError(f"MLP sender layer out of range (0..{n_layers - 1})")
-    if receivers != RESID_FINAL:
-        receivers = [(int(l), int(h), str(k)) for l, h, k in receivers]
-        for l, h, k in receivers:
-            if k not in ("q", "k", "v"):
-                raise ComponentError(f"receiver kind must be q, k or v, got {k!r}")
-            check_heads(model, [(l, h)], kind=k)
+    receivers = check_receivers(model, receivers)
     s_pos = resolve_positions(sender_positions, prompts)
     r_pos = resolve_positions(receiver_positions, prompts)
     clean_cache, corrupt_cache = _caches or path_patch_caches(model, prompts)
@@ -245,6 +240,22 @@ def path_patch(
         groups.setdefault(hook_name(k, l), []).append(h)
     patch_hooks = [(n, _write_hook(stored[n], hs, r_pos)) for n, hs in groups.items()]
     return _mean_metric(model, prompts.clean_tokens, prompts, metric, patch_hooks)
+
+
+def check_receivers(model, receivers):
+    """"resid_final", or a non-empty list of (layer, head, "q"|"k"|"v") within the model."""
+    if receivers == RESID_FINAL:
+        return receivers
+    if isinstance(receivers, str):
+        raise ComponentError(f"receivers must be {RESID_FINAL!r} or (layer, head, kind) triples, got {receivers!r}")
+    receivers = [(int(l), int(h), str(k)) for l, h, k in receivers]
+    if not receivers:
+        raise ComponentError("no receivers given")
+    for l, h, k in receivers:
+        if k not in ("q", "k", "v"):
+            raise ComponentError(f"receiver kind must be q, k or v, got {k!r}")
+        check_heads(model, [(l, h)], kind=k)
+    return receivers
 
 
 def path_patch_caches(model, prompts: PromptSet):
@@ -289,12 +300,24 @@ def path_patch_heads(
     metric=logit_diff,
     layers: list[int] | None = None,
     progress: bool = True,
+    engine: str = "auto",
 ) -> Result:
     """Path patching with every head (of ``layers``) as the single sender: Result[layer, head].
 
     ``clean`` and ``corrupted`` of the Result are the metric on the clean and corrupted prompts;
-    score a head with ``(value - clean) / (corrupted - clean)``.
+    score a head with ``(value - clean) / (corrupted - clean)`` (1 = the path carries the whole
+    effect of the corruption). ``engine``: "batched" (``interp.path_sweep``, all senders of a chunk
+    in one pass), "reference" (two forwards per sender) or "auto".
     """
+    if engine not in ("auto", "batched", "reference"):
+        raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
+    if engine != "reference":
+        from interp.path_sweep import sweep_path_patch_heads
+        from interp.sweep import engine_supports
+
+        if engine == "batched" or engine_supports(model):
+            return sweep_path_patch_heads(model, prompts, receivers, sender_positions, receiver_positions,
+                                          freeze_mlps, metric, layers, progress=progress)
     caches = path_patch_caches(model, prompts)
     layers = sweep_index(model, "z", prompts.n_pos, layers=layers)["layer"]
     heads = list(range(model.cfg.n_heads))
@@ -311,5 +334,6 @@ def path_patch_heads(
         clean=_mean_metric(model, prompts.clean_tokens, prompts, metric),
         corrupted=_mean_metric(model, prompts.corrupted_tokens, prompts, metric),
         meta={"index": {"layer": layers, "head": heads}, "freeze_mlps": freeze_mlps,
-              "n_prompts": len(prompts)},
+              "n_prompts": len(prompts), "engine": "reference",
+              "receivers": receivers if isinstance(receivers, str) else [list(r) for r in receivers]},
     )

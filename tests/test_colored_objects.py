@@ -1,17 +1,14 @@
 """Colored Objects prompt generator: format, alignment, positions, groups, balance, filtering.
 
-Runs on the shipped models' tokenizers only (no weights): SmolLM2's cache folder must exist (a
-missing one fails); Qwen2.5 and Gemma are tested when their cache folders are there.
+Runs on every shipped model's tokenizer (conftest's ``tokenizer_model``; no weights loaded).
 """
 import re
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from transformers import AutoTokenizer
 
 from interp.errors import PromptError
-from interp.models import REGISTRY, cached_folder
 from interp.tasks import co_colour_ids, co_colours, colored_objects_examples
 from interp.tasks.colored_objects import COLOURS, PHRASES, SURFACES, co_vocabulary
 
@@ -24,23 +21,9 @@ PROMPT = re.compile("^" + BLOCK + r" (?P<shot_answer>\w+)\n" + BLOCK.replace("?P
 N = 30
 
 
-def _stand_in(key: str, tokenizer):
-    """What prompts_for reads from a model: .tokenizer and .cfg.default_prepend_bos."""
-    bos = REGISTRY[key].prepend_bos
-    return SimpleNamespace(tokenizer=tokenizer, cfg=SimpleNamespace(default_prepend_bos=bos))
-
-
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
-def model(request):
-    key = request.param
-    # build_cache renames the finished folder into place, so its presence means it is complete
-    # (a "<key>-<sha>.tmpPID" folder being written does not count).
-    folder = cached_folder(REGISTRY[key])
-    if not (folder / "interp-manifest.json").is_file():
-        if key == "smollm2-135m-instruct":
-            pytest.fail(f"no SmolLM2 cache folder at {folder}")
-        pytest.skip(f"{key}: no cache folder yet")
-    return _stand_in(key, AutoTokenizer.from_pretrained(folder))
+@pytest.fixture(scope="module")
+def model(tokenizer_model):
+    return tokenizer_model
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,16 @@
 """Multiple-choice prompt generators (symbol binding, MMLU style): format, pairs, positions,
 balance, label mutations, shots, seeding and the JSONL loader.
 
-Runs on the shipped models' tokenizers only (no weights): SmolLM2's cache folder must exist (a
-missing one fails); Qwen2.5 and Gemma are tested when their cache folders are there.
+Runs on every shipped model's tokenizer (conftest's ``tokenizer_model``; no weights loaded).
 """
 import json
 import re
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from interp.errors import PromptError
-from interp.models import REGISTRY, cached_folder
 from interp.tasks import (
     MCQSet, load_mcq_jsonl, mcq_label_ids, mmlu_style_examples, symbol_binding_examples,
 )
@@ -32,21 +28,9 @@ N = 40
 MUTATIONS = ["ABCD", "1234", "random", "shuffled"]
 
 
-def _stand_in(key: str, tokenizer):
-    """What prompts_for reads from a model: .tokenizer and .cfg.default_prepend_bos."""
-    bos = REGISTRY[key].prepend_bos
-    return SimpleNamespace(tokenizer=tokenizer, cfg=SimpleNamespace(default_prepend_bos=bos))
-
-
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
-def model(request):
-    key = request.param
-    folder = cached_folder(REGISTRY[key])
-    if not (folder / "interp-manifest.json").is_file():
-        if key == "smollm2-135m-instruct":
-            pytest.fail(f"no SmolLM2 cache folder at {folder}")
-        pytest.skip(f"{key}: no cache folder yet")
-    return _stand_in(key, AutoTokenizer.from_pretrained(folder))
+@pytest.fixture(scope="module")
+def model(tokenizer_model):
+    return tokenizer_model
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from interp.errors import PromptError
-from interp.models import REGISTRY, cached_folder, resolve_spec
+from interp.models import REGISTRY
 from interp.tasks import find_span, needle_episode, needle_episodes, rouge1_recall
 from interp.tasks.needle import (
     LENGTH_TOLERANCE, NEEDLES, NEEDLES_BY_ID, PLAIN_QUESTION, Needle, filler_sentences,
@@ -23,16 +22,10 @@ LENGTHS = (256, 512, 1024)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
-def case(request):
-    key = request.param
-    folder = cached_folder(resolve_spec(key))
-    if not (folder / "tokenizer.json").is_file():
-        if key == "smollm2-135m-instruct":
-            pytest.fail(f"no SmolLM2 cache folder at {folder}")
-        pytest.skip(f"{key}: no cache folder yet")
-    tok = AutoTokenizer.from_pretrained(folder)
-    return SimpleNamespace(key=key, tok=tok, bos=REGISTRY[key].prepend_bos)
+@pytest.fixture(scope="module")
+def case(tokenizer_model):
+    m = tokenizer_model
+    return SimpleNamespace(key=m.key, tok=m.tokenizer, bos=m.cfg.default_prepend_bos)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,34 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_notebook_executes(tmp_path):
-    nb = nbformat.read(ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
+def _execute(name: str, folder: Path):
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs must be stripped in git"
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), "needs a papermill parameters cell"
+    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    assert not errors, errors[0].get("evalue")
+    return nb
+
+
+def test_quickstart_notebook_executes(tmp_path):
+    nb = _execute("00_quickstart.ipynb", tmp_path)
     html = [o for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert html, "the circuitsvis attention pattern should render as HTML"
+
+
+def test_ioi_circuit_reuse_notebook_executes(tmp_path):
+    """Quick mode: saves its figures, its circuit (valid interp.circuit/1) and its numbers."""
+    from interp import graph
+
+    _execute("01_ioi_circuit_reuse.ipynb", tmp_path)
+    out = tmp_path / "reports" / "notebooks" / "01_ioi_circuit_reuse"
+    for name in ("stages.png", "circuit.png", "reuse_smollm2-135m-instruct.png"):
+        assert (out / name).stat().st_size > 1000, name
+    circuit = graph.Circuit.load(out / "circuit.json")
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert set(circuit.heads()) and numbers["model"] == circuit.model
+    assert 0 <= numbers["reuse"]["smollm2-135m-instruct"]["overlap"] <= 1
 
 
 def test_quickstart_report(model, tmp_path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from interp.report import _versions, cpu_threads, default_threads, fig_to_img, html_page, new_figure, table
+from interp.reports.ioi import plot_effect
 
 QUICK = {"n_prompts": 8, "n_seeds": 3, "models": ["smollm2-135m-instruct"]}
 FULL = {"n_prompts": 32, "n_seeds": 5, "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
@@ -51,13 +52,7 @@ def plot_model(res: dict) -> "Figure":
     for row, task in enumerate(("ioi", "co")):
         for col, name in enumerate(names):
             ax = fig.add_subplot(2, len(names), row * len(names) + col + 1)
-            e = path_effect(res["stages"][task][name])
-            lim = float(e.abs().max()) or 1.0
-            im = ax.imshow(e.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
-            ax.set_title(f"{task.upper()}: heads -> {name}", fontsize=9)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            fig.colorbar(im, ax=ax, fraction=0.05)
+            plot_effect(fig, ax, path_effect(res["stages"][task][name]), f"{task.upper()}: heads -> {name}")
     return fig
 
 

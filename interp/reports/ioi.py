@@ -101,15 +101,18 @@ def plot_stages(found) -> "Figure":
 
     fig = new_figure(4.2 * len(found.stages), 5.5)
     for i, (name, r) in enumerate(found.stages.items()):
-        ax = fig.add_subplot(1, len(found.stages), i + 1)
-        e = path_effect(r)
-        lim = float(e.abs().max()) or 1.0
-        im = ax.imshow(e.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
-        ax.set_title(f"heads -> {name}", fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.05)
+        plot_effect(fig, fig.add_subplot(1, len(found.stages), i + 1), path_effect(r), f"heads -> {name}")
     return fig
+
+
+def plot_effect(fig, ax, effect: torch.Tensor, title: str) -> None:
+    """A layer x head heat map of path effects, symmetric colour scale around 0."""
+    lim = float(effect.abs().max()) or 1.0
+    im = ax.imshow(effect.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, fraction=0.05)
 
 
 def plot_circuit(circuit) -> "Figure":

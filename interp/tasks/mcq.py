@@ -78,7 +78,6 @@ the correct one in ``options``. ``load_mcq_jsonl`` reports bad lines as ``path:l
 """
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass, replace
@@ -90,7 +89,7 @@ from jaxtyping import Int
 
 from interp.errors import PromptError
 from interp.tasks.ioi import single_token_words
-from interp.tasks.prompts import PromptSet, prompts_for
+from interp.tasks.prompts import PromptSet, prompts_for, read_jsonl
 
 N_OPTIONS = 4
 PLAIN = ("A", "B", "C", "D")
@@ -518,23 +517,7 @@ def load_mcq_jsonl(path: str | Path) -> list[MCQuestion]:
     Raises:
         PromptError: an unreadable or empty file, or a bad line, named as ``path:line``.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise PromptError(f"cannot read questions file {path}: {exc.strerror}") from exc
-    out = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        out.append(_as_question(obj, f"{path}:{number}"))
-    if not out:
-        raise PromptError(f"{path}: no questions in file")
-    return out
+    return [_as_question(obj, where) for where, obj in read_jsonl(path, "questions")]
 
 
 def mmlu_style_examples(

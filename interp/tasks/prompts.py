@@ -177,26 +177,34 @@ class PromptSet:
 
         Errors name the file and line number.
         """
-        path = Path(path)
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise PromptError(f"cannot read prompts file {path}: {exc.strerror}") from exc
-        examples, names = [], []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise PromptError(f"{path}:{number}: expected a JSON object")
-            examples.append(obj)
-            names.append(f"{path}:{number}")
-        if not examples:
-            raise PromptError(f"{path}: no prompts in file")
+        rows = read_jsonl(path, "prompts")
+        examples, names = [obj for _, obj in rows], [where for where, _ in rows]
         return cls.from_examples(tokenizer, examples, prepend_bos=prepend_bos, names=names)
+
+
+def read_jsonl(path: str | Path, what: str = "records") -> list[tuple[str, dict]]:
+    """The JSON objects of a JSONL file with their "path:line" (blank lines skipped).
+
+    Raises PromptError naming the file (unreadable, empty) or the line (not JSON, not an object)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise PromptError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise PromptError(f"{path}:{number}: expected a JSON object")
+        rows.append((f"{path}:{number}", obj))
+    if not rows:
+        raise PromptError(f"{path}: no {what} in file")
+    return rows
 
 
 def prompts_for(model, examples: Iterable[Mapping], **kwargs) -> PromptSet:

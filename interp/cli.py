@@ -17,7 +17,7 @@ from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
 ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
-AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse"]
+AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "retrieval-heads"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,12 +163,15 @@ def _run_analysis(name: str, args):
     from interp import report
     from interp.reports.circuit_reuse import circuit_reuse_report
     from interp.reports.ioi import ioi_report
+    from interp.reports.retrieval_heads import retrieval_heads_report
 
     out = str(args.out)
     if name == "quickstart":
         return report.quickstart(args.model, out_dir=out, quick=args.quick)
     if name == "ioi":
         return ioi_report(args.model, out_dir=out, quick=args.quick)
+    if name == "retrieval-heads":
+        return retrieval_heads_report(args.model, out_dir=out, quick=args.quick)
     return circuit_reuse_report([args.model] if args.model else None, out_dir=out, quick=args.quick)
 
 

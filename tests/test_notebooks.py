@@ -48,3 +48,13 @@ def test_quickstart_report(model, tmp_path):
     assert numbers and (path.parent / "patching_head_out.json").exists()
     index = write_index(tmp_path, {"quickstart": path})
     assert "quickstart/report.html" in index.read_text()
+
+
+def test_retrieval_heads_notebook_executes(tmp_path):
+    """Quick mode: every episode's needle retrieved and scored; figures and numbers saved."""
+    _execute("03_retrieval_heads.ipynb", tmp_path)
+    out = tmp_path / "reports" / "notebooks" / "03_retrieval_heads"
+    for name in ("scores.png", "masking.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert abs(sum(numbers["bins"].values()) - 1) < 1e-6 and len(numbers["top10"]) == 10

@@ -64,7 +64,11 @@ def logit_diff_directions(model, prompts: PromptSet) -> torch.Tensor:
 
 
 def _check_additive_heads(model, cache, layer: int, rows, pos):
+    """The heads' outputs plus the output bias (b_O, e.g. folded value biases) make the attention output."""
     heads = cache[hook_name("result", layer)][rows, pos].sum(1)
+    b_O = getattr(model, "b_O", None)
+    if b_O is not None:
+        heads = heads + b_O[layer].detach()
     out = cache[hook_name("attn_out", layer)][rows, pos]
     if not torch.allclose(heads, out, atol=1e-3 * (1 + out.abs().max().item())):
         raise ComponentError(
@@ -73,11 +77,13 @@ def _check_additive_heads(model, cache, layer: int, rows, pos):
         )
 
 
-def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean") -> DLA:
+def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean", scale_from: str | None = None) -> DLA:
     """DLA of every head, every layer's attention and MLP, and the embedding.
 
     Read at each example's answer position on the clean (or ``which="corrupted"``) prompts, onto
-    the answer-minus-distractor direction, then averaged over examples.
+    the answer-minus-distractor direction, then averaged over examples. ``scale_from`` takes the
+    frozen final-norm scale from the other run (e.g. the corrupted components over the clean
+    scale: the direct effect of a noising patch), default: the same run.
     """
     tokens = prompts.clean_tokens if which == "clean" else prompts.corrupted_tokens
     with torch.no_grad():
@@ -85,6 +91,11 @@ def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean") ->
     rows = torch.arange(len(prompts))
     pos = prompts.answer_pos
     scale = cache["ln_final.hook_scale"][rows, pos]  # [batch, 1]
+    if scale_from is not None and scale_from != which:
+        other = prompts.clean_tokens if scale_from == "clean" else prompts.corrupted_tokens
+        with torch.no_grad():
+            _, sc = model.run_with_cache(other, names_filter=lambda n: n == "ln_final.hook_scale")
+        scale = sc["ln_final.hook_scale"][rows, pos]
     direction = logit_diff_directions(model, prompts)  # [batch, d_model]
 
     def attribute(x):  # x: [batch, ..., d_model] at the answer position

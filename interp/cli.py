@@ -17,7 +17,7 @@ from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
 ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
-AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "retrieval-heads"]
+AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "retrieval-heads", "correct-letter"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,6 +162,7 @@ def _run_analysis(name: str, args):
     """Run one analysis by name; returns the path of its report."""
     from interp import report
     from interp.reports.circuit_reuse import circuit_reuse_report
+    from interp.reports.correct_letter import correct_letter_report
     from interp.reports.ioi import ioi_report
     from interp.reports.retrieval_heads import retrieval_heads_report
 
@@ -172,6 +173,8 @@ def _run_analysis(name: str, args):
         return ioi_report(args.model, out_dir=out, quick=args.quick)
     if name == "retrieval-heads":
         return retrieval_heads_report(args.model, out_dir=out, quick=args.quick)
+    if name == "correct-letter":
+        return correct_letter_report(args.model, out_dir=out, quick=args.quick)
     return circuit_reuse_report([args.model] if args.model else None, out_dir=out, quick=args.quick)
 
 

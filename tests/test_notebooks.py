@@ -58,3 +58,12 @@ def test_retrieval_heads_notebook_executes(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     numbers = json.loads((out / "numbers.json").read_text())
     assert abs(sum(numbers["bins"].values()) - 1) < 1e-6 and len(numbers["top10"]) == 10
+
+
+def test_correct_letter_notebook_executes(tmp_path):
+    _execute("04_correct_letter_heads.ipynb", tmp_path)
+    out = tmp_path / "reports" / "notebooks" / "04_correct_letter_heads"
+    for name in ("effects.png", "rank.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert numbers["scores"]["accuracy"] > 0.25 and str(64) in numbers["rank_curve"]

@@ -81,3 +81,25 @@ def test_bos_is_prepended_when_asked(model):
     ps = PromptSet.from_examples(model, [GOOD], prepend_bos=True, positions={"X": [1]})
     assert ps.clean_tokens[0, 0] == model.tokenizer.bos_token_id
     assert ps.positions["X"].tolist() == [2]
+
+
+def test_ioi_pairs_are_aligned_for_every_shipped_tokenizer(tokenizer_model):
+    """For each shipped tokenizer: equal clean/corrupted lengths, one-token names, and the named
+    positions point at the names they name (so the path-patching stages read the right tokens)."""
+    from interp.tasks import ioi_examples
+
+    ps = ioi_examples(tokenizer_model, n=16, seed=0)
+    tok = tokenizer_model.tokenizer
+    assert ps.clean_tokens.shape == ps.corrupted_tokens.shape
+    rows = torch.arange(len(ps))
+    assert torch.equal(ps.clean_tokens[rows, ps.positions["IO"]], ps.answer_ids)
+    assert torch.equal(ps.clean_tokens[rows, ps.positions["S1"]], ps.distractor_ids)
+    assert torch.equal(ps.clean_tokens[rows, ps.positions["S2"]], ps.distractor_ids)
+    assert bool((ps.positions["S1+1"] == ps.positions["S1"] + 1).all())
+    for i in range(len(ps)):
+        assert len(tok(tok.decode([int(ps.answer_ids[i])]), add_special_tokens=False)["input_ids"]) == 1
+    # examples of one template share every position (per-template means need it)
+    for g in ps.groups.unique():
+        same = ps.groups == g
+        for name in ("IO", "S1", "S2", "END"):
+            assert len(ps.positions[name][same].unique()) == 1, (int(g), name)

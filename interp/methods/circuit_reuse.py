@@ -26,7 +26,7 @@ import statistics
 
 import torch
 
-from interp.methods.ioi import Head, path_effect
+from interp.methods.ioi import Head, path_effect, top_heads
 from interp.patching import path_patch_heads
 from interp.result import Result
 from interp.tasks.colored_objects import co_colour_ids
@@ -57,25 +57,19 @@ def stages(model, prompts: PromptSet, task: str, n_receivers: int = 3, progress:
     """The three path-patching stages of one task (see the module docstring)."""
     rep = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
     out = {"logits": path_patch_heads(model, prompts, "resid_final", progress=progress)}
-    movers = [h for h in _top_signed(path_effect(out["logits"]), n_receivers)]
+    movers = top_heads(path_effect(out["logits"]), n_receivers, float("-inf"))
     out["mover queries"] = path_patch_heads(model, prompts, [(l, h, "q") for l, h in movers],
                                             receiver_positions="END", progress=progress)
     before = min(l for l, _ in movers)
     e2 = path_effect(out["mover queries"]).clone()
     e2[before:] = 0
-    inhibition = _top_signed(e2, n_receivers)
+    inhibition = top_heads(e2, n_receivers, float("-inf"))
     kv = sorted({(l, h // rep) for l, h in inhibition})
     out["inhibition"] = path_patch_heads(model, prompts, [(l, g, c) for l, g in kv for c in ("k", "v")],
                                          receiver_positions=STAGE3_POSITION[task], progress=progress)
     for name, r in out.items():
         r.meta["receiver_heads"] = {"logits": None, "mover queries": movers, "inhibition": inhibition}[name]
     return out
-
-
-def _top_signed(effect: torch.Tensor, k: int) -> list[Head]:
-    """The k heads with the largest positive effect (the ones carrying the task's answer)."""
-    idx = effect.flatten().topk(k).indices
-    return [(int(i) // effect.shape[1], int(i) % effect.shape[1]) for i in idx]
 
 
 def overlap(ioi: dict[str, Result], co: dict[str, Result], share: float = 0.02) -> dict:
@@ -140,7 +134,7 @@ def run(model, n_prompts: int = 32, seed: int = 0, n_seeds: int = 5, share: floa
     ioi_ps = ioi_examples(model, n=n_prompts, seed=seed, corruption="s2_io")
     co_ps = colored_objects_examples(model, n=n_prompts, seed=seed)
     ioi_stages, co_stages = stages(model, ioi_ps, "ioi", progress=progress), stages(model, co_ps, "co", progress=progress)
-    negative = _top_signed(-path_effect(ioi_stages["logits"]), 1)
+    negative = top_heads(path_effect(ioi_stages["logits"]), 1, float("-inf"), sign=-1)
     heads = list(ioi_stages["inhibition"].meta["receiver_heads"]) + [h for h in negative]
     return {
         "co_accuracy": {k: v for k, v in accuracy(model, co_ps).items() if k != "correct"},

@@ -149,9 +149,17 @@ class LowRankHead:
         self.w = Weights.from_model(model)
         self.rep = self.w.W_Q.shape[1] // self.w.W_K.shape[1]
         self.Vq = self.Vk = None
+        self._last = None  # (prompt set, its (q, k))
 
     def _qk(self, mcq: MCQSet):
-        """q at END [B, dh] and k at every position [B, T, dh] of the head, after RoPE."""
+        """q at END [B, dh] and k at every position [B, T, dh] of the head, after RoPE (one forward
+        per prompt set: ``fit`` and every ``hooks`` call on the same set reuse it)."""
+        if self._last is not None and self._last[0] is mcq:
+            return self._last[1]
+        self._last = (mcq, self._compute_qk(mcq))
+        return self._last[1]
+
+    def _compute_qk(self, mcq: MCQSet):
         l, h = self.head
         ps, w = mcq.prompts, self.w
         name = hook_name("resid_pre", l)

@@ -476,14 +476,18 @@ def symbol_binding_examples(
         clean, corrupted = build(slot), build(other)
         found = _locate(tok, clean.text, clean.spans, f"example {i}")
         _add_positions(pos, found, slot, OPTION_KEYS + ["ASKED"])
-        gap = "" if sep else " "
-        examples.append({
-            "clean": clean.text, "corrupted": corrupted.text,
-            "answer": gap + labs[slot], "distractor": gap + labs[other],
-        })
-        label_rows.append(list(labs))
-        correct.append(slot)
+        _add_example(examples, label_rows, correct, clean.text, corrupted.text, labs, slot, other, sep)
     return _finish(examples, pos, label_rows, correct, model, tok)
+
+
+def _add_example(examples, label_rows, correct, clean: str, corrupted: str, labs, slot: int, other: int, sep: str):
+    """Record one minimal pair: answer = the clean label, distractor = the corrupted prompt's label
+    (a leading space unless the prompt already ends with one)."""
+    gap = "" if sep else " "
+    examples.append({"clean": clean, "corrupted": corrupted,
+                     "answer": gap + labs[slot], "distractor": gap + labs[other]})
+    label_rows.append(list(labs))
+    correct.append(slot)
 
 
 def _as_question(obj, where: str) -> MCQuestion:
@@ -611,11 +615,5 @@ def mmlu_style_examples(
         else:
             raise PromptError(f"{where}: every option swap changes the prompt's token length")
         _add_positions(pos, found, slot, OPTION_KEYS)
-        gap = "" if sep else " "
-        examples.append({
-            "clean": clean.text, "corrupted": corrupted.text,
-            "answer": gap + labs[slot], "distractor": gap + labs[other],
-        })
-        label_rows.append(list(labs))
-        correct.append(slot)
+        _add_example(examples, label_rows, correct, clean.text, corrupted.text, labs, slot, other, sep)
     return _finish(examples, pos, label_rows, correct, model, tok)

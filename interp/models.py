@@ -244,6 +244,7 @@ def load_model(
     key_or_name: str | None = None,
     device: str = "cpu",
     dtype: torch.dtype | str | None = None,
+    n_devices: int = 1,
 ):
     """Load a model as a TransformerBridge in HookedTransformer-compatible mode.
 
@@ -252,6 +253,11 @@ def load_model(
             with a Hugging Face checkpoint, or a hub name.
         device: "cpu" or "cuda".
         dtype: torch dtype or its name ("float32", "bfloat16"); default: the model's (fp32).
+        n_devices: split the model's layers across this many GPUs (``device="cuda"``; Accelerate's
+            "balanced" device map, as TransformerLens's ``n_devices``), for a model too large for
+            one GPU: hooks and ``engine="reference"`` run across the split (TransformerLens's
+            multi-GPU support; untested here, without GPUs). The batched engine and
+            ``interp.distributed`` need the whole model on one device (docs/ray.md).
 
     Returns:
         A ``TransformerBridge`` with compatibility mode on, per-head results hooked
@@ -269,11 +275,20 @@ def load_model(
     dtype = dtype or (spec.dtype if spec else torch.float32)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InterpError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+    placement = {}
+    if n_devices != 1:
+        if n_devices < 1 or device != "cuda" or torch.cuda.device_count() < n_devices:
+            raise InterpError(f"n_devices={n_devices} needs device='cuda' and that many GPUs "
+                              f"({torch.cuda.device_count()} visible)")
+        from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+        device_map, max_memory = resolve_device_map(n_devices, None, None)
+        placement = dict(device_map=device_map, max_memory=max_memory)
     source = str(hf_folder(spec)) if spec else str(Path(key_or_name).expanduser())
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(source)
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as exc:
         raise UnknownModelError(
             f"cannot load {key_or_name!r}: not a registered key, and no local folder or reachable "
@@ -282,7 +297,7 @@ def load_model(
     hf_model.eval()
     with _quiet():
         bridge = TransformerBridge.boot_transformers(
-            source, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            source, hf_model=hf_model, tokenizer=tokenizer, device=None if placement else device, dtype=dtype
         )
         bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.set_use_attn_result(True)

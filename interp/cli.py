@@ -1,7 +1,7 @@
 """The ``interp`` command. Every subcommand prints one clear line and exits 2 on bad input.
 
     interp models
-    interp patch --prompts p.jsonl --component head_out [--by-pos] [--out r.json]
+    interp patch --prompts p.jsonl --component head_out [--by-pos] [--out r.json] [--workers 2]
     interp dla --prompts p.jsonl
     interp ablate --prompts p.jsonl --heads 9.6,10.0 --mode mean
     interp reproduce quickstart --out reports
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--component", required=True, choices=COMPONENT_CHOICES)
     p.add_argument("--by-pos", action="store_true", help="patch one position at a time")
     _add_model_args(p, device=True)
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="save finished chunks here; rerunning with the same file resumes the sweep")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run the sweep on N Ray workers, one model replica each (docs/ray.md)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --workers: join this Ray cluster (auto or HOST:PORT) instead of starting one")
 
     p = sub.add_parser("dla", help="direct logit attribution of answer - distractor at the last position")
     _add_prompts_arg(p)
@@ -112,8 +118,21 @@ def cmd_models(args) -> None:
 def cmd_patch(args) -> None:
     from interp.patching import patch
 
-    model, prompts = _load(args)
-    result = patch(model, prompts, args.component, by_pos=args.by_pos)
+    if args.workers is None:
+        if args.ray_address is not None:
+            raise InterpError("--ray-address needs --workers N")
+        model, prompts = _load(args)
+        result = patch(model, prompts, args.component, by_pos=args.by_pos, checkpoint=args.checkpoint)
+    else:
+        from interp.distributed import sweep_patch_distributed
+
+        if args.workers < 1:
+            raise InterpError(f"--workers must be >= 1, got {args.workers}")
+        # The driver's copy only tokenizes the prompts (on the CPU); the workers load their own.
+        model, prompts = _load(argparse.Namespace(**{**vars(args), "device": "cpu", "dtype": None}))
+        result = sweep_patch_distributed(args.model, prompts, args.component, by_pos=args.by_pos,
+                                         workers=args.workers, device=args.device, dtype=args.dtype,
+                                         address=args.ray_address, checkpoint=args.checkpoint)
     _emit({"component": args.component, "metric": "logit_diff", "axes": list(result.axes),
            "values": result.values.tolist(), "clean": result.clean, "corrupted": result.corrupted,
            "model": model.interp_key, "n_prompts": len(prompts)}, args.out)

@@ -1,0 +1,158 @@
+"""Distributed sweeps on a local Ray with 2 CPU workers (SmolLM2, fp32): the same bits as the
+single-process engine, no chunk lost or duplicated when a worker is killed mid-sweep, a crashed
+driver resumed from its checkpoint, and one-line errors for bad input.
+
+One local Ray and one pool of two workers serve the whole module (starting them takes ~45 s on
+2 busy cores); the last test closes the pool, and the fixture shuts Ray down.
+"""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import ray
+
+from interp.cli import main
+from interp.distributed import RaySweepPool
+from interp.errors import InterpError
+from interp.sweep import _save_checkpoint, sweep_patch
+from interp.tasks import PromptSet, ioi_examples
+
+# 4 layers x 9 heads; an 8 MiB budget cuts them into 12 chunks of 3 (the default makes 2 chunks).
+SWEEP = dict(component="head_out", layers=[26, 27, 28, 29], memory_budget=8 << 20, progress=False)
+
+
+def _one_thread(fn):
+    """Run fn with torch on 1 thread, like each worker: CPU GEMMs round differently on 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ioi4(model):
+    return ioi_examples(model, n=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(model, ioi4):
+    """The single-process engine's result, with the workers' thread count."""
+    return _one_thread(lambda: sweep_patch(model, ioi4, **SWEEP))
+
+
+@pytest.fixture(scope="module")
+def pool():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    pool = RaySweepPool(None, workers=2)  # uses the Ray above: closing it leaves Ray up
+    yield pool
+    pool.close()
+    ray.shutdown()
+
+
+def test_same_bits_as_the_local_engine(pool, model, ioi4, reference):
+    assert pool.threads == 1  # 2 workers on 2 cores
+    result = pool.sweep(ioi4, **SWEEP)
+    assert torch.equal(result.values, reference.values)
+    assert (result.clean, result.corrupted) == (reference.clean, reference.corrupted)
+    assert result.axes == reference.axes and result.meta["index"] == reference.meta["index"]
+    assert pool.stats.chunks == 12 and sorted(pool.stats.recorded) == list(range(12))
+    assert set(pool.stats.workers) == {0, 1}  # both workers computed chunks
+
+    # by position: chunks grouped by first patched position, as the local engine groups them
+    by_pos = dict(component="head_out", by_pos=True, layers=[28, 29], positions=[2, 9, ioi4.n_pos - 1],
+                  memory_budget=4 << 20, progress=False)
+    local = _one_thread(lambda: sweep_patch(model, ioi4, **by_pos))
+    assert torch.equal(pool.sweep(ioi4, **by_pos).values, local.values)
+
+
+def test_killed_worker_loses_and_duplicates_no_chunk(pool, model, ioi4):
+    sweep = dict(SWEEP, memory_budget=3 << 20)  # 36 chunks of one variant
+    reference = _one_thread(lambda: sweep_patch(model, ioi4, **sweep))
+    victim = pool.pids()[1]
+
+    def kill_once(chunk, worker):
+        # Worker 1's first chunk is back: the second one sent with it is running now.
+        if worker == 1 and pool.stats.workers.count(1) == 1:
+            os.kill(victim, signal.SIGKILL)
+
+    result = pool.sweep(ioi4, **sweep, on_chunk=kill_once)
+    stats = pool.stats
+    assert stats.lost >= 1 and stats.replaced == 1, f"the kill should cost a running chunk: {stats}"
+    assert sorted(stats.recorded) == list(range(stats.chunks))  # each chunk recorded exactly once
+    assert torch.equal(result.values, reference.values)
+    assert victim not in pool.pids()  # the replacement is a new process
+
+
+def test_crashed_driver_resumes_from_checkpoint(pool, ioi4, reference, tmp_path):
+    ckpt = tmp_path / "sweep.ckpt"
+
+    def crash_after_three(chunk, worker):
+        if len(pool.stats.recorded) == 3:
+            raise RuntimeError("driver crash")
+
+    with pytest.raises(RuntimeError, match="driver crash"):
+        pool.sweep(ioi4, **SWEEP, checkpoint=ckpt, on_chunk=crash_after_three)
+    first = list(pool.stats.recorded)
+    plan = pool.plan(ioi4, "head_out", layers=SWEEP["layers"], memory_budget=SWEEP["memory_budget"])
+
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        values, done = f.get_tensor("values"), f.get_tensor("done").bool()
+    saved = sorted(i for c in first for i in plan.chunks[c])
+    assert done.nonzero().flatten().tolist() == saved
+    # Mark the saved values: a resumed sweep must keep them, not compute them again.
+    values[saved] = 1234.0
+    _save_checkpoint(ckpt, plan.key, values, done)
+
+    result = pool.sweep(ioi4, **SWEEP, checkpoint=ckpt)
+    assert pool.stats.skipped == 3 and sorted(pool.stats.recorded + first) == list(range(12))
+    flat, expected = result.values.flatten(), reference.values.flatten()
+    assert (flat[saved] == 1234.0).all()
+    rest = torch.ones(len(flat), dtype=torch.bool)
+    rest[saved] = False
+    assert torch.equal(flat[rest], expected[rest])
+
+
+def test_bad_input_is_one_line(pool):
+    with pytest.raises(InterpError, match="workers must be an integer >= 1"):
+        RaySweepPool(None, workers=0)
+    with pytest.raises(InterpError, match="no Ray cluster reachable at 127.0.0.1:1"):
+        RaySweepPool(None, workers=1, address="127.0.0.1:1")  # a closed port on this machine
+    with pytest.raises(InterpError, match="HOST:PORT"):
+        RaySweepPool(None, workers=1, address="no-port")
+    with pytest.raises(InterpError, match="GPU workers"):
+        RaySweepPool(None, workers=2, device="cuda")  # this Ray has no GPU
+    from interp.models import load_model
+
+    with pytest.raises(InterpError, match="n_devices=2 needs device='cuda'"):
+        load_model(n_devices=2)
+
+
+def test_cli_workers(pool, model, ioi4, tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    decode = model.tokenizer.decode
+    path.write_text("\n".join(json.dumps({"clean": c, "corrupted": x, "answer": decode(a), "distractor": decode(d)})
+                              for c, x, a, d in zip(ioi4.clean_text, ioi4.corrupted_text,
+                                                    ioi4.answer_ids.tolist(), ioi4.distractor_ids.tolist())))
+    base = ["patch", "--prompts", str(path), "--component", "attn_out"]
+    for bad, message in [(["--workers", "0"], "--workers must be >= 1"),
+                         (["--ray-address", "auto"], "--ray-address needs --workers")]:
+        assert main(base + bad) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and message in err[0], err
+
+    pool.close()  # free the two CPUs of this Ray for the command's own two workers
+    out = tmp_path / "r.json"
+    assert main(base + ["--workers", "2", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["axes"] == ["layer"] and len(got["values"]) == 30
+    prompts = PromptSet.from_jsonl(path, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
+    local = _one_thread(lambda: sweep_patch(model, prompts, "attn_out", progress=False))
+    assert torch.equal(torch.tensor(got["values"]), local.values)
+

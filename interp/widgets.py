@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 Head = tuple[int, int]
 ABLATION_MODES = ("zero", "mean", "ua")
 TOP_K = 5
+GRAPH_WIDTH = 560  # pixels: a fixed width, so the graph never spills under the head panel
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                  "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -559,7 +560,7 @@ class CircuitExplorer:
                                      marker=dict(size=38, symbol="circle-open", color=colour, line=dict(width=width))))
         fig = go.FigureWidget(traces, layout=go.Layout(
             title=dict(text=f"{self.circuit.model} · {self.circuit.task}: click a head", font=dict(size=13)),
-            height=620, margin=dict(l=50, r=10, t=40, b=40), plot_bgcolor="white", dragmode=False,
+            width=GRAPH_WIDTH, height=640, margin=dict(l=50, r=10, t=40, b=40), plot_bgcolor="white", dragmode=False,
             xaxis=dict(title="head", zeroline=False, gridcolor="#eeeeee"),
             yaxis=dict(title="layer", zeroline=False, gridcolor="#eeeeee"),
             legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.12, x=0)))
@@ -592,8 +593,8 @@ class CircuitExplorer:
             self.clean_box, self.corrupted_box,
             W.HBox([self.answer_box, self.distractor_box, self.run_button], layout=W.Layout(flex_flow="row wrap")),
         ])
-        graph_box = W.Box([self.graph], layout=W.Layout(width="52%", min_width="420px"))
-        panel_box = W.Box([self.panel.widget], layout=W.Layout(width="48%"))
+        graph_box = W.Box([self.graph], layout=W.Layout(width=f"{GRAPH_WIDTH + 10}px", flex="0 0 auto"))
+        panel_box = W.Box([self.panel.widget], layout=W.Layout(flex="1 1 auto", min_width="380px"))
         return W.VBox([
             W.HBox([graph_box, panel_box], layout=W.Layout(width="100%")),
             self.selection_text, controls, self.busy.widget, self.metric, self.predictions,

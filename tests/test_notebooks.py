@@ -67,3 +67,16 @@ def test_correct_letter_notebook_executes(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     numbers = json.loads((out / "numbers.json").read_text())
     assert numbers["scores"]["accuracy"] > 0.25 and str(64) in numbers["rank_curve"]
+
+
+def test_circuit_explorer_notebook_executes(tmp_path):
+    """Quick mode: the explorer and the sweep viewer display as widgets; ablating the name movers
+    lowers the logit difference, ablating the negative name movers raises it."""
+    nb = _execute("05_circuit_explorer.ipynb", tmp_path)
+    widgets = [o for c in nb.cells for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) >= 2, "the explorer and the sweep viewer should display as widgets"
+    numbers = json.loads((tmp_path / "reports" / "notebooks" / "05_circuit_explorer" / "numbers.json").read_text())
+    by_class = numbers["ablate_by_class"]
+    assert by_class["name mover"]["mean"] < numbers["clean"] < by_class["negative name mover"]["mean"]
+    assert len(numbers["sweep_top5"]) == 5

@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 OUT ?= reports
+# Debian's Chromium, for the browser test (tests/test_browser.py drives it with Playwright;
+# Playwright's own browser download needs the network, so it is not used).
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: run test setup clean
 
@@ -18,12 +21,22 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.tx
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed
+# Installed with apt when missing and we are root (as CI is, on a clean Debian 12); otherwise
+# say how, and the browser test fails with the same advice.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: install it with 'sudo apt-get install -y chromium' (the browser test needs it)"; \
+	fi
+
+setup: $(VENV)/.installed $(CHROMIUM)
 
 run: $(VENV)/.installed
 	$(VENV)/bin/interp reproduce all --out $(OUT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(CHROMIUM)
 	$(PY) -m pytest -q tests
 
 clean:

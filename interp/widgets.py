@@ -475,8 +475,7 @@ class CircuitExplorer:
     def _apply(self, mode: str, heads: list[Head]) -> None:
         with self.busy.run(f"{mode} ablation of {len(heads)} heads", 2) as step:
             step("hooks")
-            hooks = ablation_hooks(self.model, heads, mode, reference=self.prompts,
-                                   groups=self.prompts.groups if self.prompts.groups is not None else None)
+            hooks = ablation_hooks(self.model, heads, mode, reference=self.prompts, groups=self.prompts.groups)
             step("forward")
             logits = self._run(self.prompts.clean_tokens, hooks)
             self.applied = (mode, list(heads))

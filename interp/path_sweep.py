@@ -131,7 +131,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
             edit = _receiver_edit(stored[layer], [(h, k) for l, h, k in receivers if l == layer], rows, cols)
         x = x + engine._attention(layer, x, p0, edit)
         x = x + w.mlp(layer, x)
-    return engine._final_metric(x, p0)
+    return engine._final_metric(x, p0).mean(1)
 
 
 def _receiver_edit(stored, heads_kinds, rows, cols):

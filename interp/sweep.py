@@ -13,6 +13,13 @@ engine computes the same numbers with far less work, using four facts:
 4. The metric needs the logits of two tokens at one position per example: the final norm is applied
    there only, and only the answer and distractor columns of the unembedding are used.
 
+Ablation sweeps use the same machinery: ablating head h of layer l (``ablate_ua``, ``ablate_sc``,
+``ablate_zero``) is a change of head h's output at layer l, so each variant again starts at its
+layer. ``base_ablation`` ablates a fixed set of heads in the base run and in every variant (Sahara's
+greedy search adds one head at a time to a group). ``readout="residual"`` returns each variant's
+final residual stream at the answer positions instead of a metric, for readouts over the whole
+vocabulary or the whole batch (Ships' KL, generalized Ships' SVD).
+
 Variants with the same first recomputed position are packed into the batch dimension of one forward
 (variants join the batch at their own layer). Chunks are sized from a memory budget and halved on
 out-of-memory; finished chunks can be checkpointed to a file so an interrupted sweep resumes.
@@ -87,9 +94,31 @@ class Weights:
     scale: float
     W_E: torch.Tensor  # [vocab, d]
     W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
+    W_qkv: torch.Tensor | None = None  # [L, d, (H + 2 Hkv) dh]: q, k, v in one matmul
+    b_qkv: torch.Tensor | None = None  # [L, (H + 2 Hkv) dh]
+
+    def __post_init__(self):
+        L, H, d, dh = self.W_Q.shape
+        flat = lambda W: W.permute(0, 2, 1, 3).reshape(L, d, -1)  # noqa: E731
+        self.W_qkv = torch.cat([flat(self.W_Q), flat(self.W_K), flat(self.W_V)], -1).contiguous()
+        if self.b_Q is not None:
+            self.b_qkv = torch.cat([self.b_Q.reshape(L, -1), self.b_K.reshape(L, -1), self.b_V.reshape(L, -1)], -1)
+        self._split = [H * dh, self.W_K.shape[1] * dh, self.W_K.shape[1] * dh]
 
     @classmethod
     def from_model(cls, model) -> "Weights":
+        """The model's weights, stacked once and cached on the model until a parameter changes
+        (stacking a 0.5B model's weights takes seconds)."""
+        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        cached = getattr(model, "_interp_weights", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        w = cls._stack(model)
+        object.__setattr__(model, "_interp_weights", (key, w))
+        return w
+
+    @classmethod
+    def _stack(cls, model) -> "Weights":
         cfg = model.cfg
         norm = str(cfg.normalization_type)
         if norm not in ("RMS", "RMSPre", "LN", "LNPre"):
@@ -123,16 +152,15 @@ class Weights:
     def project(self, layer, x):
         """q, k, v (before RoPE) of the residual x [..., S, d]: [..., S, heads, dh] each."""
         h = self.norm(x, self.ln1[layer])
-        q = torch.einsum("...sd,hde->...she", h, self.W_Q[layer])
-        k = torch.einsum("...sd,hde->...she", h, self.W_K[layer])
-        v = torch.einsum("...sd,hde->...she", h, self.W_V[layer])
-        if self.b_Q is not None:
-            q, k, v = q + self.b_Q[layer], k + self.b_K[layer], v + self.b_V[layer]
-        return q, k, v
+        qkv = h @ self.W_qkv[layer]
+        if self.b_qkv is not None:
+            qkv = qkv + self.b_qkv[layer]
+        dh = self.W_Q.shape[-1]
+        return tuple(t.unflatten(-1, (-1, dh)) for t in qkv.split(self._split, -1))
 
     def out(self, layer, z):
         """The attention output of z [..., S, H, dh]: sum over heads of z_h W_O[h] (+ b_O)."""
-        o = torch.einsum("...she,hed->...sd", z, self.W_O[layer])
+        o = z.flatten(-2) @ self.W_O[layer].flatten(0, 1)
         return o if self.b_O is None else o + self.b_O[layer]
 
     def norm(self, x, params):
@@ -182,6 +210,7 @@ class RunCache:
     z: list
     pattern: list  # [B, H, T, T]
     metric: torch.Tensor  # [B]
+    final: torch.Tensor | None = None  # the final residual stream [B, T, d]
 
 
 def rotary_tables(model, n_pos: int, device, dtype):
@@ -205,8 +234,12 @@ class Variant:
     pos: int | None
 
 
+ABLATIONS = {"ablate_ua": "ua", "ablate_sc": "sc", "ablate_zero": "zero"}
+READOUTS = ("metric", "per_example", "residual")
+
+
 class SweepEngine:
-    """Runs patching sweeps for one model and prompt set, exactly and in batches.
+    """Runs patching and ablation sweeps for one model and prompt set, exactly and in batches.
 
     Args:
         model: a TransformerBridge (``load_model``).
@@ -216,10 +249,15 @@ class SweepEngine:
             logit_diff uses only the two unembedding columns it needs.
         memory_budget: bytes of activation memory a chunk may use (default: 1/4 of free GPU
             memory on CUDA, 64 MiB on CPU, where cache-sized chunks are fastest).
+        eps: the factor of the ``ablate_ua`` (q := eps q) and ``ablate_sc`` (z := eps z)
+            components (Zhou et al. 2025; see ``interp.ablation``).
+        base_ablation: (mode, heads) ablated in the base run and in every variant, mode one of
+            "ua", "sc", "zero" (at all positions).
     """
 
     def __init__(self, model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, eps: float = 1e-5,
+                 base_ablation: tuple[str, list[tuple[int, int]]] | None = None):
         if direction not in ("denoise", "noise"):
             raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
         self.model, self.metric, self.direction = model, metric, direction
@@ -235,6 +273,28 @@ class SweepEngine:
         self._caches: dict[str, RunCache] = {}
         self._rotated: dict[int, torch.Tensor] = {}
         self.cos = self.sin = None
+        self.eps = float(eps)
+        self.base_ablation = base_ablation
+        self._q_scale, self._z_scale = self._ablation_scales(base_ablation)
+
+    def _ablation_scales(self, base_ablation):
+        """Per layer, a [H, 1] factor for the queries (ua) and for z (sc, zero), or None."""
+        L, H = self.cfg.n_layers, self.cfg.n_heads
+        q_scale, z_scale = [None] * L, [None] * L
+        if not base_ablation:
+            return q_scale, z_scale
+        mode, heads = base_ablation
+        if mode not in ("ua", "sc", "zero"):
+            raise ComponentError(f"base_ablation mode must be ua, sc or zero, got {mode!r}")
+        target = q_scale if mode == "ua" else z_scale
+        factor = 0.0 if mode == "zero" else self.eps
+        for l, h in heads:
+            if not (0 <= l < L and 0 <= h < H):
+                raise ComponentError(f"head {l}.{h} does not exist (the model has {L} layers x {H} heads)")
+            if target[l] is None:
+                target[l] = torch.ones(H, 1, device=self.device, dtype=self.w.W_Q.dtype)
+            target[l][h] = factor
+        return q_scale, z_scale
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
@@ -257,11 +317,15 @@ class SweepEngine:
         for l in range(L):
             rc.resid_pre.append(x)
             q, k, v = w.project(l, x)
-            rc.q.append(q), rc.k.append(k), rc.v.append(v)
+            rc.q.append(q), rc.k.append(k), rc.v.append(v)  # q before any base ablation
+            if self._q_scale[l] is not None:
+                q = q * self._q_scale[l]
             if w.rotary:
                 q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
             empty = k[:, :0]
             z = attend(q[None], k[None], v[None], empty, empty, w.scale)[0]
+            if self._z_scale[l] is not None:
+                z = z * self._z_scale[l]
             rc.z.append(z)
             if need_pattern:
                 rep = q.shape[2] // k.shape[2]
@@ -277,7 +341,8 @@ class SweepEngine:
             x = x + m
         if not need_pattern:
             rc.pattern = None
-        rc.metric = self._final_metric(x[None], 0, base_metric=torch.zeros(len(tokens), device=x.device), per_example=True)
+        rc.final = x
+        rc.metric = self._final_metric(x[None], 0, base_metric=torch.zeros(len(tokens), device=x.device))[0]
         return rc
 
     def clean_and_corrupted(self) -> tuple[float, float]:
@@ -295,11 +360,16 @@ class SweepEngine:
         q, k, v = w.project(layer, x)
         if edit is not None:
             q, k, v = edit(q, k, v)
+        if self._q_scale[layer] is not None:
+            q = q * self._q_scale[layer]
         k_pre, v_pre = self._base_keys(layer)[:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
-        return w.out(layer, attend(q, k, v, k_pre, v_pre, w.scale))
+        z = attend(q, k, v, k_pre, v_pre, w.scale)
+        if self._z_scale[layer] is not None:
+            z = z * self._z_scale[layer]
+        return w.out(layer, z)
 
     def _base_keys(self, layer):
         """The base run's keys of ``layer`` after RoPE (what later positions attend to)."""
@@ -308,15 +378,24 @@ class SweepEngine:
             self._rotated[layer] = rotate(k, self.cos[:k.shape[1]], self.sin[:k.shape[1]]) if self.w.rotary else k
         return self._rotated[layer]
 
-    def _final_metric(self, x, p0, base_metric=None, per_example: bool = False):
-        """Metric of rows x [N, B, S, d] (positions p0..), per variant: [N] (or [N, B])."""
+    def _final_metric(self, x, p0, base_metric=None):
+        """Metric of rows x [N, B, S, d] (positions p0..), per variant and example: [N, B]."""
         base_metric = self.cache("base").metric if base_metric is None else base_metric
         B = x.shape[1]
         rel = self.prompts.answer_pos - p0  # [B]
         valid = rel >= 0
         vals = self.metric_at(x[:, torch.arange(B, device=x.device), rel.clamp(min=0)])  # [N, B]
-        vals = torch.where(valid[None], vals, base_metric[None])
-        return vals[0] if per_example else vals.mean(1)
+        return torch.where(valid[None], vals, base_metric[None])
+
+    def _final_residual(self, x, p0):
+        """The final residual stream of rows x [N, B, S, d] at the answer positions: [N, B, d]."""
+        B = x.shape[1]
+        rel = self.prompts.answer_pos - p0
+        at = x[:, torch.arange(B, device=x.device), rel.clamp(min=0)]
+        if (rel < 0).any():  # answer before the first recomputed position: the base run's value
+            base = self.cache("base").final[torch.arange(B, device=x.device), self.prompts.answer_pos]
+            at = torch.where((rel < 0)[None, :, None], base[None], at)
+        return at
 
     def metric_at(self, at: torch.Tensor) -> torch.Tensor:
         """The metric of final residuals at the answer positions, at [N, B, d] -> [N, B]."""
@@ -341,11 +420,13 @@ class SweepEngine:
             vals = torch.stack([self.metric(lg, ps).float() for lg in logits])
         return vals
 
-    def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int) -> torch.Tensor:
-        """Run variants from their own starting points; return the metric of each, in order.
+    def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int, readout: str = "metric") -> torch.Tensor:
+        """Run variants from their own starting points; return the readout of each, in order.
 
         ``starts``: (layer, "pre"|"mid"|"final", x [B, S, d]) per variant, x being the residual
         stream at positions p0.. just before that layer's attention ("pre") or MLP ("mid").
+        ``readout``: "metric" (mean over examples, [N]), "per_example" ([N, B]) or "residual"
+        (the final residual stream at the answer positions, [N, B, d]).
         """
         L = self.cfg.n_layers
         order = sorted(range(len(starts)), key=lambda i: (starts[i][0], {"pre": 0, "mid": 1, "final": 2}[starts[i][1]]))
@@ -371,7 +452,11 @@ class SweepEngine:
             if x is not None:
                 x = x + self.w.mlp(layer, x)
         x = join(L, "final", x)
-        values = self._final_metric(x, p0)
+        if readout == "residual":
+            values = self._final_residual(x, p0)
+        else:
+            values = self._final_metric(x, p0)
+            values = values.mean(1) if readout == "metric" else values
         out = torch.empty_like(values)
         out[torch.tensor(order, device=values.device)] = values
         return out
@@ -381,7 +466,8 @@ class SweepEngine:
         """(layer, point, x [B, S, d]) for one variant: where its residual stream first differs.
 
         Head outputs (head_out) are handled a chunk at a time by ``starts``."""
-        base, src = self.cache("base"), self.cache("source", need_pattern=component == "head_pattern")
+        base = self.cache("base")
+        src = None if component in ABLATIONS else self.cache("source", need_pattern=component == "head_pattern")
         l, h, p = var.layer, var.head, var.pos
         p0 = 0 if p is None else p
         sl = slice(p0, None)
@@ -414,6 +500,17 @@ class SweepEngine:
             k_all = kv if component == "head_k" else base.k[l]
             v_all = kv if component == "head_v" else base.v[l]
             z_new = self._head_z(l, base.q[l][:, sl, heads], [h] * rep, k_all, v_all, p0)
+        elif component in ABLATIONS:
+            if p is not None:
+                raise ComponentError("ablation sweeps ablate a head at all positions (pos=None)")
+            if self._q_scale[l] is not None and self._q_scale[l][h] != 1 or \
+                    self._z_scale[l] is not None and self._z_scale[l][h] != 1:
+                raise ComponentError(f"head {l}.{h} is already ablated in the base run")
+            heads = [h]
+            if component == "ablate_ua":
+                z_new = self._head_z(l, base.q[l][:, :, [h]] * self.eps, [h // rep], None, None, 0)
+            else:
+                z_new = base.z[l][:, :, [h]] * (self.eps if component == "ablate_sc" else 0.0)
         elif component == "head_pattern":
             pat = src.pattern[l][:, h, sl] if p is None else src.pattern[l][:, h, p:p + 1]
             v = base.v[l][:, :, h // rep]  # [B, T, dh]
@@ -480,11 +577,16 @@ class SweepEngine:
         return axes, index, vs
 
     def run(self, component: str, variants: list[Variant], checkpoint: str | Path | None = None,
-            progress: bool = True) -> torch.Tensor:
-        """The metric of every variant, in order: [n_variants]."""
-        values = torch.full((len(variants),), float("nan"))
+            progress: bool = True, readout: str = "metric") -> torch.Tensor:
+        """The readout of every variant, in order: [n_variants] for the mean metric,
+        [n_variants, batch] per example, [n_variants, batch, d_model] for the final residual."""
+        if readout not in READOUTS:
+            raise ComponentError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        B = len(self.prompts)
+        shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
+        values = torch.full((len(variants), *shape), float("nan"))
         done = torch.zeros(len(variants), dtype=torch.bool)
-        key = self._key(component, variants)
+        key = self._key(component, variants, readout)
         if checkpoint is not None:
             values, done = _load_checkpoint(checkpoint, key, values, done)
         groups: dict[int, list[int]] = {}
@@ -500,7 +602,9 @@ class SweepEngine:
                 part = idx[i:i + chunk]
                 try:
                     with torch.no_grad():
-                        vals = self.run_suffix(self.starts(component, [variants[j] for j in part], p0), p0).cpu()
+                        starts = self.starts(component, [variants[j] for j in part], p0)
+                        vals = (self.run_suffix(starts, p0) if readout == "metric"
+                                else self.run_suffix(starts, p0, readout)).float().cpu()
                 except torch.OutOfMemoryError:
                     if chunk == 1:
                         raise
@@ -523,10 +627,12 @@ class SweepEngine:
         per_variant = B * S * (6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * (c.d_head + self.prompts.n_pos)) * max(elt, 4)
         return max(1, int(self.memory_budget // per_variant))
 
-    def _key(self, component, variants) -> str:
+    def _key(self, component, variants, readout: str = "metric") -> str:
         h = hashlib.sha256()
+        extra = [readout, self.eps, self.base_ablation] if (readout != "metric" or component in ABLATIONS
+                                                             or self.base_ablation) else []
         h.update(json.dumps([component, self.direction, getattr(self.metric, "__name__", "metric"),
-                             [(v.layer, v.head, v.pos) for v in variants]]).encode())
+                             [(v.layer, v.head, v.pos) for v in variants], *extra]).encode())
         h.update(self.prompts.clean_tokens.cpu().numpy().tobytes())
         h.update(self.prompts.corrupted_tokens.cpu().numpy().tobytes())
         h.update(str(getattr(self.model, "interp_key", "")).encode())

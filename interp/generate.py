@@ -1,0 +1,153 @@
+"""Generation under head ablations: many ablated copies of one prompt decoded side by side.
+
+Evaluating an ablation means reading what the model *says* with the heads ablated (Zhou et al.
+2025 judge 128 generated tokens). Each variant here is one set of ablated heads (UA: q := eps q;
+SC: z := eps z; zero: z := 0; at every position, prompt and generated tokens alike). All variants
+share the prompt, so they share its length: they run as one batch with no padding, on the package's
+own forward (``interp.sweep.Weights``, held equal to the TransformerBridge by the tests) with a
+key/value cache.
+
+    >>> texts = generate(model, tokens, [("ua", []), ("ua", [(3, 7)]), ("sc", [(3, 7)])], max_new=64)
+"""
+from __future__ import annotations
+
+import torch
+
+from interp.errors import ComponentError
+from interp.sweep import Weights, attend, rotary_tables, rotate
+
+Head = tuple[int, int]
+Ablation = tuple[str, list[Head]]  # (mode, heads): mode "ua", "sc" or "zero"
+
+
+def ablation_factors(model, ablations: list[Ablation], eps: float = 1e-5, device=None):
+    """Per-variant factors on the queries and on z: two [V, L, H, 1] tensors (1 = untouched)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    q = torch.ones(len(ablations), L, H, 1, device=device)
+    z = torch.ones(len(ablations), L, H, 1, device=device)
+    for i, (mode, heads) in enumerate(ablations):
+        if mode not in ("ua", "sc", "zero"):
+            raise ComponentError(f"unknown ablation mode {mode!r}: use ua, sc or zero")
+        for l, h in heads:
+            if not (0 <= l < L and 0 <= h < H):
+                raise ComponentError(f"head {l}.{h} does not exist (the model has {L} layers x {H} heads)")
+            (q if mode == "ua" else z)[i, l, h] = 0.0 if mode == "zero" else eps
+    return q, z
+
+
+@torch.no_grad()
+def generate_tokens(
+    model,
+    prompt: torch.Tensor,
+    ablations: list[Ablation],
+    eps: float = 1e-5,
+    max_new: int = 128,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    stop_ids: set[int] | None = None,
+) -> list[list[int]]:
+    """New tokens of every variant (stop token excluded).
+
+    Args:
+        prompt: [T] token ids (no padding).
+        ablations: one (mode, heads) per variant; ("ua", []) is the unablated model.
+        top_k: None for greedy decoding, else sample from the top k at ``temperature``
+            (the paper's second setting: top-5 at temperature 1), seeded by ``seed``.
+        stop_ids: tokens that end a variant's answer (default: the tokenizer's EOS, and the chat
+            end-of-turn token if it has one).
+    """
+    w = Weights.from_model(model)
+    device = w.W_E.device
+    L, V = model.cfg.n_layers, len(ablations)
+    prompt = prompt.to(device)
+    T = prompt.shape[0]
+    q_f, z_f = ablation_factors(model, ablations, eps, device)
+    q_f, z_f = q_f.to(w.W_Q.dtype), z_f.to(w.W_Q.dtype)
+    stop = stop_ids if stop_ids is not None else _stop_ids(model.tokenizer)
+    cos, sin = rotary_tables(model, T + max_new, device, w.W_Q.dtype) if w.rotary else (None, None)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+
+    def layer_step(l, x, p0):
+        """One layer for rows x [V, S, d] at positions p0.. (the cache holds positions < p0)."""
+        S = x.shape[1]
+        q, k, v = w.project(l, x)
+        q = q * q_f[:, l, None]
+        if w.rotary:
+            q, k = rotate(q, cos[p0:p0 + S], sin[p0:p0 + S]), rotate(k, cos[p0:p0 + S], sin[p0:p0 + S])
+        if p0 == 0:
+            keys.append(k), values.append(v)
+            empty = k[:, :0]
+            z = attend(q[None], k[None], v[None], empty, empty, w.scale)[0]
+        else:
+            k_pre, v_pre = keys[l], values[l]
+            z = _attend_rows(q, k, v, k_pre, v_pre, w.scale)
+            keys[l], values[l] = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
+        x = x + w.out(l, z * z_f[:, l, None])
+        return x + w.mlp(l, x)
+
+    x = w.embed(prompt[None]).expand(V, -1, -1)
+    for l in range(L):
+        x = layer_step(l, x, 0)
+    out: list[list[int]] = [[] for _ in range(V)]
+    live = torch.ones(V, dtype=torch.bool)
+    for step in range(max_new):
+        logits = w.norm(x[:, -1], w.ln_final) @ w.W_U
+        if w.b_U is not None:
+            logits = logits + w.b_U
+        token = _pick(logits.float(), top_k, temperature, gen)
+        for i, t in enumerate(token.tolist()):
+            if live[i]:
+                if t in stop:
+                    live[i] = False
+                else:
+                    out[i].append(t)
+        if not live.any() or step == max_new - 1:
+            break
+        pos = T + step
+        x = w.W_E[token][:, None]
+        if w.W_pos is not None:
+            x = x + w.W_pos[pos]
+        for l in range(L):
+            x = layer_step(l, x, pos)
+    return out
+
+
+def generate(model, prompt: torch.Tensor, ablations: list[Ablation], **kwargs) -> list[str]:
+    """``generate_tokens`` decoded to text, one string per variant."""
+    return [model.tokenizer.decode(t, skip_special_tokens=True) for t in generate_tokens(model, prompt, ablations, **kwargs)]
+
+
+def _attend_rows(q, k, v, k_pre, v_pre, scale):
+    """Rows q [V, S, H, dh] over their own cache k_pre [V, P, Hkv, dh] and new keys k [V, S, ...]."""
+    kk, vv = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
+    P, S = k_pre.shape[1], q.shape[1]
+    mask = torch.arange(P + S, device=q.device)[None, :] <= P + torch.arange(S, device=q.device)[:, None]
+    z = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[2] != k.shape[2])
+    return z.transpose(1, 2)
+
+
+def _pick(logits: torch.Tensor, top_k: int | None, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """Greedy (top_k None) or top-k sampling: [V, vocab] -> [V]."""
+    if top_k is None:
+        return logits.argmax(-1)
+    if temperature <= 0:
+        raise ComponentError("temperature must be > 0 for sampling (use top_k=None for greedy)")
+    vals, idx = logits.topk(top_k, -1)
+    probs = (vals / temperature).softmax(-1)
+    choice = torch.multinomial(probs, 1, generator=gen)
+    return idx.gather(-1, choice)[:, 0]
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        i = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(i, int) and i != tokenizer.unk_token_id:
+            ids.add(i)
+    return ids - {None}

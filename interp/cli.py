@@ -17,7 +17,7 @@ from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
 ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
-AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "retrieval-heads", "correct-letter"]
+AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analysis", choices=ANALYSES)
     p.add_argument("--quick", action="store_true", help="the small setting (minutes on a CPU)")
     p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="safety-heads only: cuda runs the paper-scale setting (all requests, every Sahara candidate)")
     _add_model_args(p)
     return parser
 
@@ -186,6 +188,18 @@ def _run_analysis(name: str, args):
     from interp.reports.retrieval_heads import retrieval_heads_report
 
     out = str(args.out)
+    device = getattr(args, "device", "cpu")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InterpError("--device cuda requested but no CUDA device is available")
+        if name != "safety-heads":
+            raise InterpError(f"--device cuda is supported by safety-heads only; run {name} on the CPU")
+    if name == "safety-heads":
+        from interp.reports.safety_heads import safety_heads_report
+
+        return safety_heads_report(args.model, out_dir=out, quick=args.quick, device=device)
     if name == "quickstart":
         return report.quickstart(args.model, out_dir=out, quick=args.quick)
     if name == "ioi":

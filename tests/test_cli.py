@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from interp.cli import main
 
@@ -82,8 +83,11 @@ def test_unknown_model_and_missing_file(prompts_file, tmp_path, capsys):
 def test_bad_heads_and_analysis(prompts_file, capsys):
     line = one_line_error(*run(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
     assert "LAYER.HEAD" in line
-    line = one_line_error(*run(["reproduce", "safety-heads"], capsys)[::2])
-    assert "not implemented yet" in line
+    line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
+    assert ("no CUDA device" in line) if not torch.cuda.is_available() else ("supported by" not in line)
+    if torch.cuda.is_available():
+        line = one_line_error(*run(["reproduce", "ioi", "--device", "cuda"], capsys)[::2])
+        assert "safety-heads only" in line
 
 
 def test_argparse_errors_are_one_line(capsys):

@@ -80,3 +80,16 @@ def test_circuit_explorer_notebook_executes(tmp_path):
     by_class = numbers["ablate_by_class"]
     assert by_class["name mover"]["mean"] < numbers["clean"] < by_class["negative name mover"]["mean"]
     assert len(numbers["sweep_top5"]) == 5
+
+
+def test_safety_heads_notebook_executes(tmp_path):
+    """Quick mode on Qwen2.5-Coder-0.5B: figures and numbers saved, rates are rates, the Sahara
+    group grows one head per step."""
+    _execute("02_safety_heads.ipynb", tmp_path)
+    out = tmp_path / "reports" / "notebooks" / "02_safety_heads"
+    for name in ("ships.png", "asr.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert 0 <= numbers["baseline"]["harmful_asr"]["greedy"] <= 1
+    assert [len(s["group"]) for s in numbers["sahara"]] == [1, 2, 3]
+    assert len(numbers["asr"]["greedy"]["query-level UA"]) == 3

@@ -21,12 +21,13 @@ from interp.report import _versions, cpu_threads, default_threads, fig_to_img, h
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 # Settings by scale. "full" on a CPU is a subset (a Ships sweep costs 336 forwards per query set);
 # "paper" is the paper's protocol on the whole request sets, for a GPU.
-QUICK = {"n_harmful": 6, "n_benign": 4, "fmt": "chat", "max_new": 32, "group_size": 3, "sahara_pool": 16,
-         "n_random": 2, "sampling": False}
+# "layer_step": Ships sweeps the heads of every layer_step-th layer (1 = every head).
+QUICK = {"n_harmful": 4, "n_benign": 2, "fmt": "chat", "max_new": 24, "group_size": 3, "sahara_pool": 8,
+         "n_random": 2, "sampling": False, "layer_step": 4}
 FULL = {"n_harmful": 16, "n_benign": 8, "fmt": "chat", "max_new": 64, "group_size": 5, "sahara_pool": 32,
-        "n_random": 3, "sampling": False}
+        "n_random": 3, "sampling": False, "layer_step": 1}
 PAPER_SCALE = {"n_harmful": None, "n_benign": None, "fmt": "chat", "max_new": 128, "group_size": 5,
-               "sahara_pool": None, "n_random": 3, "sampling": True}
+               "sahara_pool": None, "n_random": 3, "sampling": True, "layer_step": 1}
 
 #: Zhou et al. 2025, Llama-2-7b-chat (shared/papers/safety-heads.md): ASR increase per group size 1..5
 PAPER = {
@@ -62,7 +63,9 @@ def run(model, quick: bool = True, seed: int = 0, progress: bool = True, setting
     benign = sh.Queries.encode(model, pick(benign_requests(), s["n_benign"]), s["fmt"])
     t = {}
     t0 = time.time()
-    ships = {mode: sh.ships(model, harmful, mode, progress=progress) for mode in sh.MODES}
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads = [(l, h) for l in range(0, L, s["layer_step"]) for h in range(H)]
+    ships = {mode: sh.ships(model, harmful, mode, heads=heads, progress=progress) for mode in sh.MODES}
     _sync(device)
     t["ships_sweeps"] = time.time() - t0
     pool = None
@@ -199,6 +202,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
                    ("harmful / benign requests", f'{m["n_harmful"]} / {m["n_benign"]} (seed {m["seed"]})'),
                    ("ablation", f'UA: q := eps q, SC: z := eps z, eps = {m["eps"]}'),
                    ("generation", f'{s["max_new"]} new tokens, greedy' + (", and top-5 sampling at T = 1" if s["sampling"] else "")),
+                   ("heads swept", "every head" if s["layer_step"] == 1 else f'the heads of every {s["layer_step"]}th layer'),
                    ("Sahara candidates", "every head" if s["sahara_pool"] is None
                     else f'the {s["sahara_pool"]} heads with the largest single-head generalized Ships'),
                    ("device", m["device"]), ("date", m["date"]),

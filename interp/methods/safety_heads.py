@@ -126,7 +126,7 @@ def kl_from_residual(w: Weights, resid: torch.Tensor, clean_logprobs: torch.Tens
 
 
 def _logits(w: Weights, resid: torch.Tensor) -> torch.Tensor:
-    logits = w.norm(resid.to(w.W_U.dtype), w.ln_final) @ w.W_U
+    logits = w.norm(resid.to(device=w.W_U.device, dtype=w.W_U.dtype), w.ln_final) @ w.W_U
     return (logits if w.b_U is None else logits + w.b_U).float()
 
 
@@ -216,7 +216,7 @@ def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: 
 
 def _normed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
     """The final norm's output of resid [..., d] (what generalized Ships stacks)."""
-    return w.norm(resid.to(w.W_U.dtype), w.ln_final).float().cpu()
+    return w.norm(resid.to(device=w.W_U.device, dtype=w.W_U.dtype), w.ln_final).float().cpu()
 
 
 @dataclass

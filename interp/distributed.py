@@ -90,23 +90,6 @@ class SweepPlan:
     corrupted: float
 
 
-def engine_chunks(engine: SweepEngine, variants: list[Variant]) -> list[list[int]]:
-    """The chunks ``engine.run`` makes of ``variants`` on a fresh run (no checkpoint), in order.
-
-    Mirrors ``SweepEngine.run``: variants are grouped by their first recomputed position (0 for
-    all-position patches), in order of first appearance, and each group is cut into runs of
-    ``engine._chunk_size(n_pos - p0)`` variants.
-    """
-    groups: dict[int, list[int]] = {}
-    for i, v in enumerate(variants):
-        groups.setdefault(0 if v.pos is None else v.pos, []).append(i)
-    chunks = []
-    for p0, idx in groups.items():
-        size = engine._chunk_size(engine.prompts.n_pos - p0)
-        chunks += [idx[i:i + size] for i in range(0, len(idx), size)]
-    return chunks
-
-
 # ---------------------------------------------------------------------------------------- workers
 def _load_by_name(name: str | None, dtype: str | None, device: str):
     from interp.models import load_model
@@ -145,10 +128,10 @@ class SweepWorker:
         self.setup(prompts, direction, metric, memory_budget)
         engine = self.engine
         axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
-        chunks = engine_chunks(engine, variants)
+        chunks = engine.chunks(variants)
         while min_chunks and len(chunks) < min_chunks and max(map(len, chunks)) > 1:
             engine.memory_budget = max(1, engine.memory_budget // 2)
-            chunks = engine_chunks(engine, variants)
+            chunks = engine.chunks(variants)
         clean, corrupted = engine.clean_and_corrupted()
         return SweepPlan(tuple(axes), index, variants, chunks, engine._key(component, variants),
                          engine.memory_budget, clean, corrupted)

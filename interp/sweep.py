@@ -589,13 +589,9 @@ class SweepEngine:
         key = self._key(component, variants, readout)
         if checkpoint is not None:
             values, done = _load_checkpoint(checkpoint, key, values, done)
-        groups: dict[int, list[int]] = {}
-        for i, v in enumerate(variants):
-            if not done[i]:
-                groups.setdefault(0 if v.pos is None else v.pos, []).append(i)
         bar = tqdm(total=len(variants), initial=int(done.sum()), desc=f"sweep {component}",
                    disable=not progress, leave=False)
-        for p0, idx in groups.items():
+        for p0, idx in self.groups(variants, done).items():
             chunk = self._chunk_size(self.prompts.n_pos - p0)
             i = 0
             while i < len(idx):
@@ -619,6 +615,25 @@ class SweepEngine:
                 i += len(part)
         bar.close()
         return values
+
+    @staticmethod
+    def groups(variants: list[Variant], done: torch.Tensor | None = None) -> dict[int, list[int]]:
+        """Indices of the variants still to run, by first recomputed position p0 (0 for
+        all-position patches), in order of first appearance: what one forward can batch."""
+        out: dict[int, list[int]] = {}
+        for i, v in enumerate(variants):
+            if done is None or not done[i]:
+                out.setdefault(0 if v.pos is None else v.pos, []).append(i)
+        return out
+
+    def chunks(self, variants: list[Variant]) -> list[list[int]]:
+        """The chunks ``run`` makes of ``variants`` on a fresh run, in order (each group cut into
+        runs of ``_chunk_size`` variants; out-of-memory halving aside)."""
+        out = []
+        for p0, idx in self.groups(variants).items():
+            size = self._chunk_size(self.prompts.n_pos - p0)
+            out += [idx[i:i + size] for i in range(0, len(idx), size)]
+        return out
 
     def _chunk_size(self, S: int) -> int:
         c = self.cfg

@@ -190,3 +190,18 @@ def ablate(model, heads, mode: str = "zero", **kwargs):
     """
     with model.hooks(fwd_hooks=ablation_hooks(model, heads, mode, **kwargs)):
         yield model
+
+
+def ablation_factors(model, ablations: list[tuple[str, list[tuple[int, int]]]], eps: float = 1e-5, device=None):
+    """Per-variant factors on the queries and on z: two [V, L, H, 1] tensors (1 = untouched)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    q = torch.ones(len(ablations), L, H, 1, device=device)
+    z = torch.ones(len(ablations), L, H, 1, device=device)
+    for i, (mode, heads) in enumerate(ablations):
+        if mode not in ("ua", "sc", "zero"):
+            raise ComponentError(f"unknown ablation mode {mode!r}: use ua, sc or zero")
+        for l, h in heads:
+            if not (0 <= l < L and 0 <= h < H):
+                raise ComponentError(f"head {l}.{h} does not exist (the model has {L} layers x {H} heads)")
+            (q if mode == "ua" else z)[i, l, h] = 0.0 if mode == "zero" else eps
+    return q, z

@@ -13,26 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from interp.ablation import ablation_factors
 from interp.errors import ComponentError
 from interp.sweep import Weights, attend, rotary_tables, rotate
 
 Head = tuple[int, int]
 Ablation = tuple[str, list[Head]]  # (mode, heads): mode "ua", "sc" or "zero"
-
-
-def ablation_factors(model, ablations: list[Ablation], eps: float = 1e-5, device=None):
-    """Per-variant factors on the queries and on z: two [V, L, H, 1] tensors (1 = untouched)."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    q = torch.ones(len(ablations), L, H, 1, device=device)
-    z = torch.ones(len(ablations), L, H, 1, device=device)
-    for i, (mode, heads) in enumerate(ablations):
-        if mode not in ("ua", "sc", "zero"):
-            raise ComponentError(f"unknown ablation mode {mode!r}: use ua, sc or zero")
-        for l, h in heads:
-            if not (0 <= l < L and 0 <= h < H):
-                raise ComponentError(f"head {l}.{h} does not exist (the model has {L} layers x {H} heads)")
-            (q if mode == "ua" else z)[i, l, h] = 0.0 if mode == "zero" else eps
-    return q, z
 
 
 @torch.no_grad()

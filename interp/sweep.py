@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from interp.ablation import ablation_factors
 from interp.errors import ComponentError, InterpError
 from interp.hooks import sweep_index
 from interp.kernels import head_scatter, norm_logit_diff
@@ -278,23 +279,14 @@ class SweepEngine:
         self._q_scale, self._z_scale = self._ablation_scales(base_ablation)
 
     def _ablation_scales(self, base_ablation):
-        """Per layer, a [H, 1] factor for the queries (ua) and for z (sc, zero), or None."""
-        L, H = self.cfg.n_layers, self.cfg.n_heads
-        q_scale, z_scale = [None] * L, [None] * L
+        """Per layer, a [H, 1] factor for the queries (ua) and for z (sc, zero), or None where the
+        base run leaves the layer's heads alone."""
+        L = self.cfg.n_layers
         if not base_ablation:
-            return q_scale, z_scale
-        mode, heads = base_ablation
-        if mode not in ("ua", "sc", "zero"):
-            raise ComponentError(f"base_ablation mode must be ua, sc or zero, got {mode!r}")
-        target = q_scale if mode == "ua" else z_scale
-        factor = 0.0 if mode == "zero" else self.eps
-        for l, h in heads:
-            if not (0 <= l < L and 0 <= h < H):
-                raise ComponentError(f"head {l}.{h} does not exist (the model has {L} layers x {H} heads)")
-            if target[l] is None:
-                target[l] = torch.ones(H, 1, device=self.device, dtype=self.w.W_Q.dtype)
-            target[l][h] = factor
-        return q_scale, z_scale
+            return [None] * L, [None] * L
+        q, z = ablation_factors(self.model, [base_ablation], self.eps, self.device)
+        per_layer = lambda f: [f[0, l].to(self.w.W_Q.dtype) if (f[0, l] != 1).any() else None for l in range(L)]  # noqa: E731
+        return per_layer(q), per_layer(z)
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:

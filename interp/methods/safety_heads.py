@@ -193,9 +193,9 @@ def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: 
     _check_mode(mode)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
-    use_engine = engine == "batched" or (engine == "auto" and engine_supports(model))
     if engine not in ("auto", "batched", "reference"):
         raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
+    use_engine = engine == "batched" or (engine == "auto" and engine_supports(model))
     if use_engine:
         resid, base = ablated_residuals(model, queries, heads, mode, eps, checkpoint=checkpoint, progress=progress)
     else:

@@ -15,7 +15,8 @@ import torch
 
 from interp.ablation import ablation_factors
 from interp.errors import ComponentError
-from interp.sweep import Weights, attend, rotary_tables, rotate
+from interp.kernels import prefix_attention
+from interp.sweep import Weights, rotary_tables, rotate
 
 Head = tuple[int, int]
 Ablation = tuple[str, list[Head]]  # (mode, heads): mode "ua", "sc" or "zero"
@@ -67,7 +68,7 @@ def generate_tokens(
         if p0 == 0:
             keys.append(k), values.append(v)
             empty = k[:, :0]
-            z = attend(q[None], k[None], v[None], empty, empty, w.scale)[0]
+            z = prefix_attention(q[None], k[None], v[None], empty, empty, w.scale)[0]
         else:
             k_pre, v_pre = keys[l], values[l]
             z = _attend_rows(q, k, v, k_pre, v_pre, w.scale)

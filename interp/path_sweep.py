@@ -129,7 +129,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
         edit = None
         if layer in recv_layers:
             edit = _receiver_edit(stored[layer], [(h, k) for l, h, k in receivers if l == layer], rows, cols)
-        x = x + engine._attention(layer, x, p0, edit)
+        x = x + engine._attention(layer, w.norm(x, w.ln1[layer]), p0, edit)
         x = x + w.mlp(layer, x)
     return engine._final_metric(x, p0).mean(1)
 

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from interp.ablation import ablation_factors
 from interp.errors import ComponentError, InterpError
 from interp.hooks import sweep_index
-from interp.kernels import head_scatter, norm_logit_diff
+from interp.kernels import add_norm, head_scatter, norm_logit_diff, prefix_attention
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp.tasks.prompts import PromptSet
@@ -152,42 +152,52 @@ class Weights:
 
     def project(self, layer, x):
         """q, k, v (before RoPE) of the residual x [..., S, d]: [..., S, heads, dh] each."""
-        h = self.norm(x, self.ln1[layer])
-        qkv = h @ self.W_qkv[layer]
-        if self.b_qkv is not None:
-            qkv = qkv + self.b_qkv[layer]
+        return self.project_normed(layer, self.norm(x, self.ln1[layer]))
+
+    def project_normed(self, layer, h):
+        """q, k, v of the already normalised residual h = ln1(x) [..., S, d]."""
+        qkv = _linear(h, self.W_qkv[layer], None if self.b_qkv is None else self.b_qkv[layer])
         dh = self.W_Q.shape[-1]
         return tuple(t.unflatten(-1, (-1, dh)) for t in qkv.split(self._split, -1))
 
     def out(self, layer, z):
         """The attention output of z [..., S, H, dh]: sum over heads of z_h W_O[h] (+ b_O)."""
-        o = z.flatten(-2) @ self.W_O[layer].flatten(0, 1)
-        return o if self.b_O is None else o + self.b_O[layer]
+        return _linear(z.flatten(-2), self.W_O[layer].flatten(0, 1), None if self.b_O is None else self.b_O[layer])
 
     def norm(self, x, params):
-        x32 = x.float()
-        if self.center:
-            x32 = x32 - x32.mean(-1, keepdim=True)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        w, b = params
-        out = x32.to(x.dtype)
-        if w is not None:
-            out = out * w
-        if b is not None:
-            out = out + b
-        return out
+        """norm(x) * w + b, statistics in fp32 (interp.kernels.add_norm)."""
+        return add_norm(x, None, *params, self.eps, self.center)[1]
+
+    def add_norm(self, x, delta, params):
+        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm."""
+        return add_norm(x, delta, *params, self.eps, self.center)
 
     def mlp(self, layer, x):
-        h = self.norm(x, self.ln2[layer])
-        pre = h @ self.W_in[layer]
-        if self.b_in is not None:
-            pre = pre + self.b_in[layer]
+        return self.mlp_normed(layer, self.norm(x, self.ln2[layer]))
+
+    def mlp_normed(self, layer, h):
+        """The MLP of the already normalised residual h = ln2(x)."""
+        b_in = None if self.b_in is None else self.b_in[layer]
         if self.W_gate is not None:
-            post = F.silu(h @ self.W_gate[layer]) * pre
+            post = F.silu(h @ self.W_gate[layer]) * _linear(h, self.W_in[layer], b_in)
+        elif self.act in TANH_GELU and h.is_cuda and b_in is not None:  # bias + GELU in the matmul's epilogue
+            post = torch._addmm_activation(b_in, h.reshape(-1, h.shape[-1]), self.W_in[layer],
+                                           use_gelu=True).unflatten(0, h.shape[:-1])
         else:
-            post = F.gelu(pre, approximate="tanh") if "gelu" in self.act else getattr(F, self.act)(pre)
-        out = post @ self.W_out[layer]
-        return out if self.b_out is None else out + self.b_out[layer]
+            pre = _linear(h, self.W_in[layer], b_in)
+            post = (F.gelu(pre, approximate="tanh") if self.act in TANH_GELU else
+                    F.gelu(pre) if self.act == "gelu" else getattr(F, self.act)(pre))
+        return _linear(post, self.W_out[layer], None if self.b_out is None else self.b_out[layer])
+
+
+TANH_GELU = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+
+
+def _linear(x, W, b):
+    """x [..., k] @ W [k, n] (+ b [n]) as one 2-D product (bias in the matmul's epilogue)."""
+    if b is None:
+        return x @ W
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).unflatten(0, x.shape[:-1])
 
 
 def rotate(x, cos, sin):
@@ -273,6 +283,7 @@ class SweepEngine:
         self.base_tokens, self.source_tokens = base, source
         self._caches: dict[str, RunCache] = {}
         self._rotated: dict[int, torch.Tensor] = {}
+        self._indices: dict[tuple, torch.Tensor] = {}
         self.cos = self.sin = None
         self.eps = float(eps)
         self.base_ablation = base_ablation
@@ -299,23 +310,41 @@ class SweepEngine:
                 self._caches[which] = self._forward_cache(tokens, need_pattern)
         return self._caches[which]
 
+    def cache_both(self, need_pattern: bool = False) -> None:
+        """Compute the base and the source run together, as one forward over both batches (a
+        patching sweep needs both; two small forwards cost twice the kernel launches)."""
+        if all(w in self._caches and (not need_pattern or self._caches[w].pattern is not None)
+               for w in ("base", "source")):
+            return
+        B = len(self.prompts)
+        with torch.no_grad():
+            both = self._forward_cache(torch.cat([self.base_tokens, self.source_tokens]), need_pattern)
+        lists = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z")
+        for which, rows in (("base", slice(0, B)), ("source", slice(B, None))):
+            self._caches[which] = RunCache(
+                **{f: [t[rows] for t in getattr(both, f)] for f in lists},
+                pattern=None if both.pattern is None else [t[rows] for t in both.pattern],
+                metric=both.metric[rows], final=both.final[rows])
+
     def _forward_cache(self, tokens, need_pattern: bool) -> RunCache:
+        """One full run of ``tokens`` (the base batch, the source batch, or both stacked)."""
         w, L = self.w, self.cfg.n_layers
         T = tokens.shape[1]
         if w.rotary and self.cos is None:
             self.cos, self.sin = rotary_tables(self.model, T, self.device, w.W_Q.dtype)
         rc = RunCache(*[[] for _ in range(9)], metric=None)
         x = w.embed(tokens)
+        h = w.norm(x, w.ln1[0])  # the normalised residual the next sublayer reads
         for l in range(L):
             rc.resid_pre.append(x)
-            q, k, v = w.project(l, x)
+            q, k, v = w.project_normed(l, h)
             rc.q.append(q), rc.k.append(k), rc.v.append(v)  # q before any base ablation
             if self._q_scale[l] is not None:
                 q = q * self._q_scale[l]
             if w.rotary:
                 q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
             empty = k[:, :0]
-            z = attend(q[None], k[None], v[None], empty, empty, w.scale)[0]
+            z = prefix_attention(q[None], k[None], v[None], empty, empty, w.scale)[0]
             if self._z_scale[l] is not None:
                 z = z * self._z_scale[l]
             rc.z.append(z)
@@ -326,15 +355,17 @@ class SweepEngine:
                 rc.pattern.append(scores.masked_fill(causal, float("-inf")).softmax(-1).to(q.dtype))
             a = w.out(l, z)
             rc.attn_out.append(a)
-            x = x + a
+            x, h = w.add_norm(x, a, w.ln2[l])
             rc.resid_mid.append(x)
-            m = w.mlp(l, x)
+            m = w.mlp_normed(l, h)
             rc.mlp_out.append(m)
-            x = x + m
+            x, h = w.add_norm(x, m, w.ln1[l + 1]) if l + 1 < L else (x + m, None)
         if not need_pattern:
             rc.pattern = None
         rc.final = x
-        rc.metric = self._final_metric(x[None], 0, base_metric=torch.zeros(len(tokens), device=x.device))[0]
+        B = len(self.prompts)
+        rc.metric = torch.cat([self._final_metric(part[None], 0, base_metric=torch.zeros(B, device=x.device))[0]
+                               for part in x.split(B)])
         return rc
 
     def clean_and_corrupted(self) -> tuple[float, float]:
@@ -342,14 +373,15 @@ class SweepEngine:
         return (src, base) if self.direction == "denoise" else (base, src)
 
     # -- the forward over a suffix of positions ------------------------------------------------
-    def _attention(self, layer, x, p0, edit=None):
-        """Attention of layer ``layer`` for rows x [N, B, S, d] holding positions p0..p0+S-1.
+    def _attention(self, layer, h, p0, edit=None):
+        """Attention output of layer ``layer`` for rows h = ln1(x) [N, B, S, d] (the normalised
+        residual stream) holding positions p0..p0+S-1.
 
         ``edit(q, k, v) -> (q, k, v)`` may overwrite the rows' (pre-RoPE) queries, keys and values
         (path patching's receivers)."""
         w, base = self.w, self.cache("base")
-        S = x.shape[2]
-        q, k, v = w.project(layer, x)
+        S = h.shape[2]
+        q, k, v = w.project_normed(layer, h)
         if edit is not None:
             q, k, v = edit(q, k, v)
         if self._q_scale[layer] is not None:
@@ -358,7 +390,7 @@ class SweepEngine:
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
-        z = attend(q, k, v, k_pre, v_pre, w.scale)
+        z = prefix_attention(q, k, v, k_pre, v_pre, w.scale)
         if self._z_scale[layer] is not None:
             z = z * self._z_scale[layer]
         return w.out(layer, z)
@@ -412,45 +444,54 @@ class SweepEngine:
             vals = torch.stack([self.metric(lg, ps).float() for lg in logits])
         return vals
 
-    def run_suffix(self, starts: list[tuple[int, str, torch.Tensor]], p0: int, readout: str = "metric") -> torch.Tensor:
-        """Run variants from their own starting points; return the readout of each, in order.
+    def run_suffix(self, starts: list[tuple[int, str, torch.Tensor, list[int]]], p0: int,
+                   readout: str = "metric") -> torch.Tensor:
+        """Run blocks of variants from their own starting points; return the readout of each variant.
 
-        ``starts``: (layer, "pre"|"mid"|"final", x [B, S, d]) per variant, x being the residual
-        stream at positions p0.. just before that layer's attention ("pre") or MLP ("mid").
+        ``starts``: blocks (layer, point, x [n, B, S, d], index [n]): the n variants ``index`` start
+        just before ``layer``'s attention ("pre") or MLP ("mid"), or after the last layer ("final"),
+        with residual stream x at positions p0... Variants join the batch at their own layer.
         ``readout``: "metric" (mean over examples, [N]), "per_example" ([N, B]) or "residual"
-        (the final residual stream at the answer positions, [N, B, d]).
+        (the final residual stream at the answer positions, [N, B, d]); row i is variant i of the
+        indices (0..N-1 over all blocks).
         """
-        L = self.cfg.n_layers
-        order = sorted(range(len(starts)), key=lambda i: (starts[i][0], {"pre": 0, "mid": 1, "final": 2}[starts[i][1]]))
-        queue = [starts[i] for i in order]
-        x, qi = None, 0
+        L, w = self.cfg.n_layers, self.w
+        blocks = sorted(starts, key=lambda s: (s[0], {"pre": 0, "mid": 1, "final": 2}[s[1]]))
+        x = h = None  # the rows' residual stream and its normalisation for the next sublayer
+        bi = 0
 
-        def join(layer, point, x):
-            nonlocal qi
+        def join(layer, point, x, h, norm):
+            """Append the variants that start here (with their normalised residual)."""
+            nonlocal bi
             new = []
-            while qi < len(queue) and queue[qi][0] == layer and queue[qi][1] == point:
-                new.append(queue[qi][2])
-                qi += 1
-            if new:
-                new = torch.stack(new)
-                x = new if x is None else torch.cat([x, new])
-            return x
+            while bi < len(blocks) and blocks[bi][0] == layer and blocks[bi][1] == point:
+                new.append(blocks[bi][2])
+                bi += 1
+            if not new:
+                return x, h
+            new = new[0] if len(new) == 1 else torch.cat(new)
+            h_new = None if norm is None else w.norm(new, norm)
+            if x is None:
+                return new, h_new
+            return torch.cat([x, new]), (None if norm is None else torch.cat([h, h_new]))
 
-        for layer in range(min(s[0] for s in starts), L):
-            x = join(layer, "pre", x)
+        for layer in range(blocks[0][0], L):
+            x, h = join(layer, "pre", x, h, w.ln1[layer])
             if x is not None:
-                x = x + self._attention(layer, x, p0)
-            x = join(layer, "mid", x)
+                x, h = w.add_norm(x, self._attention(layer, h, p0), w.ln2[layer])
+            x, h = join(layer, "mid", x, h, w.ln2[layer])
             if x is not None:
-                x = x + self.w.mlp(layer, x)
-        x = join(L, "final", x)
+                m = w.mlp_normed(layer, h)
+                x, h = w.add_norm(x, m, w.ln1[layer + 1]) if layer + 1 < L else (x + m, None)
+        x, _ = join(L, "final", x, h, None)
         if readout == "residual":
             values = self._final_residual(x, p0)
         else:
             values = self._final_metric(x, p0)
             values = values.mean(1) if readout == "metric" else values
+        order = [i for blk in blocks for i in blk[3]]
         out = torch.empty_like(values)
-        out[torch.tensor(order, device=values.device)] = values
+        out[self._index(order)] = values
         return out
 
     # -- turning a patch into a change of the residual stream ----------------------------------
@@ -515,19 +556,24 @@ class SweepEngine:
         else:  # a by-position q or pattern patch changes only position p; k/v change positions >= p
             n = z_new.shape[1] if component in ("head_k", "head_v") else 1
             dz[:, :n] = z_new[:, :n] - base.z[l][:, p0:p0 + n, heads]
-        delta = torch.einsum("bshe,hed->bsd", dz, w.W_O[l, heads])
+        delta = dz.flatten(-2) @ w.W_O[l, heads].flatten(0, 1)  # sum over the heads of dz_h W_O[h]
         return l, "mid", base.resid_mid[l][:, sl] + delta
 
     def starts(self, component: str, variants: list[Variant], p0: int):
-        """``start_of`` for a chunk of variants sharing p0. Head outputs of one layer go through
-        the fused scatter kernel (one W_O product per variant, added to the residual)."""
+        """The blocks ``run_suffix`` takes for a chunk of variants sharing p0: ``start_of`` of each,
+        except head outputs, whose variants of one layer form one block through the fused scatter
+        kernel (one W_O product per variant, added to the residual)."""
         if component != "head_out":
-            return [self.start_of(component, v) for v in variants]
+            blocks = []
+            for i, v in enumerate(variants):
+                layer, point, x = self.start_of(component, v)
+                blocks.append((layer, point, x[None], [i]))
+            return blocks
         base, src = self.cache("base"), self.cache("source")
-        out = [None] * len(variants)
+        out = []
         for l in sorted({v.layer for v in variants}):
             idx = [i for i, v in enumerate(variants) if v.layer == l]
-            heads = torch.tensor([variants[i].head for i in idx], device=self.device)
+            heads = self._index([variants[i].head for i in idx])
             B, T = base.z[l].shape[:2]
             S = T - p0
             dz = torch.zeros(len(idx), B, S, base.z[l].shape[-1], device=self.device, dtype=base.z[l].dtype)
@@ -536,9 +582,15 @@ class SweepEngine:
             dz[:, :, :n] = diff.permute(2, 0, 1, 3)
             resid = base.resid_mid[l][:, p0:].reshape(B * S, -1)
             x = head_scatter(resid, dz.reshape(len(idx), B * S, -1), self.w.W_O[l], heads)
-            for i, xi in zip(idx, x):
-                out[i] = (l, "mid", xi.reshape(B, S, -1))
+            out.append((l, "mid", x.reshape(len(idx), B, S, -1), idx))
         return out
+
+    def _index(self, values: list[int]) -> torch.Tensor:
+        """``values`` as an index tensor on the device, uploaded once per engine."""
+        key = tuple(values)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(values, device=self.device)
+        return self._indices[key]
 
     def _head_z(self, l, q_pre, kv_heads, k_pre_all, v_all, p0):
         """z of some query heads at positions p0.. with the given (pre-RoPE) q, k and v of layer l."""
@@ -552,7 +604,7 @@ class SweepEngine:
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[:T], self.sin[:T])
-        return attend(q[None], k[None, :, p0:], v[None, :, p0:], k[:, :p0], v[:, :p0], w.scale)[0]
+        return prefix_attention(q[None], k[None, :, p0:], v[None, :, p0:], k[:, :p0], v[:, :p0], w.scale)[0]
 
     # -- sweeps --------------------------------------------------------------------------------
     def variants(self, component: str, by_pos: bool, layers=None, heads=None, positions=None):
@@ -581,8 +633,11 @@ class SweepEngine:
         key = self._key(component, variants, readout)
         if checkpoint is not None:
             values, done = _load_checkpoint(checkpoint, key, values, done)
+        if component not in ABLATIONS:
+            self.cache_both(need_pattern=component == "head_pattern")
         bar = tqdm(total=len(variants), initial=int(done.sum()), desc=f"sweep {component}",
                    disable=not progress, leave=False)
+        on_device = []  # finished chunks not yet copied to the host (no sync between chunks)
         for p0, idx in self.groups(variants, done).items():
             chunk = self._chunk_size(self.prompts.n_pos - p0)
             i = 0
@@ -592,7 +647,7 @@ class SweepEngine:
                     with torch.no_grad():
                         starts = self.starts(component, [variants[j] for j in part], p0)
                         vals = (self.run_suffix(starts, p0) if readout == "metric"
-                                else self.run_suffix(starts, p0, readout)).float().cpu()
+                                else self.run_suffix(starts, p0, readout))
                 except torch.OutOfMemoryError:
                     if chunk == 1:
                         raise
@@ -600,11 +655,16 @@ class SweepEngine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                values[part], done[part] = vals, True
-                if checkpoint is not None:
+                done[part] = True
+                if checkpoint is not None:  # a checkpoint holds host values: copy now
+                    values[part] = vals.float().cpu()
                     _save_checkpoint(checkpoint, key, values, done)
+                else:
+                    on_device.append((part, vals))
                 bar.update(len(part))
                 i += len(part)
+        for part, vals in on_device:
+            values[part] = vals.float().cpu()
         bar.close()
         return values
 
@@ -644,29 +704,6 @@ class SweepEngine:
         h.update(self.prompts.corrupted_tokens.cpu().numpy().tobytes())
         h.update(str(getattr(self.model, "interp_key", "")).encode())
         return h.hexdigest()
-
-
-def attend(q, k, v, k_pre, v_pre, scale):
-    """Causal attention of suffix rows over a shared cached prefix, GQA-aware (PyTorch SDPA).
-
-    q [N, B, S, H, dh]; k, v [N, B, S, Hkv, dh] (the suffix's own keys/values);
-    k_pre, v_pre [B, P, Hkv, dh] (positions before the suffix, shared by all N variants).
-    Returns z [N, B, S, H, dh]. Query i (absolute position P + i) sees keys 0 .. P + i.
-    """
-    N, B, S, H, dh = q.shape
-    Hkv, P = k.shape[3], k_pre.shape[1]
-    qf = q.reshape(N * B, S, H, dh).transpose(1, 2)
-    kf, vf = k.reshape(N * B, S, Hkv, dh), v.reshape(N * B, S, Hkv, dh)
-    if P:
-        expand = lambda t: t.to(q.dtype).expand(N, *t.shape).reshape(N * B, P, Hkv, dh)  # noqa: E731
-        kf, vf = torch.cat([expand(k_pre), kf], 1), torch.cat([expand(v_pre), vf], 1)
-    kf, vf = kf.transpose(1, 2), vf.transpose(1, 2)
-    if P:
-        mask = torch.arange(P + S, device=q.device)[None, :] <= P + torch.arange(S, device=q.device)[:, None]
-        z = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale, enable_gqa=H != Hkv)
-    else:
-        z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale, enable_gqa=H != Hkv)
-    return z.transpose(1, 2).reshape(N, B, S, H, dh)
 
 
 def engine_supports(model) -> bool:

@@ -6,5 +6,8 @@ the reference otherwise. A kernel ships only if it beats its reference on the H2
 """
 from interp.kernels.norm_logit_diff import norm_logit_diff, norm_logit_diff_reference
 from interp.kernels.head_scatter import head_scatter, head_scatter_reference
+from interp.kernels.add_norm import add_norm, add_norm_reference
+from interp.kernels.prefix_attention import prefix_attention, prefix_attention_reference
 
-__all__ = ["norm_logit_diff", "norm_logit_diff_reference", "head_scatter", "head_scatter_reference"]
+__all__ = ["norm_logit_diff", "norm_logit_diff_reference", "head_scatter", "head_scatter_reference",
+           "add_norm", "add_norm_reference", "prefix_attention", "prefix_attention_reference"]

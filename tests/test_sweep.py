@@ -49,9 +49,10 @@ def test_out_of_memory_halves_the_chunk(model, prompts, monkeypatch):
     real, sizes = SweepEngine.run_suffix, []
 
     def fragile(self, starts, p0):
-        if len(starts) > 4:
+        n = sum(len(block[2]) for block in starts)  # blocks of variants
+        if n > 4:
             raise torch.OutOfMemoryError("simulated")
-        sizes.append(len(starts))
+        sizes.append(n)
         return real(self, starts, p0)
 
     monkeypatch.setattr(SweepEngine, "run_suffix", fragile)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.errors import InterpError
-from interp.sweep import Weights, attend, rotary_tables, rotate
+from interp.kernels import prefix_attention
+from interp.sweep import Weights, rotary_tables, rotate
 from interp.tasks.needle import Episode, rouge1_recall
 
 Head = tuple[int, int]
@@ -84,7 +85,7 @@ class Decoder:
                 q, k = rotate(q, cos[:T], sin[:T]), rotate(k, cos[:T], sin[:T])
             keys.append(k[0]), values.append(v[0])
             empty = k[:, :0]
-            x = x + w.out(l, attend(q[None], k[None], v[None], empty, empty, w.scale)[0])
+            x = x + w.out(l, prefix_attention(q[None], k[None], v[None], empty, empty, w.scale)[0])
             x = x + w.mlp(l, x)
         prefill = self._logits(x[0, -1])
         token, tokens, tops = int(prefill.argmax()), [], []

@@ -1,0 +1,52 @@
+"""Residual add + pre-norm, fused: the step between two sublayers of a pre-norm transformer.
+
+For each row r of the residual stream:
+    x_new[r] = x[r] + delta[r]                        (delta: the sublayer's output; optional)
+    h[r]     = norm(x_new[r]) * w + b                  (w, b optional)
+with norm(x) = x / sqrt(mean(x^2) + eps) (RMSNorm) or (x - mean x) / sqrt(var x + eps) (LayerNorm).
+In eager PyTorch this is ~10 elementwise kernels and as many trips through memory; fused, it reads
+x (and delta) once and writes x_new and h once. Statistics are in fp32; x_new, the normalised
+value and the products with w and b are rounded to the model's dtype in the same order as the
+reference, so the two differ only by the order of the fp32 sums.
+"""
+import torch
+
+from interp.kernels._triton import use_triton
+
+
+def add_norm_reference(x, delta, w, b, eps: float, center: bool):
+    """PyTorch reference. x [..., d]; delta like x or None; w, b [d] or None -> (x_new, h)."""
+    if delta is not None:
+        x = x + delta
+    x32 = x.float()
+    if center:
+        x32 = x32 - x32.mean(-1, keepdim=True)
+    h = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    if w is not None:
+        h = h * w
+    if b is not None:
+        h = h + b
+    return x, h
+
+
+def add_norm(x, delta, w, b, eps: float, center: bool):
+    """Fused version on CUDA (Triton); the reference elsewhere. Same arguments and result."""
+    if not use_triton(x) or x.shape[-1] > 16384:
+        return add_norm_reference(x, delta, w, b, eps, center)
+    import triton
+
+    from interp.kernels.add_norm_triton import add_norm_kernel
+
+    shape, d = x.shape, x.shape[-1]
+    x2 = x.reshape(-1, d).contiguous()
+    d2 = None if delta is None else delta.reshape(-1, d).contiguous()
+    x_new = torch.empty_like(x2) if delta is not None else x2
+    h = torch.empty_like(x2)
+    R = x2.shape[0]
+    if R:
+        add_norm_kernel[(R,)](
+            x2, x2 if d2 is None else d2, x2 if w is None else w.contiguous(), x2 if b is None else b.contiguous(),
+            x_new, h, d, float(eps), HAS_DELTA=d2 is not None, HAS_W=w is not None, HAS_B=b is not None,
+            CENTER=center, BLOCK=triton.next_power_of_2(d), num_warps=4 if d <= 2048 else 8,
+        )
+    return (x if delta is None else x_new.reshape(shape)), h.reshape(shape)

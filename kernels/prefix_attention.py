@@ -1,0 +1,78 @@
+"""Causal attention of many variants over one shared cached prefix.
+
+A sweep variant that patches position p recomputes positions p.. only; its queries attend to the
+base run's keys and values of positions < p (the prefix, the same for every variant of an example)
+and to its own keys and values of positions >= p (the suffix, causally):
+
+    z[n, b, i, h] = softmax_j( q[n,b,i,h] . [k_pre[b, :, g]; k[n, b, :i+1, g]] * scale ) @ [v_pre; v]
+
+with g = h // (H / Hkv) the key/value head of query head h (grouped-query attention). The reference
+(PyTorch SDPA) has to copy the prefix once per variant and use an explicit mask; the kernel reads
+each example's prefix in place and walks the keys block by block with an online softmax
+(FlashAttention's recurrence), so nothing is copied and no mask is formed.
+"""
+import torch
+import torch.nn.functional as F
+
+from interp.kernels._triton import use_triton
+
+
+def prefix_attention_reference(q, k, v, k_pre, v_pre, scale: float):
+    """PyTorch reference (SDPA). q [N, B, S, H, dh]; k, v [N, B, S, Hkv, dh];
+    k_pre, v_pre [B, P, Hkv, dh] -> z [N, B, S, H, dh]. Query i (absolute position P + i) sees
+    keys 0 .. P + i."""
+    N, B, S, H, dh = q.shape
+    Hkv, P = k.shape[3], k_pre.shape[1]
+    qf = q.reshape(N * B, S, H, dh).transpose(1, 2)
+    kf, vf = k.reshape(N * B, S, Hkv, dh), v.reshape(N * B, S, Hkv, dh)
+    if P:
+        expand = lambda t: t.to(q.dtype).expand(N, *t.shape).reshape(N * B, P, Hkv, dh)  # noqa: E731
+        kf, vf = torch.cat([expand(k_pre), kf], 1), torch.cat([expand(v_pre), vf], 1)
+    kf, vf = kf.transpose(1, 2), vf.transpose(1, 2)
+    if P:
+        mask = torch.arange(P + S, device=q.device)[None, :] <= P + torch.arange(S, device=q.device)[:, None]
+        z = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale, enable_gqa=H != Hkv)
+    else:
+        z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale, enable_gqa=H != Hkv)
+    return z.transpose(1, 2).reshape(N, B, S, H, dh)
+
+
+def _rows(t):
+    """t [N, B, S, heads, dh] as [N*B, S, heads, dh] without a copy where the strides allow."""
+    N, B = t.shape[:2]
+    try:
+        return t.view(N * B, *t.shape[2:])
+    except RuntimeError:
+        return t.reshape(N * B, *t.shape[2:])
+
+
+def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
+    """Fused version on CUDA for bf16/fp16 (Triton); the reference elsewhere. Same arguments and
+    result. fp32 stays on SDPA on the GPU (an exact fp32 dot in Triton is slow, TF32 inexact)."""
+    N, B, S, H, dh = q.shape
+    interpreted = not q.is_cuda
+    if (not use_triton(q) or (q.dtype == torch.float32 and not interpreted)
+            or dh not in (16, 32, 64, 128, 256) or S == 0):
+        return prefix_attention_reference(q, k, v, k_pre, v_pre, scale)
+    import triton
+
+    from interp.kernels.prefix_attention_triton import prefix_attention_kernel
+
+    Hkv, P = k.shape[3], k_pre.shape[1]
+    qr, kr, vr = _rows(q), _rows(k), _rows(v)
+    if qr.stride(-1) != 1 or kr.stride(-1) != 1 or vr.stride(-1) != 1:
+        qr, kr, vr = qr.contiguous(), kr.contiguous(), vr.contiguous()
+    kp, vp = k_pre.to(q.dtype), v_pre.to(q.dtype)
+    if P == 0 or kp.stride(-1) != 1 or vp.stride(-1) != 1:
+        kp, vp = kp.contiguous(), vp.contiguous()
+    z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
+    BLOCK_M = max(16, min(64, triton.next_power_of_2(S)))
+    BLOCK_N = max(16, min(64, triton.next_power_of_2(max(S, P))))
+    grid = (N * B, H, triton.cdiv(S, BLOCK_M))
+    prefix_attention_kernel[grid](
+        qr, kr, vr, kp, vp, z, B, S, P, H // Hkv, float(scale),
+        *qr.stride()[:3], *kr.stride()[:3], *vr.stride()[:3], *kp.stride()[:3], *vp.stride()[:3],
+        DH=dh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32,
+        num_warps=4,
+    )
+    return z.view(N, B, S, H, dh)

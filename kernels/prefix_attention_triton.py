@@ -1,0 +1,56 @@
+"""The Triton kernel of ``prefix_attention``: one program per (variant x example, head, query block)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _keys(q, k, v, visible, m, l, acc, scale, IEEE: tl.constexpr):
+    """One block of keys k, v [BLOCK_N, DH]: the online-softmax update of the running max m, the
+    running sum l and the unnormalised output acc, over the (query, key) pairs marked visible."""
+    s = tl.where(visible, _dot(q, tl.trans(k), IEEE) * scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m - m_new)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return m_new, l * alpha + tl.sum(p, 1), acc
+
+
+@triton.jit
+def prefix_attention_kernel(Q, K, V, KP, VP, Z, B, S, P, GROUP, scale,
+                            sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, skp0, skp1, skp2, svp0, svp1, svp2,
+                            DH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    nb = tl.program_id(0).to(tl.int64)  # variant * B + example
+    h = tl.program_id(1)
+    H = tl.num_programs(1)
+    b = nb % B
+    g = h // GROUP  # the key/value head of query head h
+    i = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows (suffix positions)
+    j = tl.arange(0, BLOCK_N)
+    e = tl.arange(0, DH)
+    q = tl.load(Q + nb * sq0 + i[:, None] * sq1 + h * sq2 + e[None, :], mask=(i < S)[:, None], other=0.0)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DH], tl.float32)
+    for start in range(0, P, BLOCK_N):  # the shared prefix: every key visible
+        jj = start + j
+        inside = (jj < P)[:, None]
+        k = tl.load(KP + b * skp0 + jj[:, None] * skp1 + g * skp2 + e[None, :], mask=inside, other=0.0)
+        v = tl.load(VP + b * svp0 + jj[:, None] * svp1 + g * svp2 + e[None, :], mask=inside, other=0.0)
+        m, l, acc = _keys(q, k, v, (jj < P)[None, :], m, l, acc, scale, IEEE)
+    last = tl.minimum(S, (tl.program_id(2) + 1) * BLOCK_M)
+    for start in range(0, last, BLOCK_N):  # the variant's own suffix: causal
+        jj = start + j
+        inside = (jj < S)[:, None]
+        k = tl.load(K + nb * sk0 + jj[:, None] * sk1 + g * sk2 + e[None, :], mask=inside, other=0.0)
+        v = tl.load(V + nb * sv0 + jj[:, None] * sv1 + g * sv2 + e[None, :], mask=inside, other=0.0)
+        m, l, acc = _keys(q, k, v, (jj[None, :] <= i[:, None]) & (jj < S)[None, :], m, l, acc, scale, IEEE)
+    z = acc / l[:, None]
+    tl.store(Z + nb * S * H * DH + i[:, None] * (H * DH) + h * DH + e[None, :], z.to(Z.dtype.element_ty),
+             mask=(i < S)[:, None])

@@ -1,34 +1,45 @@
-"""Where the time of one small GPU sweep goes (GPT-2-small shape, 16 x 16, head_out all positions):
-cProfile of the Python side, with a CUDA sync at the end.
+"""Where the time of the small GPU sweeps goes (GPT-2-small shape, random weights, 16 x 16,
+head_out at all positions and by position): median wall time, then torch.profiler's table of the
+kernels by GPU time (its footer gives the total GPU and host time of one sweep).
 
-    python3 benchmarks/profile_sweep.py [--by-pos]
+    python3 benchmarks/profile_sweep.py
 """
-import cProfile
-import pstats
-import sys
+import statistics
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from interp.bench import random_model, random_prompts
 from interp.sweep import sweep_patch
 
-by_pos = "--by-pos" in sys.argv
 model = random_model("gpt2-small", "cuda", torch.bfloat16)
 prompts = random_prompts(model, 16, 16)
-for _ in range(3):
-    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
-torch.cuda.synchronize()
-t = time.perf_counter()
-for _ in range(5):
-    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
-torch.cuda.synchronize()
-print(f"mean {(time.perf_counter() - t) / 5 * 1e3:.1f} ms per sweep")
-prof = cProfile.Profile()
-prof.enable()
-sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
-torch.cuda.synchronize()
-prof.disable()
-stats = pstats.Stats(prof)
-stats.sort_stats("tottime").print_stats(25)
-stats.sort_stats("cumtime").print_stats(30)
+
+
+def sweep(by_pos):
+    return sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
+
+
+def wall_ms(by_pos, repeats=7):
+    for _ in range(2):
+        sweep(by_pos)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        sweep(by_pos)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+walls = {by_pos: wall_ms(by_pos) for by_pos in (False, True)}
+for by_pos in (False, True):
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        sweep(by_pos)
+        torch.cuda.synchronize()
+    print("=== by position" if by_pos else "=== all positions")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=50))
+for by_pos, ms in walls.items():
+    print(f"{'by position' if by_pos else 'all positions':14s} median wall {ms:7.1f} ms")

@@ -21,7 +21,11 @@ final residual stream at the answer positions instead of a metric, for readouts 
 vocabulary or the whole batch (Ships' KL, generalized Ships' SVD).
 
 Variants with the same first recomputed position are packed into the batch dimension of one forward
-(variants join the batch at their own layer). Chunks are sized from a memory budget and halved on
+(variants join the batch at their own layer). Each layer of that forward is seven launches: a
+residual add fused with the next norm (``interp.kernels.add_norm``), the q/k/v product, attention
+over the shared cached prefix (``interp.kernels.prefix_attention``), the output product, a second
+add + norm, and the MLP's two products with biases (and GELU) in the matmul epilogue. Small sweeps
+are bound by launches, not FLOPs, so the count matters (BENCHMARKS.md). Chunks are sized from a memory budget and halved on
 out-of-memory; finished chunks can be checkpointed to a file so an interrupted sweep resumes.
 
 Supported architectures: pre-norm decoders with RMSNorm or LayerNorm, rotary or absolute positions,

@@ -25,8 +25,9 @@ Variants with the same first recomputed position are packed into the batch dimen
 residual add fused with the next norm (``interp.kernels.add_norm``), the q/k/v product, attention
 over the shared cached prefix (``interp.kernels.prefix_attention``), the output product, a second
 add + norm, and the MLP's two products with biases (and GELU) in the matmul epilogue. Small sweeps
-are bound by launches, not FLOPs, so the count matters (BENCHMARKS.md). Chunks are sized from a memory budget and halved on
-out-of-memory; finished chunks can be checkpointed to a file so an interrupted sweep resumes.
+are bound by launches, not FLOPs, so the count matters (BENCHMARKS.md). Chunks are sized from a
+memory budget and halved on out-of-memory; finished chunks can be checkpointed to a file so an
+interrupted sweep resumes.
 
 Supported architectures: pre-norm decoders with RMSNorm or LayerNorm, rotary or absolute positions,
 gated (SiLU) or plain (GELU) MLPs: Llama, Qwen2, Mistral, GPT-2 families, in TransformerLens's

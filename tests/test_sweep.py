@@ -111,3 +111,28 @@ def test_checkpoint_of_another_sweep_is_refused(model, prompts, tmp_path):
     ckpt.write_bytes(b"garbage")
     with pytest.raises(InterpError, match="unreadable"):
         sweep_patch(model, prompts, "head_out", layers=[29], checkpoint=ckpt, progress=False)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+def test_mlp_uses_the_models_own_activation(act):
+    """Exact-erf GELU for act_fn="gelu" (BERT-style), the tanh form only for the tanh variants:
+    the engine's MLP equals W_out(act(h W_in + b_in)) + b_out with TransformerLens's function."""
+    from transformer_lens.utilities.activation_functions import gelu_new
+
+    from interp.sweep import Weights
+
+    torch.manual_seed(0)
+    L, H, d, dh, m = 1, 2, 8, 4, 16
+    r = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
+    w = Weights(W_Q=r(L, H, d, dh), W_K=r(L, H, d, dh), W_V=r(L, H, d, dh), W_O=r(L, H, dh, d),
+                b_Q=None, b_K=None, b_V=None, b_O=None, W_in=r(L, d, m), W_gate=None, W_out=r(L, m, d),
+                b_in=r(L, m), b_out=r(L, d), ln1=[(None, None)], ln2=[(None, None)], ln_final=(None, None),
+                W_U=r(d, 5), b_U=None, eps=1e-5, center=True, act=act, rotary=False, scale=0.5,
+                W_E=r(5, d), W_pos=None)
+    h = r(3, d) * 3
+    fn = {"gelu": torch.nn.functional.gelu, "gelu_new": gelu_new, "relu": torch.relu}[act]
+    want = fn(h @ w.W_in[0] + w.b_in[0]) @ w.W_out[0] + w.b_out[0]
+    torch.testing.assert_close(w.mlp_normed(0, h), want, rtol=0, atol=1e-12)
+    if act == "gelu":  # the two GELUs differ by more than the tolerance on these inputs
+        tanh = torch.nn.functional.gelu(h @ w.W_in[0] + w.b_in[0], approximate="tanh") @ w.W_out[0] + w.b_out[0]
+        assert (tanh - want).abs().max() > 1e-6

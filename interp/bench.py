@@ -244,6 +244,15 @@ def run_cpu(n_prompts: int = 8) -> list[Row]:
     return rows
 
 
+def _kernel_row(name: str, dtype, shape: str, reference, fused, args, device) -> str:
+    """Time ``reference(*args)`` and ``fused(*args)`` (medians of 20 calls): a markdown row, printed."""
+    t_ref, _ = _timed(lambda: reference(*args), device, 20)
+    t_tri, _ = _timed(lambda: fused(*args), device, 20)
+    row = f"| {name} | {str(dtype)[6:]} | {shape} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |"
+    print(row, flush=True)
+    return row
+
+
 def bench_kernels(device: str = "cuda") -> list[str]:
     """Each Triton kernel against its PyTorch reference on engine-sized inputs: markdown rows."""
     from interp.kernels import (add_norm, add_norm_reference, head_scatter, head_scatter_reference, norm_logit_diff,
@@ -257,36 +266,27 @@ def bench_kernels(device: str = "cuda") -> list[str]:
             D = torch.randn(16, d, device=device, dtype=dtype)
             idx = torch.arange(16, device=device).repeat(V)
             bias = torch.zeros(16, device=device)
-            args = (x, w, D, idx, bias, 1e-5, False)
-            t_ref, _ = _timed(lambda: norm_logit_diff_reference(*args), device, 20)
-            t_tri, _ = _timed(lambda: norm_logit_diff(*args), device, 20)
-            rows.append(f"| norm_logit_diff | {str(dtype)[6:]} | rows={V * 16} d={d} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
+            rows.append(_kernel_row("norm_logit_diff", dtype, f"rows={V * 16} d={d}", norm_logit_diff_reference,
+                                    norm_logit_diff, (x, w, D, idx, bias, 1e-5, False), device))
             resid = torch.randn(R, d, device=device, dtype=dtype)
             dz = torch.randn(V, R, dh, device=device, dtype=dtype)
             W_O = torch.randn(max(V // 4, 1), dh, d, device=device, dtype=dtype)
             heads = torch.arange(V, device=device) % W_O.shape[0]
-            t_ref, _ = _timed(lambda: head_scatter_reference(resid, dz, W_O, heads), device, 20)
-            t_tri, _ = _timed(lambda: head_scatter(resid, dz, W_O, heads), device, 20)
-            rows.append(f"| head_scatter | {str(dtype)[6:]} | V={V} rows={R} dh={dh} d={d} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
-            print(rows[-2], "\n" + rows[-1], flush=True)
+            rows.append(_kernel_row("head_scatter", dtype, f"V={V} rows={R} dh={dh} d={d}", head_scatter_reference,
+                                    head_scatter, (resid, dz, W_O, heads), device))
     for dtype in (torch.float32, torch.bfloat16):
         for R, d, center in [(144 * 16 * 16, 768, True), (64 * 16 * 16, 4096, False)]:
             x, delta = torch.randn(2, R, d, device=device, dtype=dtype)
             w = torch.rand(d, device=device, dtype=dtype)
             b = torch.rand(d, device=device, dtype=dtype) if center else None
-            args = (x, delta, w, b, 1e-5, center)
-            t_ref, _ = _timed(lambda: add_norm_reference(*args), device, 20)
-            t_tri, _ = _timed(lambda: add_norm(*args), device, 20)
-            rows.append(f"| add_norm | {str(dtype)[6:]} | rows={R} d={d} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
-            print(rows[-1], flush=True)
+            rows.append(_kernel_row("add_norm", dtype, f"rows={R} d={d}", add_norm_reference, add_norm,
+                                    (x, delta, w, b, 1e-5, center), device))
     for N, S, P, H, Hkv in [(144, 16, 0, 12, 12), (144, 8, 8, 12, 12), (144, 1, 15, 9, 3), (32, 32, 32, 32, 32)]:
         dtype, B, dh = torch.bfloat16, 16, 64 if H != 32 else 128
         q = torch.randn(N, B, S, H, dh, device=device, dtype=dtype)
         k, v = torch.randn(2, N, B, S, Hkv, dh, device=device, dtype=dtype)
         k_pre, v_pre = torch.randn(2, B, P, Hkv, dh, device=device, dtype=dtype)
-        args = (q, k, v, k_pre, v_pre, dh ** -0.5)
-        t_ref, _ = _timed(lambda: prefix_attention_reference(*args), device, 20)
-        t_tri, _ = _timed(lambda: prefix_attention(*args), device, 20)
-        rows.append(f"| prefix_attention | bfloat16 | N={N} B={B} S={S} P={P} H={H}/{Hkv} dh={dh} | {t_ref * 1e6:.0f} | {t_tri * 1e6:.0f} | {t_ref / t_tri:.2f}x |")
-        print(rows[-1], flush=True)
+        rows.append(_kernel_row("prefix_attention", dtype, f"N={N} B={B} S={S} P={P} H={H}/{Hkv} dh={dh}",
+                                prefix_attention_reference, prefix_attention, (q, k, v, k_pre, v_pre, dh ** -0.5),
+                                device))
     return rows

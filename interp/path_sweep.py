@@ -125,12 +125,13 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
     x = base.resid_pre[recv_layers[0]][:, p0:].expand(N, *base.resid_pre[0][:, p0:].shape).clone()
     rows = torch.arange(read.shape[0], device=engine.device)[:, None].expand_as(read)
     cols = read - p0
+    normed = w.norm(x, w.ln1[recv_layers[0]])  # what the next sublayer reads
     for layer in range(recv_layers[0], L):
         edit = None
         if layer in recv_layers:
             edit = _receiver_edit(stored[layer], [(h, k) for l, h, k in receivers if l == layer], rows, cols)
-        x = x + engine._attention(layer, w.norm(x, w.ln1[layer]), p0, edit)
-        x = x + w.mlp(layer, x)
+        x, normed = w.add_norm(x, engine._attention(layer, normed, p0, edit), w.ln2[layer])
+        x, normed = w.add_norm(x, w.mlp_normed(layer, normed), w.ln1_after(layer))
     return engine._final_metric(x, p0).mean(1)
 
 

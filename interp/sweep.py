@@ -40,7 +40,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -174,8 +174,15 @@ class Weights:
         return add_norm(x, None, *params, self.eps, self.center)[1]
 
     def add_norm(self, x, delta, params):
-        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm."""
+        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm
+        (params None after the last layer: (x + delta, None))."""
+        if params is None:
+            return x + delta, None
         return add_norm(x, delta, *params, self.eps, self.center)
+
+    def ln1_after(self, layer):
+        """The pre-attention norm of the layer after ``layer`` (None after the last layer)."""
+        return self.ln1[layer + 1] if layer + 1 < len(self.ln1) else None
 
     def mlp(self, layer, x):
         return self.mlp_normed(layer, self.norm(x, self.ln2[layer]))
@@ -324,12 +331,9 @@ class SweepEngine:
         B = len(self.prompts)
         with torch.no_grad():
             both = self._forward_cache(torch.cat([self.base_tokens, self.source_tokens]), need_pattern)
-        lists = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "q", "k", "v", "z")
         for which, rows in (("base", slice(0, B)), ("source", slice(B, None))):
-            self._caches[which] = RunCache(
-                **{f: [t[rows] for t in getattr(both, f)] for f in lists},
-                pattern=None if both.pattern is None else [t[rows] for t in both.pattern],
-                metric=both.metric[rows], final=both.final[rows])
+            part = lambda v: None if v is None else [t[rows] for t in v] if isinstance(v, list) else v[rows]  # noqa: E731
+            self._caches[which] = RunCache(**{f.name: part(getattr(both, f.name)) for f in fields(RunCache)})
 
     def _forward_cache(self, tokens, need_pattern: bool) -> RunCache:
         """One full run of ``tokens`` (the base batch, the source batch, or both stacked)."""
@@ -364,7 +368,7 @@ class SweepEngine:
             rc.resid_mid.append(x)
             m = w.mlp_normed(l, h)
             rc.mlp_out.append(m)
-            x, h = w.add_norm(x, m, w.ln1[l + 1]) if l + 1 < L else (x + m, None)
+            x, h = w.add_norm(x, m, w.ln1_after(l))
         if not need_pattern:
             rc.pattern = None
         rc.final = x
@@ -374,6 +378,7 @@ class SweepEngine:
         return rc
 
     def clean_and_corrupted(self) -> tuple[float, float]:
+        self.cache_both()
         base, src = self.cache("base").metric.mean().item(), self.cache("source").metric.mean().item()
         return (src, base) if self.direction == "denoise" else (base, src)
 
@@ -486,8 +491,7 @@ class SweepEngine:
                 x, h = w.add_norm(x, self._attention(layer, h, p0), w.ln2[layer])
             x, h = join(layer, "mid", x, h, w.ln2[layer])
             if x is not None:
-                m = w.mlp_normed(layer, h)
-                x, h = w.add_norm(x, m, w.ln1[layer + 1]) if layer + 1 < L else (x + m, None)
+                x, h = w.add_norm(x, w.mlp_normed(layer, h), w.ln1_after(layer))
         x, _ = join(L, "final", x, h, None)
         if readout == "residual":
             values = self._final_residual(x, p0)

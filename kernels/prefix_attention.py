@@ -37,15 +37,6 @@ def prefix_attention_reference(q, k, v, k_pre, v_pre, scale: float):
     return z.transpose(1, 2).reshape(N, B, S, H, dh)
 
 
-def _rows(t):
-    """t [N, B, S, heads, dh] as [N*B, S, heads, dh] without a copy where the strides allow."""
-    N, B = t.shape[:2]
-    try:
-        return t.view(N * B, *t.shape[2:])
-    except RuntimeError:
-        return t.reshape(N * B, *t.shape[2:])
-
-
 def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
     """Fused version on CUDA for bf16/fp16 (Triton); the reference elsewhere. Same arguments and
     result. fp32 stays on SDPA on the GPU (an exact fp32 dot in Triton is slow, TF32 inexact)."""
@@ -59,7 +50,7 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
     from interp.kernels.prefix_attention_triton import prefix_attention_kernel
 
     Hkv, P = k.shape[3], k_pre.shape[1]
-    qr, kr, vr = _rows(q), _rows(k), _rows(v)
+    qr, kr, vr = (t.flatten(0, 1) for t in (q, k, v))  # [N*B, S, heads, dh]; a view where strides allow
     if qr.stride(-1) != 1 or kr.stride(-1) != 1 or vr.stride(-1) != 1:
         qr, kr, vr = qr.contiguous(), kr.contiguous(), vr.contiguous()
     kp, vp = k_pre.to(q.dtype), v_pre.to(q.dtype)

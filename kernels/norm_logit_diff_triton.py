@@ -6,7 +6,7 @@ import triton.language as tl
 @triton.jit
 def norm_logit_diff_kernel(X, W, D, IDX, BIAS, OUT, d, eps, stride_x, stride_d,
                            CENTER: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * stride_x passes 2^31 once the rows hold 2^31 elements
     offs = tl.arange(0, BLOCK)
     mask = offs < d
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)

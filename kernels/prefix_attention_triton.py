@@ -26,6 +26,8 @@ def _keys(q, k, v, visible, m, l, acc, scale, IEEE: tl.constexpr):
 def prefix_attention_kernel(Q, K, V, KP, VP, Z, B, S, P, GROUP, scale,
                             sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, skp0, skp1, skp2, svp0, svp1, svp2,
                             DH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    # Offsets across variants and examples are int64 (nb, b: N * B * S * heads * dh passes 2^31 in a
+    # large sweep); those inside one example (i * sq1, jj * skp1: below S x one row of q/k/v) stay int32.
     nb = tl.program_id(0).to(tl.int64)  # variant * B + example
     h = tl.program_id(1)
     H = tl.num_programs(1)

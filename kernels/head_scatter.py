@@ -19,10 +19,13 @@ def head_scatter(resid, dz, W_O, heads):
     """Fused version on CUDA for bf16/fp16 (Triton); the reference elsewhere. Same result.
 
     fp32 stays on PyTorch: an exact (IEEE) fp32 product in Triton was 25-75x slower than cuBLAS on
-    the H200 (BENCHMARKS.md), and TF32 would not be exact.
+    the H200 (BENCHMARKS.md), and TF32 would not be exact. So do head sizes the kernel cannot tile:
+    ``tl.arange(0, DH)`` needs a power of two and ``tl.dot`` at least 16; past 256 the kernel is
+    untested (the set prefix_attention takes). A model with dh=80 or 96 runs on PyTorch here.
     """
     interpreted = not resid.is_cuda  # the CPU interpreter is for testing the kernel in every dtype
-    if not use_triton(resid) or (resid.dtype == torch.float32 and not interpreted):
+    if (not use_triton(resid) or (resid.dtype == torch.float32 and not interpreted)
+            or dz.shape[-1] not in (16, 32, 64, 128, 256)):
         return head_scatter_reference(resid, dz, W_O, heads)
     import triton
 

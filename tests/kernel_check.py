@@ -1,63 +1,444 @@
-"""Kernels vs their PyTorch references; run by test_kernels.py with TRITON_INTERPRET=1 set (CPU),
-and on the GPU machine as is. Prints one line per case and exits non-zero on any mismatch."""
+"""Every kernel against its PyTorch reference: one line per case, `ok` or `BAD`, with the path the
+dispatcher took (triton or reference), the max abs error and the tolerance it is held to.
+
+    TRITON_INTERPRET=1 python tests/kernel_check.py cpu    # the Triton interpreter (tests/test_kernels.py)
+    python tests/kernel_check.py cuda                      # on a GPU (tests/test_gpu_kernels.py)
+    python tests/kernel_check.py cuda --dtypes bfloat16 --sizes large
+    python tests/kernel_check.py cpu --list                # the case names, nothing run
+
+Sizes: `small` fits the interpreter (~8 ms per program per loop step) and covers every head size the
+models use (16, 32, 64 for SmolLM2 / Qwen2.5-0.5B / GPT-2, 128 for Llama-2-7B, 80 for the fallback);
+`large` is the engine's shapes, for the GPU; `int64` puts offsets past 2^31 elements (on the GPU in
+real memory, in the interpreter in address space that is reserved but never touched). Exit status 1
+on any BAD line.
+"""
+import argparse
+import dataclasses
+import math
+import mmap
 import sys
+import zlib
+from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
 from interp.kernels import (add_norm, add_norm_reference, head_scatter, head_scatter_reference, norm_logit_diff,
                            norm_logit_diff_reference, prefix_attention, prefix_attention_reference)
-from interp.kernels._triton import use_triton
 
-device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-torch.manual_seed(0)
-failures = 0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SIZES = ("small", "large", "int64")
+DEFAULTS = {"cpu": (("float32", "float16", "bfloat16"), ("small", "int64")),
+            "cuda": (("float32", "bfloat16", "float16"), ("small", "large", "int64"))}
+
+# The Triton interpreter (3.9) runs bf16 wrongly on CPU, and says nothing: numpy has no bf16, so it
+# keeps bf16 as uint16, and (1) tl.dot multiplies the raw uint16 bit patterns (head_scatter in bf16
+# was off by 9.2e10, prefix_attention by 8.0e8) and (2) a cast from fp32 to bf16 truncates instead of
+# rounding to nearest even (add_norm's residual x + delta in bf16 was 0.031 away from PyTorch's).
+# numpy's float16 does both right, so the interpreter checks the low-precision path in fp16, and in
+# bf16 only the kernel that just widens bf16 to fp32 (norm_logit_diff); the GPU runs all in bf16.
+INTERPRETER_BF16 = {"norm_logit_diff"}
+
+# Tolerances. Kernel and reference compute in fp32 from the same inputs and round the same values to
+# the model's dtype; they differ only in the order of fp32 sums and in roundings that those last-bit
+# differences push one unit in the last place (ulp) apart. An ulp of x is at most eps * |x|, eps =
+# torch.finfo(dtype).eps (2^-23 fp32, 2^-10 fp16, 2^-7 bf16). So a case's tolerance is
+#     ulps * eps(dtype) * rounded  +  ACC * eps(fp32) * sqrt(K) * summed
+# with `rounded` the size of the values rounded to dtype, `ulps` the rounding steps a difference can
+# pass through (each kernel's section says which), K the length of a fp32 sum and `summed` the size
+# (rms) of its value, ~sqrt(K) * the size of its terms when their signs are random. ACC: summed in
+# sequence, each of the K partial sums is rounded by up to eps/2 of itself; as random errors they add
+# in quadrature to eps / (2 sqrt 6) * sqrt(K) * summed = 0.2 eps sqrt(K) summed per side (pairwise
+# and tree orders do better). sqrt(2) for two sides, 5 standard deviations for the largest of 10^6
+# outputs, 2 for the sums in the tail beyond their rms: 0.2 * 1.41 * 5 * 2 = 2.8, and ACC = 8 leaves
+# a margin of ~3 for orders this does not model. A wrong kernel (a shifted mask, a wrong row or head,
+# fp32 products through TF32, low-precision sums or softmax weights) is off by far more.
+ACC = 8
+EPS32 = torch.finfo(torch.float32).eps
 
 
-def check(name, got, want, atol):
-    global failures
-    err = (got.float() - want.float()).abs().max().item()
-    ok = err <= atol
-    failures += not ok
-    print(f"{'ok ' if ok else 'BAD'} {name}: max abs err {err:.2e} (tol {atol:g})")
+def tolerance(dtype, rounded, ulps, K=0, summed=0.0):
+    """ulps * eps(dtype) * rounded + ACC * eps(fp32) * sqrt(K) * summed (see above)."""
+    return ulps * torch.finfo(dtype).eps * float(rounded) + ACC * EPS32 * math.sqrt(K) * float(summed)
 
 
-assert use_triton(torch.zeros(1, device=device)), "Triton path not active: set TRITON_INTERPRET=1 on CPU"
-dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
-for dtype in dtypes:
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
-    for d, center in [(576, False), (768, True)]:
-        R, B = 37, 5
+def rms(t):
+    return t.float().pow(2).mean().sqrt().item()
+
+
+def amax(t):
+    return t.float().abs().max().item()
+
+
+def max_abs_err(got, want):
+    """max |got - want|, a slice of 2^26 elements at a time (the int64 cases are 2^31 elements); NaN
+    anywhere gives NaN."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
+    g, w = got.reshape(-1), want.reshape(-1)
+    err = 0.0
+    for i in range(0, g.numel(), 1 << 26):
+        e = (g[i:i + (1 << 26)].float() - w[i:i + (1 << 26)].float()).abs().max().item()
+        err = e if e != e or err != err else max(err, e)
+    return err
+
+
+@dataclasses.dataclass
+class Case:
+    """One line of the report. ``run()`` returns {output name: (got, want, tol)}; ``triton`` says
+    whether ``kernel``'s Triton kernel must be launched (False: the dispatcher must fall back to the
+    reference). The interpreter's int64 cases launch the kernel themselves, on a few programs of a
+    grid too large to run whole."""
+    name: str
+    kernel: str
+    triton: bool
+    run: Callable[[], dict]
+
+
+class Launches:
+    """Counts launches (``kernel[grid](...)``) of one Triton kernel, to tell which path a dispatcher
+    took. The dispatchers import their kernel when called, so they pick up the counting wrapper."""
+
+    def __init__(self, module, name):
+        self.kernel, self.n = getattr(module, name), 0
+        setattr(module, name, self)
+
+    def __getitem__(self, grid):
+        self.n += 1
+        return self.kernel[grid]
+
+
+def reserved(numel, dtype):
+    """A CPU tensor of ``numel`` elements over anonymous memory mapped with MAP_NORESERVE: the address
+    space is there, but only the pages written (or read) take memory, so a kernel can be pointed at
+    offsets past 2^31 elements in a few MB. Linux."""
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+    return torch.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype=dtype)
+
+
+@contextmanager
+def int32_overflow_raises():
+    """Turn on Triton's overflow sanitizer in the interpreter (its debug mode): an int32 add, sub or
+    mul that overflows raises instead of wrapping, so an int32 offset past 2^31 fails loudly before
+    the load or store it feeds, rather than reading or writing somewhere else."""
+    from triton.runtime import interpreter
+    builder = interpreter.interpreter_builder
+    old = builder.options
+    builder.options = dataclasses.replace(old, debug=True, sanitize_overflow=True)
+    try:
+        yield
+    finally:
+        builder.options = old
+
+
+def _seed(name):
+    torch.manual_seed(zlib.crc32(name.encode()))
+
+
+def _on(device, dtype, kernel):
+    """Whether the kernel runs (rather than being skipped) in this dtype on this device."""
+    return device != "cpu" or dtype != torch.bfloat16 or kernel in INTERPRETER_BF16
+
+
+def _low_precision_triton(device, dtype):
+    """head_scatter and prefix_attention take Triton in bf16/fp16 on CUDA and in every dtype in the
+    interpreter; fp32 on CUDA stays on cuBLAS / SDPA."""
+    return device == "cpu" or dtype != torch.float32
+
+
+# --- norm_logit_diff ------------------------------------------------------------------------------
+# Everything after the (exact) widening of x, w and D is fp32 on both sides, whatever the input dtype,
+# so the tolerance is fp32's. Two sums over d (K = d) in other orders: the dot product of x_hat * w
+# with D (summed = rms(out)) and mean(x^2), whose relative error, halved by the rsqrt, scales the whole
+# output (summed = max|out| / 2); ulps=2 for the product with rsqrt and the bias added after.
+
+def _norm_logit_diff_tol(want, d):
+    return tolerance(torch.float32, amax(want), 2, d, rms(want) + amax(want) / 2)
+
+
+def _norm_logit_diff(device, dtype, R, d, B, center):
+    def run():
         x = torch.randn(R, d, device=device, dtype=dtype) * 3
         w = torch.rand(d, device=device, dtype=dtype) + 0.5
         D = torch.randn(B, d, device=device, dtype=dtype)
         idx = torch.randint(0, B, (R,), device=device)
         bias = torch.randn(B, device=device)
         args = (x, w, D, idx, bias, 1e-5, center)
-        check(f"norm_logit_diff d={d} center={center} {dtype}", norm_logit_diff(*args),
-              norm_logit_diff_reference(*args), tol * 10)
-    for dh, d, V, R, H in [(64, 576, 3, 40, 9), (128, 300, 2, 130, 4)]:
-        resid = torch.randn(R, d, device=device, dtype=dtype)
-        dz = torch.randn(V, R, dh, device=device, dtype=dtype)
-        W_O = torch.randn(H, dh, d, device=device, dtype=dtype) / dh ** 0.5
-        heads = torch.randint(0, H, (V,), device=device)
-        check(f"head_scatter dh={dh} d={d} {dtype}", head_scatter(resid, dz, W_O, heads),
-              head_scatter_reference(resid, dz, W_O, heads), tol * 10)
-    for d, center, has_delta, has_wb in [(576, False, True, (True, False)), (768, True, True, (True, True)),
-                                         (300, True, False, (False, False))]:
-        x = torch.randn(3, 13, d, device=device, dtype=dtype) * 3
-        delta = torch.randn(3, 13, d, device=device, dtype=dtype) if has_delta else None
-        w = torch.rand(d, device=device, dtype=dtype) + 0.5 if has_wb[0] else None
-        b = torch.randn(d, device=device, dtype=dtype) if has_wb[1] else None
+        want = norm_logit_diff_reference(*args)
+        return {"out": (norm_logit_diff(*args), want, _norm_logit_diff_tol(want, d))}
+    return run
+
+
+def _norm_logit_diff_int64(dtype, d=576):
+    """Interpreter: 3 rows 2^30 elements apart, so row 2 starts at 2^31 (row * stride_x in int32 would
+    overflow); launched directly, since the dispatcher makes x contiguous."""
+    def run():
+        from interp.kernels.norm_logit_diff_triton import norm_logit_diff_kernel
+        stride = 1 << 30
+        x = reserved(2 * stride + d, dtype).as_strided((3, d), (stride, 1))
+        x.copy_(torch.randn(3, d, dtype=dtype) * 3)
+        w, D = torch.rand(d, dtype=dtype) + 0.5, torch.randn(2, d, dtype=dtype)
+        idx, bias = torch.tensor([0, 1, 1]), torch.randn(2)
+        out = torch.empty(3)
+        with int32_overflow_raises():
+            norm_logit_diff_kernel[(3,)](x, w, D, idx, bias, out, d, 1e-5, stride, D.stride(0),
+                                         CENTER=False, BLOCK=1024)
+        want = norm_logit_diff_reference(x, w, D, idx, bias, 1e-5, False)
+        return {"out": (out, want, _norm_logit_diff_tol(want, d))}
+    return run
+
+
+# --- head_scatter ---------------------------------------------------------------------------------
+# out = resid + dz @ W_O[h]: the product is a fp32 sum over dh (K = dh, summed = sqrt(dh) * rms(dz) *
+# rms(W_O), the size of a product of independent random inputs); the reference rounds the product to
+# dtype and then the sum, the kernel only the sum: ulps=2 of |out|.
+
+def _head_scatter_inputs(device, dtype, V, R, dh, d, H):
+    resid = torch.randn(R, d, device=device, dtype=dtype)
+    dz = torch.randn(V, R, dh, device=device, dtype=dtype)
+    W_O = torch.randn(H, dh, d, device=device, dtype=dtype) / dh ** 0.5
+    heads = torch.randint(0, H, (V,), device=device)
+    return resid, dz, W_O, heads
+
+
+def _head_scatter(device, dtype, V, R, dh, d, H, exact=False):
+    def run():
+        args = _head_scatter_inputs(device, dtype, V, R, dh, d, H)
+        want = head_scatter_reference(*args)
+        tol = 0.0 if exact else tolerance(dtype, amax(want), 2, dh, dh ** 0.5 * rms(args[1]) * rms(args[2]))
+        return {"out": (head_scatter(*args), want, tol)}
+    return run
+
+
+def _head_scatter_int64(dtype, R=1 << 19, d=4096, dh=16, BLOCK_R=128, BLOCK_D=256):
+    """Interpreter: variant 1 of out [2, R, d] starts at R * d = 2^31 elements. Launched directly on the
+    first (row, column) tile of both variants (the whole grid is 2 x 4096 x 16 programs); out and dz
+    are reserved address space, of which only those tiles are touched."""
+    def run():
+        from interp.kernels.head_scatter_triton import head_scatter_kernel
+        V = 2
+        resid = torch.randn(BLOCK_R, d, dtype=dtype)  # only rows < BLOCK_R are read
+        dz = reserved(V * R * dh, dtype).view(V, R, dh)
+        dz[:, :BLOCK_R] = torch.randn(V, BLOCK_R, dh, dtype=dtype)
+        W_O = torch.randn(3, dh, d, dtype=dtype) / dh ** 0.5
+        heads = torch.tensor([2, 1])
+        out = reserved(V * R * d, dtype).view(V, R, d)
+        with int32_overflow_raises():
+            head_scatter_kernel[(V, 1, 1)](resid, dz, W_O, heads, out, R, d, DH=dh, BLOCK_R=BLOCK_R,
+                                           BLOCK_D=BLOCK_D, IEEE=dtype == torch.float32)
+        got = out[:, :BLOCK_R, :BLOCK_D]
+        want = head_scatter_reference(resid[:, :BLOCK_D], dz[:, :BLOCK_R], W_O[:, :, :BLOCK_D], heads)
+        tol = tolerance(dtype, amax(want), 2, dh, dh ** 0.5 * rms(dz[:, :BLOCK_R]) * rms(W_O))
+        return {"out": (got, want, tol)}
+    return run
+
+
+# --- add_norm -------------------------------------------------------------------------------------
+# The residual x + delta is one rounding of the same fp32 sum on both sides: equal, bit for bit. The
+# normed value mirrors the reference's three roundings (x_hat, x_hat * w, + b), each of which can land
+# one ulp apart from fp32 statistics that differ in their last bits: ulps=3 of |h|. Those statistics
+# are sums over d (K = d) of squares in another order, a relative error that the rsqrt halves and that
+# scales h (summed = max|h| / 2); it shows in fp32 only.
+
+def _add_norm(device, dtype, shape, center, has_delta, has_w, has_b):
+    def run():
+        d = shape[-1]
+        x = torch.randn(*shape, device=device, dtype=dtype) * 3
+        delta = torch.randn(*shape, device=device, dtype=dtype) if has_delta else None
+        w = torch.rand(d, device=device, dtype=dtype) + 0.5 if has_w else None
+        b = torch.randn(d, device=device, dtype=dtype) if has_b else None
         got, want = add_norm(x, delta, w, b, 1e-5, center), add_norm_reference(x, delta, w, b, 1e-5, center)
-        check(f"add_norm d={d} center={center} delta={has_delta} {dtype}: residual", got[0], want[0], 0)
-        check(f"add_norm d={d} center={center} delta={has_delta} {dtype}: normed", got[1], want[1], tol * 10)
-    for N, B, S, H, Hkv, dh, P in [(3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6), (1, 2, 70, 2, 1, 16, 67)]:
-        # q, k, v as views of one fused projection, as the engine makes them (strided, not contiguous)
-        qkv = torch.randn(N, B, S, (H + 2 * Hkv) * dh, device=device, dtype=dtype)
+        h_max = amax(want[1])
+        return {"residual": (got[0], want[0], 0.0),
+                "normed": (got[1], want[1], tolerance(dtype, h_max, 3, d, h_max / 2))}
+    return run
+
+
+# --- prefix_attention -----------------------------------------------------------------------------
+# z = softmax(q . k * scale) @ v. The scores are fp32 sums over dh (K = dh, of size scale * sqrt(dh) *
+# rms(q) * rms(k)); an error e in the scores moves z by at most e * 2 max|v| (dz/ds_j = p_j (v_j - z)),
+# hence summed = scale * sqrt(dh) * rms(q) * rms(k) * 2 max|v|. Both sides round the softmax weights
+# to dtype for the product with v (a relative eps/2 each: at most eps/2 * max|v| in z), and z itself,
+# and the online softmax rescales by fp32 factors: ulps=3 of max|v|.
+
+def _prefix_attention_inputs(device, dtype, N, B, S, H, Hkv, dh, P):
+    # q, k, v as views of one fused projection, as the engine makes them (strided, not contiguous)
+    qkv = torch.randn(N, B, S, (H + 2 * Hkv) * dh, device=device, dtype=dtype)
+    q, k, v = (t.unflatten(-1, (-1, dh)) for t in qkv.split([H * dh, Hkv * dh, Hkv * dh], -1))
+    k_pre = torch.randn(B, P, Hkv, dh, device=device, dtype=dtype)
+    v_pre = torch.randn(B, P, Hkv, dh, device=device, dtype=dtype)
+    return q, k, v, k_pre, v_pre, dh ** -0.5
+
+
+def _prefix_attention_tol(dtype, q, k, v, v_pre, scale, exact=False):
+    if exact:
+        return 0.0
+    vmax = max(amax(v), amax(v_pre) if v_pre.numel() else 0.0)
+    dh = q.shape[-1]
+    return tolerance(dtype, vmax, 3, dh, scale * dh ** 0.5 * rms(q[:8]) * rms(k[:8]) * 2 * vmax)
+
+
+def _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P, exact=False):
+    def run():
+        args = _prefix_attention_inputs(device, dtype, N, B, S, H, Hkv, dh, P)
+        want = prefix_attention_reference(*args)
+        tol = _prefix_attention_tol(dtype, args[0], args[1], args[2], args[4], args[5], exact)
+        return {"z": (prefix_attention(*args), want, tol)}
+    return run
+
+
+def _prefix_attention_int64(dtype, N=3, S=20, H=2, Hkv=1, dh=16, P=5):
+    """Interpreter: the engine's fused q/k/v, one variant every 2^30 elements, so variant 2 starts at
+    2^31 (variant * stride in int32 would overflow). Through the dispatcher: the grid is N x H x 1."""
+    def run():
+        W, stride = (H + 2 * Hkv) * dh, 1 << 30
+        qkv = reserved((N - 1) * stride + S * W, dtype).as_strided((N, 1, S, W), (stride, S * W, W, 1))
+        qkv.copy_(torch.randn(N, 1, S, W, dtype=dtype))
         q, k, v = (t.unflatten(-1, (-1, dh)) for t in qkv.split([H * dh, Hkv * dh, Hkv * dh], -1))
-        k_pre = torch.randn(B, P, Hkv, dh, device=device, dtype=dtype)
-        v_pre = torch.randn(B, P, Hkv, dh, device=device, dtype=dtype)
+        k_pre, v_pre = torch.randn(1, P, Hkv, dh, dtype=dtype), torch.randn(1, P, Hkv, dh, dtype=dtype)
         args = (q, k, v, k_pre, v_pre, dh ** -0.5)
-        check(f"prefix_attention N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P} {dtype}",
-              prefix_attention(*args), prefix_attention_reference(*args), tol * 10)
-sys.exit(1 if failures else 0)
+        with int32_overflow_raises():
+            got = prefix_attention(*args)
+        want = prefix_attention_reference(*args)
+        return {"z": (got, want, _prefix_attention_tol(dtype, q, k, v, v_pre, dh ** -0.5))}
+    return run
+
+
+def cases(device, dtypes, sizes):
+    """The cases for this device, dtypes (torch dtypes) and sizes, in order. Builds no tensor."""
+    out = []
+    for dtype in dtypes:
+        dn = str(dtype).removeprefix("torch.")
+        low = _low_precision_triton(device, dtype)
+
+        def add(kernel, desc, triton, run):
+            if _on(device, dtype, kernel):
+                out.append(Case(f"{kernel} {desc} {dn}", kernel, triton, run))
+
+        if "small" in sizes:
+            for d, center in [(576, False), (768, True)]:
+                add("norm_logit_diff", f"R=37 d={d} center={center}", True,
+                    _norm_logit_diff(device, dtype, 37, d, 5, center))
+            for V, R, dh, d, H in [(3, 40, 64, 576, 9), (2, 130, 128, 300, 4)]:
+                add("head_scatter", f"V={V} R={R} dh={dh} d={d}", low, _head_scatter(device, dtype, V, R, dh, d, H))
+            # dh=80 is no power of two: the dispatcher must fall back to the reference (exactly)
+            add("head_scatter", "V=2 R=9 dh=80 d=160 (fallback)", False,
+                _head_scatter(device, dtype, 2, 9, 80, 160, 3, exact=True))
+            for d, center, has_delta, wb in [(576, False, True, (True, False)), (768, True, True, (True, True)),
+                                              (300, True, False, (False, False))]:
+                add("add_norm", f"[3,13,{d}] center={center} delta={has_delta} w,b={wb}", True,
+                    _add_norm(device, dtype, (3, 13, d), center, has_delta, *wb))
+            # (N, B, S, H, Hkv, dh, P): S > 64 spans two query blocks (BLOCK_M <= 64); Hkv < H is GQA
+            for N, B, S, H, Hkv, dh, P in [(3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6), (1, 2, 70, 2, 1, 16, 67),
+                                           (1, 2, 70, 4, 2, 64, 37), (1, 1, 80, 4, 1, 128, 50)]:
+                add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
+                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
+            add("prefix_attention", "N=1 B=2 S=6 H=2/1 dh=80 P=3 (fallback)", False,
+                _prefix_attention(device, dtype, 1, 2, 6, 2, 1, 80, 3, exact=True))
+        if "large" in sizes:  # the engine's shapes (interp bench's, BENCHMARKS.md)
+            for R, d, center in [(4096, 576, False), (8192, 4096, False), (4096, 768, True)]:
+                add("norm_logit_diff", f"R={R} d={d} center={center}", True,
+                    _norm_logit_diff(device, dtype, R, d, 64, center))
+            for V, R, dh, d, H in [(144, 256, 64, 768, 12), (64, 1024, 128, 4096, 32), (135, 512, 64, 576, 9)]:
+                add("head_scatter", f"V={V} R={R} dh={dh} d={d}", low, _head_scatter(device, dtype, V, R, dh, d, H))
+            add("head_scatter", "V=64 R=1024 dh=80 d=2560 (fallback)", False,
+                _head_scatter(device, dtype, 64, 1024, 80, 2560, 32, exact=True))
+            for shape, center in [((64, 512, 4096), False), ((144, 256, 768), True), ((135, 512, 576), False)]:
+                add("add_norm", f"{list(shape)} center={center}", True,
+                    _add_norm(device, dtype, shape, center, True, True, center))
+            # SmolLM2 (9/3, 64), Qwen2.5-0.5B (14/2, 64), GPT-2 (12/12, 64), Llama-2-7B (32/32, 128)
+            for N, B, S, H, Hkv, dh, P in [(64, 8, 40, 9, 3, 64, 60), (32, 8, 200, 14, 2, 64, 300),
+                                           (64, 4, 100, 12, 12, 64, 0), (16, 4, 300, 32, 32, 128, 700)]:
+                add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
+                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
+        if "int64" in sizes:
+            if device == "cpu":
+                add("norm_logit_diff", "rows 2^30 apart (row 2 at 2^31), direct launch", True,
+                    _norm_logit_diff_int64(dtype))
+                add("head_scatter", "out [2, 2^19, 4096] (variant 1 at 2^31), direct launch", True,
+                    _head_scatter_int64(dtype))
+                add("prefix_attention", "variants 2^30 apart (variant 2 at 2^31)", True,
+                    _prefix_attention_int64(dtype))
+            elif low:  # real memory: 2^31-element tensors (4 GB in bf16; ~50 GB at the peak, of the
+                # H200's 141). The index arithmetic is the same in every dtype; fp32 would double that.
+                add("norm_logit_diff", "R=2^19+1 d=4096 (x past 2^31)", True,
+                    _norm_logit_diff(device, dtype, (1 << 19) + 1, 4096, 64, False))
+                add("head_scatter", "V=65 R=8192 dh=128 d=4096 (out past 2^31)", True,
+                    _head_scatter(device, dtype, 65, 8192, 128, 4096, 32))
+                add("add_norm", "[2^19+1, 4096] (x past 2^31)", True,
+                    _add_norm(device, dtype, ((1 << 19) + 1, 4096), False, True, True, False))
+                add("prefix_attention", "N=520 B=8 S=128 H=32/32 dh=128 P=64 (q past 2^31)", True,
+                    _prefix_attention(device, dtype, 520, 8, 128, 32, 32, 128, 64))
+    names = [c.name for c in out]
+    assert len(set(names)) == len(names) and not any(": " in n for n in names), names
+    return out
+
+
+def default_cases(device):
+    """The cases ``kernel_check.py DEVICE`` runs with no --dtypes or --sizes."""
+    dtypes, sizes = DEFAULTS[device]
+    return cases(device, [DTYPES[s] for s in dtypes], sizes)
+
+
+def outcomes(stdout):
+    """{case name: 'ok' or 'BAD'} from the lines a run printed."""
+    lines = stdout.splitlines()
+    return {line[4:].split(": ")[0]: line[:3].strip() for line in lines if line[:4] in ("ok  ", "BAD ")}
+
+
+def run_case(case, launches):
+    """Runs one case and prints its line; True if ok."""
+    _seed(case.name)
+    before = launches[case.kernel].n
+    try:
+        outputs = case.run()
+    except Exception as exc:  # a crash (an int32 overflow in the interpreter, say) is a failure
+        print(f"BAD {case.name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return False
+    took = "triton" if launches[case.kernel].n > before else "reference"
+    ok = took == ("triton" if case.triton else "reference")
+    parts = []
+    for label, (got, want, tol) in outputs.items():
+        err = max_abs_err(got, want)
+        ok &= err <= tol  # NaN fails
+        parts.append(f"{label} max abs err {err:.2e} (tol {tol:.2e})")
+    print(f"{'ok ' if ok else 'BAD'} {case.name}: [{took}] " + ", ".join(parts), flush=True)
+    return ok
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("device", nargs="?", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtypes", help=f"comma-separated, of {','.join(DTYPES)} (default: cpu "
+                   f"{','.join(DEFAULTS['cpu'][0])}; cuda {','.join(DEFAULTS['cuda'][0])})")
+    p.add_argument("--sizes", help=f"comma-separated, of {','.join(SIZES)} (default: cpu "
+                   f"{','.join(DEFAULTS['cpu'][1])}; cuda {','.join(DEFAULTS['cuda'][1])})")
+    p.add_argument("--list", action="store_true", help="print the case names and stop")
+    a = p.parse_args(argv)
+    dtypes = [DTYPES[s] for s in (a.dtypes.split(",") if a.dtypes else DEFAULTS[a.device][0])]
+    sizes = a.sizes.split(",") if a.sizes else DEFAULTS[a.device][1]
+    assert all(s in SIZES for s in sizes), sizes
+    todo = cases(a.device, dtypes, sizes)
+    if a.list:
+        print("\n".join(c.name for c in todo))
+        return 0
+
+    from interp.kernels._triton import use_triton
+    assert use_triton(torch.zeros(1, device=a.device)), "Triton path not active: set TRITON_INTERPRET=1 on CPU"
+    from interp.kernels import (add_norm_triton, head_scatter_triton, norm_logit_diff_triton,
+                                prefix_attention_triton)
+    launches = {"norm_logit_diff": Launches(norm_logit_diff_triton, "norm_logit_diff_kernel"),
+                "head_scatter": Launches(head_scatter_triton, "head_scatter_kernel"),
+                "add_norm": Launches(add_norm_triton, "add_norm_kernel"),
+                "prefix_attention": Launches(prefix_attention_triton, "prefix_attention_kernel")}
+    failures = 0
+    for case in todo:
+        failures += not run_case(case, launches)
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"{len(todo) - failures} of {len(todo)} cases ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

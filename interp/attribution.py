@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.errors import ComponentError
+from interp.errors import ComponentError, InterpError
 from interp.hooks import hook_name
 from interp.metrics import at_answer, logit_diff
 from interp.result import Result
@@ -63,58 +63,169 @@ def logit_diff_directions(model, prompts: PromptSet) -> torch.Tensor:
     return d if w is None else d * w
 
 
-def _check_additive_heads(model, cache, layer: int, rows, pos):
-    """The heads' outputs plus the output bias (b_O, e.g. folded value biases) make the attention output."""
-    heads = cache[hook_name("result", layer)][rows, pos].sum(1)
+def _check_additive_heads(model, heads_out, attn_out, layer: int):
+    """The heads' outputs plus the output bias (b_O, e.g. folded value biases) make the attention output.
+
+    ``heads_out``: [batch, head, d_model] and ``attn_out``: [batch, d_model], both at the answer
+    positions."""
+    heads = heads_out.sum(1)
     b_O = getattr(model, "b_O", None)
     if b_O is not None:
         heads = heads + b_O[layer].detach()
-    out = cache[hook_name("attn_out", layer)][rows, pos]
-    if not torch.allclose(heads, out, atol=1e-3 * (1 + out.abs().max().item())):
+    if not torch.allclose(heads, attn_out, atol=1e-3 * (1 + attn_out.abs().max().item())):
         raise ComponentError(
             "per-head outputs do not sum to the attention output of this model (a post-attention "
             "norm, as in Gemma 3): per-head DLA through that norm is not supported yet"
         )
 
 
-def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean", scale_from: str | None = None) -> DLA:
+class _StopForward(Exception):
+    """Raised by a hook to end a forward once everything needed has been read."""
+
+
+def _run_at_answer(model, tokens, answer_pos, names: list[str], stop_at: str) -> dict[str, torch.Tensor]:
+    """One forward of ``tokens`` that keeps each named activation at each row's answer position
+    only ([batch, ...] instead of [batch, pos, ...]) and stops at hook ``stop_at`` (kept too):
+    no activation cache and no [batch, pos, vocab] logits are ever held."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    answer_pos = answer_pos.to(tokens.device)
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name):  # key by the registered name: hook.name may be the bridge's alias target
+        def hook(x, hook=None):
+            kept[name] = x[rows, answer_pos].detach()  # advanced indexing: a copy, the rest is freed
+            if name == stop_at:
+                raise _StopForward
+
+        return hook
+
+    with torch.no_grad():
+        try:
+            model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names + [stop_at]])
+        except _StopForward:
+            pass
+    return kept
+
+
+def _forward_bytes(model, n_pos: int) -> int:
+    """Estimated peak memory, in bytes, of one example's forward of ``n_pos`` tokens with nothing
+    cached (see ``_run_at_answer``). Layers run one at a time, so the peak is one layer's
+    temporaries: eager attention materialises [heads, T, T] fp32 scores, masked scores, pattern
+    and their copies (5 of them), the per-head results ``hook_result`` [T, heads, d_model] (2),
+    the MLP hidden [T, d_mlp] (gate, up, product: 3) and about a dozen residual-width tensors.
+    Measured on SmolLM2 (CPU, fp32): 644 MiB at T=2048 and 2.7 GiB at T=4096, estimated 0.9 and
+    3.3 GiB."""
+    cfg = model.cfg
+    elt = torch.tensor([], dtype=cfg.dtype).element_size()
+    T = int(n_pos)
+    d_mlp = cfg.d_mlp or 4 * cfg.d_model
+    return (5 * cfg.n_heads * T * T * 4 + 2 * T * cfg.n_heads * cfg.d_model * elt
+            + 3 * T * d_mlp * elt + 12 * T * cfg.d_model * elt)
+
+
+_MEMORY_FRACTION = 0.7  # of the free memory a DLA chunk may use; the estimate above has its own margin
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes one DLA chunk may use: a fraction of the free CUDA memory (counting PyTorch's cached
+    but unused blocks) on a GPU, of MemAvailable (/proc/meminfo) on a CPU; 4 GiB where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(_MEMORY_FRACTION * free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(_MEMORY_FRACTION * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def _size(n: int) -> str:
+    """Bytes for people: "3.2 GiB", "640 MiB", "1,000 B"."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{round(n / 2**20)} MiB" if n >= 2**20 else f"{n:,} B"
+
+
+def _dla_chunks(model, prompts: PromptSet, budget: int | None) -> list[slice]:
+    """Consecutive example ranges whose forwards fit ``budget`` bytes (default: ``_memory_budget``).
+
+    Raises InterpError, before any forward, when one example alone does not fit."""
+    budget = _memory_budget(torch.device(model.cfg.device)) if budget is None else budget
+    lengths = (prompts.answer_pos + 1).tolist()  # a forward needs the tokens up to the answer only
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    need = _forward_bytes(model, lengths[longest])
+    if need > budget:
+        raise InterpError(
+            f"DLA of example {longest} ({lengths[longest]:,} tokens) needs about {_size(need)} for one "
+            f"forward, more than the {_size(budget)} memory budget; shorten the prompt or free memory"
+        )
+    chunks, start = [], 0
+    for i in range(1, len(lengths)):  # grow the chunk while its widest example x its size fits
+        if (i + 1 - start) * _forward_bytes(model, max(lengths[start:i + 1])) > budget:
+            chunks.append(slice(start, i))
+            start = i
+    chunks.append(slice(start, len(lengths)))
+    return chunks
+
+
+def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean", scale_from: str | None = None,
+                             memory_budget: int | None = None) -> DLA:
     """DLA of every head, every layer's attention and MLP, and the embedding.
 
     Read at each example's answer position on the clean (or ``which="corrupted"``) prompts, onto
     the answer-minus-distractor direction, then averaged over examples. ``scale_from`` takes the
     frozen final-norm scale from the other run (e.g. the corrupted components over the clean
     scale: the direct effect of a noising patch), default: the same run.
+
+    Memory: each forward keeps only the answer position of the activations it needs (hooks, not
+    ``run_with_cache``) and stops after the final norm; examples run in chunks sized so that a
+    chunk's forward fits ``memory_budget`` bytes (default: 70% of the free memory, see
+    ``_memory_budget``). An example too long for the budget is refused before any forward.
     """
-    tokens = prompts.clean_tokens if which == "clean" else prompts.corrupted_tokens
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens)
-    rows = torch.arange(len(prompts))
-    pos = prompts.answer_pos
-    scale = cache["ln_final.hook_scale"][rows, pos]  # [batch, 1]
-    if scale_from is not None and scale_from != which:
-        other = prompts.clean_tokens if scale_from == "clean" else prompts.corrupted_tokens
-        with torch.no_grad():
-            _, sc = model.run_with_cache(other, names_filter=lambda n: n == "ln_final.hook_scale")
-        scale = sc["ln_final.hook_scale"][rows, pos]
-    direction = logit_diff_directions(model, prompts)  # [batch, d_model]
-
-    def attribute(x):  # x: [batch, ..., d_model] at the answer position
-        shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
-        return ((x / scale.reshape(x.shape[0], *([1] * (x.ndim - 1)))) * direction.reshape(shape)).sum(-1)
-
+    if which not in ("clean", "corrupted") or scale_from not in (None, "clean", "corrupted"):
+        raise InterpError(f"which and scale_from are 'clean' or 'corrupted', got {which!r}, {scale_from!r}")
     L = model.cfg.n_layers
-    heads, attn, mlp = [], [], []
-    for layer in range(L):
-        _check_additive_heads(model, cache, layer, rows, pos)
-        heads.append(attribute(cache[hook_name("result", layer)][rows, pos]).mean(0))
-        attn.append(attribute(cache[hook_name("attn_out", layer)][rows, pos]).mean(0))
-        mlp.append(attribute(cache[hook_name("mlp_out", layer)][rows, pos]).mean(0))
-    embed = attribute(cache["hook_embed"][rows, pos]).mean(0)
-    total = logit_diff(logits, prompts).mean()
-    attn_t, mlp_t = torch.stack(attn), torch.stack(mlp)
+    names = (["hook_embed", "ln_final.hook_scale"]
+             + [hook_name(kind, l) for l in range(L) for kind in ("result", "attn_out", "mlp_out")])
+    other = scale_from if scale_from not in (None, which) else None
+    adapter = getattr(model, "adapter", None)
+    transform = getattr(adapter, "apply_output_logits_transform", lambda x: x)
+    per_example = []  # per chunk: (heads [b, L, H], attn [b, L], mlp [b, L], embed [b], total [b])
+    for chunk in _dla_chunks(model, prompts, memory_budget):
+        part = prompts.subset(chunk)
+        width = int(part.answer_pos.max()) + 1  # right padding after the last answer is never read
+        tokens = (part.clean_tokens if which == "clean" else part.corrupted_tokens)[:, :width]
+        kept = _run_at_answer(model, tokens, part.answer_pos, names, stop_at="unembed.hook_in")
+        scale = kept["ln_final.hook_scale"]  # [batch, 1]
+        if other is not None:
+            tokens = (part.clean_tokens if other == "clean" else part.corrupted_tokens)[:, :width]
+            scale = _run_at_answer(model, tokens, part.answer_pos, [], stop_at="ln_final.hook_scale")[
+                "ln_final.hook_scale"]
+        direction = logit_diff_directions(model, part)  # [batch, d_model]
+
+        def attribute(x):  # x: [batch, ..., d_model] at the answer position
+            shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+            return ((x / scale.reshape(x.shape[0], *([1] * (x.ndim - 1)))) * direction.reshape(shape)).sum(-1)
+
+        heads, attn, mlp = [], [], []
+        for layer in range(L):
+            result, attn_out = kept[hook_name("result", layer)], kept[hook_name("attn_out", layer)]
+            _check_additive_heads(model, result, attn_out, layer)
+            heads.append(attribute(result))
+            attn.append(attribute(attn_out))
+            mlp.append(attribute(kept[hook_name("mlp_out", layer)]))
+        with torch.no_grad():
+            logits = transform(model.unembed(kept["unembed.hook_in"][None]))[0]  # [batch, vocab]
+        per_example.append((torch.stack(heads, 1), torch.stack(attn, 1), torch.stack(mlp, 1),
+                            attribute(kept["hook_embed"]), logit_diff(logits, part)))
+    heads_t, attn_t, mlp_t, embed, total = (torch.cat(xs).mean(0) for xs in zip(*per_example))
     meta = {"n_prompts": len(prompts), "which": which}
     return DLA(
-        heads=Result(torch.stack(heads), ("layer", "head"), "dla_heads", meta=meta),
+        heads=Result(heads_t, ("layer", "head"), "dla_heads", meta=meta),
         attn=Result(attn_t, ("layer",), "dla_attn", meta=meta),
         mlp=Result(mlp_t, ("layer",), "dla_mlp", meta=meta),
         embed=float(embed),

@@ -146,6 +146,10 @@ def weights_present(spec: ModelSpec) -> bool:
     return True
 
 
+MANIFEST = "interp-manifest.json"  # in a cache folder: the GGUF's sha256, each file's size and sha256
+VERIFIED = "interp-verified.json"  # the files whose sha256 was checked, by (size, mtime_ns, inode)
+
+
 def cached_folder(spec: ModelSpec) -> Path:
     """The safetensors folder for ``spec``, keyed by the GGUF's sha256."""
     return cache_root() / "models" / f"{spec.key}-{spec.sha256[:16]}"
@@ -210,26 +214,80 @@ def build_cache(spec: ModelSpec) -> Path:
         out = work / "hf"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        files = sorted(out.iterdir())
+        hashes = {p.name: _sha256_of_concatenation([p])[0] for p in files}
         manifest = {"key": spec.key, "gguf_sha256": digest,
-                    "files": {p.name: p.stat().st_size for p in out.iterdir()}}
-        (out / "interp-manifest.json").write_text(json.dumps(manifest, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
+                    "files": {p.name: p.stat().st_size for p in files}, "sha256": hashes}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _write_verified(out, {p.name: _verified_key(p, hashes[p.name]) for p in files})  # a rename keeps them
+        if _check_cache(spec, target):  # another process finished the same build first: keep its
+            return target
+        old = target.with_name(target.name + f".old{os.getpid()}")
+        if target.exists():  # two renames instead of a delete: a reader never sees a half-deleted folder
+            target.rename(old)
         out.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
 
 
 def _check_cache(spec: ModelSpec, folder: Path) -> bool:
-    """True when the cache folder is complete (every file present with its recorded size)."""
+    """True when the cache folder is intact: its manifest names ``spec``'s GGUF and every file it
+    lists has its recorded size and sha256.
+
+    Hashing the SmolLM2 cache (538 MB) takes 0.4-0.8 s on 2 CPU cores, Qwen2.5-0.5B's (2 GB) about
+    4x that, on every load; so a file's hash is checked once and the check remembered in
+    ``interp-verified.json`` in the folder, keyed by the file's (size, mtime_ns, inode): a file
+    rewritten, replaced or touched since is hashed again. A manifest that is unreadable, lacks
+    "files" or "sha256" (caches built before hashes were recorded) or does not match makes the
+    cache invalid: ``hf_folder`` then rebuilds it from the GGUF, whose own sha256 is checked.
+    """
     try:
-        manifest = json.loads((folder / "interp-manifest.json").read_text())
-    except (OSError, ValueError):
+        manifest = json.loads((folder / MANIFEST).read_text())
+        sizes, hashes = manifest["files"], manifest["sha256"]
+        if manifest.get("gguf_sha256") != spec.sha256 or not sizes or set(sizes) != set(hashes):
+            return False
+        memo = _read_verified(folder)
+        verified = {}
+        for name, size in sizes.items():
+            key = _verified_key(folder / name, hashes[name])
+            if key[0] != size:
+                return False
+            if memo.get(name) != key:
+                if _sha256_of_concatenation([folder / name])[0] != hashes[name]:
+                    return False
+            verified[name] = key
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return False
-    return manifest.get("gguf_sha256") == spec.sha256 and all(
-        (folder / name).is_file() and (folder / name).stat().st_size == size
-        for name, size in manifest["files"].items()
-    )
+    if verified != memo:
+        _write_verified(folder, verified)
+    return True
+
+
+def _verified_key(path: Path, sha256: str) -> list:
+    """What a verification of ``path`` is remembered by: [size, mtime_ns, inode, sha256]."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, sha256]
+
+
+def _read_verified(folder: Path) -> dict:
+    try:
+        memo = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_verified(folder: Path, verified: dict) -> None:
+    """Remember the verified files (atomically; a read-only cache just verifies again next time)."""
+    tmp = folder / f"{VERIFIED}.tmp{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(verified, indent=1))
+        os.replace(tmp, folder / VERIFIED)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def hf_folder(spec: ModelSpec) -> Path:

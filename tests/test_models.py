@@ -1,5 +1,7 @@
 """The model zoo: registry, weight verification, cache, and clear errors."""
 import json
+import os
+import shutil
 import sys
 
 import pytest
@@ -54,18 +56,88 @@ def test_missing_wheel_says_what_to_run(monkeypatch):
         models.locate_parts(spec)
 
 
+def _copy_cache(folder, to, flip_byte_of=None):
+    """A copy of the cache folder (the weights hard-linked where possible: never written here);
+    ``flip_byte_of``: a file copied with one byte changed, same size."""
+    to.mkdir()
+    for p in folder.iterdir():
+        if p.name == flip_byte_of:
+            data = bytearray(p.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            (to / p.name).write_bytes(bytes(data))
+        elif p.name == "model.safetensors":
+            try:
+                os.link(p, to / p.name)
+            except OSError:
+                shutil.copyfile(p, to / p.name)
+        else:
+            shutil.copy2(p, to / p.name)
+    return to
+
+
 def test_cache_is_complete_and_checked(model, tmp_path):
     spec = models.REGISTRY[models.DEFAULT_MODEL]
     folder = models.cached_folder(spec)
     assert models._check_cache(spec, folder)
     manifest = json.loads((folder / "interp-manifest.json").read_text())
     assert "model.safetensors" in manifest["files"]
+    assert set(manifest["sha256"]) == set(manifest["files"]) and len(manifest["sha256"]["config.json"]) == 64
     # a copy with a truncated weight file is detected as incomplete
     broken = tmp_path / "broken"
     broken.mkdir()
     for p in folder.iterdir():
         (broken / p.name).write_bytes(p.read_bytes()[: 100 if p.name == "model.safetensors" else None])
     assert not models._check_cache(spec, broken)
+
+
+def test_cache_with_a_changed_byte_is_detected(model, tmp_path):
+    """Same size, one byte different: only the sha256 sees it."""
+    spec = models.REGISTRY[models.DEFAULT_MODEL]
+    copy = _copy_cache(models.cached_folder(spec), tmp_path / "flipped", flip_byte_of="model.safetensors")
+    assert not models._check_cache(spec, copy)
+    copy = _copy_cache(models.cached_folder(spec), tmp_path / "config", flip_byte_of="config.json")
+    assert not models._check_cache(spec, copy)
+
+
+def test_cache_hash_is_verified_once_per_file_version(model, tmp_path, monkeypatch):
+    spec = models.REGISTRY[models.DEFAULT_MODEL]
+    copy = _copy_cache(models.cached_folder(spec), tmp_path / "copy")
+    (copy / "interp-verified.json").unlink(missing_ok=True)
+    hashed = []
+    real = models._sha256_of_concatenation
+    monkeypatch.setattr(models, "_sha256_of_concatenation", lambda paths, **kw: hashed.append(paths[0].name) or real(paths, **kw))
+    assert models._check_cache(spec, copy) and "model.safetensors" in hashed
+    hashed.clear()
+    assert models._check_cache(spec, copy) and hashed == []  # remembered: no hashing
+    mtime = (copy / "config.json").stat().st_mtime_ns + 10**9
+    os.utime(copy / "config.json", ns=(mtime, mtime))  # touched since: hashed again
+    assert models._check_cache(spec, copy) and hashed == ["config.json"]
+
+
+@pytest.mark.parametrize("manifest", [
+    b"\xff\xfe not json",
+    b"[]",
+    b'{"key": "smollm2-135m-instruct"}',
+    b'{"key": "smollm2-135m-instruct", "gguf_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}',
+    "old",  # the format before hashes were recorded: sizes only
+], ids=["not-json", "a-list", "no-files", "no-files-right-gguf", "sizes-only"])
+def test_bad_or_old_manifest_means_rebuild(model, tmp_path, monkeypatch, manifest):
+    """Never a KeyError: the cache is invalid and hf_folder rebuilds it from the checked GGUF."""
+    spec = models.REGISTRY[models.DEFAULT_MODEL]
+    real = models.cached_folder(spec)
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    folder = models.cached_folder(spec)
+    folder.parent.mkdir(parents=True)
+    _copy_cache(real, folder)
+    if manifest == "old":
+        old = json.loads((folder / "interp-manifest.json").read_text())
+        del old["sha256"]
+        manifest = json.dumps(old).encode()
+    (folder / "interp-manifest.json").write_bytes(manifest)
+    assert not models._check_cache(spec, folder)
+    built = []
+    monkeypatch.setattr(models, "build_cache", lambda s: built.append(s.key) or folder)
+    assert models.hf_folder(spec) == folder and built == [spec.key]
 
 
 def test_local_folder_loads_the_same_model(model, prompts):

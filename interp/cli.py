@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from interp.errors import InterpError
@@ -84,25 +87,146 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
-    from interp.models import load_model
-    from interp.tasks.prompts import PromptSet
+# ------------------------------------------------------------------------- checks before work
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a mkdir -p would start from)."""
+    path = path.absolute()
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
 
-    if not args.prompts.is_file():
+
+def _check_writable_folder(folder: Path, flag: str, path: Path) -> None:
+    """``folder`` exists as a folder we may write in, or could be created in one."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise InterpError(f"{flag} {path}: {base} is a file, not a folder; choose another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InterpError(f"{flag} {path}: no permission to write in {base}; choose another path")
+
+
+def _check_out_file(path: Path | None, flag: str = "--out") -> None:
+    """An output file we can write: not a folder, in a folder that exists or can be created."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InterpError(f"{flag} {path} is a folder; give a file path, e.g. {path / 'result.json'}")
+    _check_writable_folder(path.parent, flag, path)
+
+
+def _check_out_folder(path: Path, flag: str = "--out") -> None:
+    """An output folder we can write in (created if missing): not an existing file."""
+    if path.exists() and not path.is_dir():
+        raise InterpError(f"{flag} {path} is a file; reports go into a folder: give a folder path")
+    _check_writable_folder(path, flag, path)
+
+
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint file in a folder that exists and that we may write in; an existing one must be
+    readable (the sweep resumes from it)."""
+    if path.is_dir():
+        raise InterpError(f"--checkpoint {path} is a folder; give a file path, e.g. {path / 'sweep.ckpt'}")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InterpError(f"--checkpoint {path}: {folder} {what}; create the folder first or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InterpError(f"--checkpoint {path}: no permission to write in {folder}; choose another path")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise InterpError(f"--checkpoint {path}: no permission to read and write it; choose another path")
+
+
+def _registered_tokenizer(key: str | None):
+    """(tokenizer, prepend_bos, limits) of a registered model, read without its weights (about half
+    a second, against 5-10 s for the model) so that prompts are checked before the model loads;
+    ``limits.cfg`` has the n_ctx and d_vocab of its config.json, for ``check_prompts``. All None for
+    a local folder or hub name: their prompts are checked once the model is loaded. An unknown key
+    raises UnknownModelError here."""
+    from types import SimpleNamespace
+
+    from interp.models import _quiet, hf_folder, resolve_spec
+
+    spec = resolve_spec(key)
+    if spec is None:
+        return None, None, None
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = hf_folder(spec)
+    with _quiet():
+        tokenizer, config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
+    limits = SimpleNamespace(cfg=SimpleNamespace(n_ctx=config.max_position_embeddings, d_vocab=config.vocab_size))
+    return tokenizer, spec.prepend_bos, limits
+
+
+def _load(args):
+    """Check what a prompts command was given, cheapest first, then load the model.
+
+    In order: the output and checkpoint paths; the prompts file (UTF-8, one JSON object per line,
+    the four fields as strings); the model name and device; tokenization (one-token answers, equal
+    clean/corrupted lengths, context length and vocabulary from config.json) with the tokenizer
+    alone; then the model, and the same checks against the loaded model's own tokenizer and config.
+    Nothing runs a forward before all of them pass.
+    """
+    import torch
+
+    from interp.models import load_model
+    from interp.tasks.prompts import PromptSet, check_prompts, read_prompts_jsonl
+
+    _check_out_file(args.out)
+    if getattr(args, "checkpoint", None) is not None:
+        _check_checkpoint(args.checkpoint)
+    if not args.prompts.exists():
         raise InterpError(f"prompts file not found: {args.prompts}")
-    model = load_model(args.model, device=getattr(args, "device", "cpu"), dtype=getattr(args, "dtype", None))
-    prompts = PromptSet.from_jsonl(args.prompts, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
+    examples, names = read_prompts_jsonl(args.prompts)
+    device = getattr(args, "device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InterpError("--device cuda requested but no CUDA device is available; use --device cpu")
+    tokenizer, prepend_bos, limits = _registered_tokenizer(args.model)
+    if tokenizer is not None:
+        check_prompts(limits, PromptSet.from_examples(tokenizer, examples, prepend_bos=prepend_bos, names=names), names)
+    model = load_model(args.model, device=device, dtype=getattr(args, "dtype", None))
+    prompts = PromptSet.from_examples(model.tokenizer, examples, prepend_bos=bool(model.cfg.default_prepend_bos),
+                                      names=names)
+    check_prompts(model, prompts, names)
     return model, prompts.to(model.cfg.device)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s folder and rename it over ``path``: an
+    interrupted write leaves the old file (or none), never half a file. A path that is not a
+    regular file (/dev/null, a pipe) is written directly; a symlink is written through."""
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _emit(obj: dict, out: Path | None) -> None:
     text = json.dumps(obj)
     if out is None:
         print(text)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}", file=sys.stderr)
+        return
+    try:
+        _write_atomic(out, text)
+    except OSError as exc:
+        raise InterpError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def cmd_models(args) -> None:
@@ -126,10 +250,10 @@ def cmd_patch(args) -> None:
         model, prompts = _load(args)
         result = patch(model, prompts, args.component, by_pos=args.by_pos, checkpoint=args.checkpoint)
     else:
-        from interp.distributed import sweep_patch_distributed
-
         if args.workers < 1:
             raise InterpError(f"--workers must be >= 1, got {args.workers}")
+        from interp.distributed import sweep_patch_distributed
+
         # The driver's copy only tokenizes the prompts (on the CPU); the workers load their own.
         model, prompts = _load(argparse.Namespace(**{**vars(args), "device": "cpu", "dtype": None}))
         result = sweep_patch_distributed(args.model, prompts, args.component, by_pos=args.by_pos,
@@ -172,6 +296,15 @@ def cmd_reproduce(args) -> None:
     names = AVAILABLE_ANALYSES if args.analysis == "all" else [args.analysis]
     if args.analysis not in AVAILABLE_ANALYSES + ["all"]:
         raise InterpError(f"analysis {args.analysis!r} is not implemented yet; available: {', '.join(AVAILABLE_ANALYSES)}")
+    _check_out_folder(args.out)
+    if args.device == "cuda":  # checked for every analysis before the first one starts
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InterpError("--device cuda requested but no CUDA device is available")
+        cpu_only = [name for name in names if name != "safety-heads"]
+        if cpu_only:
+            raise InterpError(f"--device cuda is supported by safety-heads only; run {cpu_only[0]} on the CPU")
     reports = {}
     for name in names:
         reports[name] = _run_analysis(name, args)
@@ -188,14 +321,7 @@ def _run_analysis(name: str, args):
     from interp.reports.retrieval_heads import retrieval_heads_report
 
     out = str(args.out)
-    device = getattr(args, "device", "cpu")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InterpError("--device cuda requested but no CUDA device is available")
-        if name != "safety-heads":
-            raise InterpError(f"--device cuda is supported by safety-heads only; run {name} on the CPU")
+    device = getattr(args, "device", "cpu")  # cmd_reproduce checked it
     if name == "safety-heads":
         from interp.reports.safety_heads import safety_heads_report
 
@@ -211,23 +337,41 @@ def _run_analysis(name: str, args):
     return circuit_reuse_report([args.model] if args.model else None, out_dir=out, quick=args.quick)
 
 
+def _parse_seqs(text: str) -> tuple[int, ...]:
+    """"16,64" -> (16, 64): positive prompt lengths."""
+    try:
+        seqs = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        seqs = ()
+    if not seqs or min(seqs) < 1:
+        raise InterpError(f"--seqs takes positive whole numbers separated by commas (e.g. 16,64), got {text!r}")
+    return seqs
+
+
+def _parse_shapes(text: str, known) -> list[str]:
+    """"gpt2-small,llama-2-7b" -> the names, each one of ``known``."""
+    shapes = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in shapes if s not in known]
+    if unknown or not shapes:
+        what = f"unknown shape {unknown[0]!r}" if unknown else "no shape"
+        raise InterpError(f"{what} in --shapes: use one or more of {', '.join(known)}, separated by commas")
+    return shapes
+
+
 def cmd_bench(args) -> None:
     import torch
 
     from interp import bench
 
+    shapes, seqs = _parse_shapes(args.shapes, bench.SHAPES), _parse_seqs(args.seqs)  # both, on any device
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise InterpError("--device cuda requested but no CUDA device is available")
         if args.kernels:
             print("| kernel | dtype | shape | PyTorch us | Triton us | speed-up |\n|---|---|---|---|---|---|")
             bench.bench_kernels("cuda")
-        shapes = [s for s in args.shapes.split(",") if s]
-        unknown = [s for s in shapes if s not in bench.SHAPES]
-        if unknown:
-            raise InterpError(f"unknown shape {unknown[0]!r}: use {', '.join(bench.SHAPES)}")
         print(bench.HEADER)
-        bench.run_gpu(shapes, tuple(int(x) for x in args.seqs.split(",")), dtype=getattr(torch, args.dtype))
+        bench.run_gpu(shapes, seqs, dtype=getattr(torch, args.dtype))
     else:
         print(bench.HEADER)
         bench.run_cpu()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from interp.errors import PromptError
+
 
 @dataclass
 class Result:
@@ -40,9 +42,16 @@ class Result:
         return f"Result({self.component}, {self.metric}, [{shape}], clean={self.clean}, corrupted={self.corrupted})"
 
     def normalised(self) -> torch.Tensor:
-        """(value - corrupted) / (clean - corrupted): 1 = the patch restores the clean metric."""
+        """(value - corrupted) / (clean - corrupted): 1 = the patch restores the clean metric.
+
+        Raises PromptError (a ValueError) when clean == corrupted: nothing to normalise by."""
         if self.clean is None or self.corrupted is None:
             raise ValueError("normalised() needs the clean and corrupted baselines")
+        if self.clean == self.corrupted:
+            raise PromptError(
+                f"the clean and corrupted {self.metric} are equal ({self.clean:g}): there is no "
+                "difference to normalise by; use the raw values, or prompts whose corruption changes the metric"
+            )
         return (self.values - self.corrupted) / (self.clean - self.corrupted)
 
     def to_pandas(self):

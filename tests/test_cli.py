@@ -80,13 +80,21 @@ def test_unknown_model_and_missing_file(prompts_file, tmp_path, capsys):
     assert "prompts file not found" in line
 
 
-def test_bad_heads_and_analysis(prompts_file, capsys):
+def test_bad_heads_and_analysis(prompts_file, tmp_path, capsys, monkeypatch):
+    """Argument errors only: no analysis starts, on a machine with CUDA or without."""
+    import interp.cli
+
     line = one_line_error(*run(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
     assert "LAYER.HEAD" in line
-    line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
-    assert ("no CUDA device" in line) if not torch.cuda.is_available() else ("supported by" not in line)
-    if torch.cuda.is_available():
-        line = one_line_error(*run(["reproduce", "ioi", "--device", "cuda"], capsys)[::2])
+    monkeypatch.setattr(interp.cli, "_run_analysis", lambda *args: pytest.fail("an analysis started"))
+    if not torch.cuda.is_available():
+        line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
+        assert "no CUDA device" in line
+    else:  # safety-heads --device cuda is the paper-scale run: give it an --out it must refuse
+        line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda", "--out", str(prompts_file)],
+                                   capsys)[::2])
+        assert "is a file" in line
+        line = one_line_error(*run(["reproduce", "ioi", "--device", "cuda", "--out", str(tmp_path)], capsys)[::2])
         assert "safety-heads only" in line
 
 

@@ -126,9 +126,7 @@ class PromptSet:
 
         clean, corrupted, answers, distractors = [], [], [], []
         for name, ex in zip(names, examples):
-            missing = [k for k in REQUIRED_KEYS if not isinstance(ex.get(k), str)]
-            if missing:
-                raise PromptError(f"{name}: missing or non-string field(s) {', '.join(missing)}")
+            check_fields(ex, name)
             c, x = bos + encode(ex["clean"]), bos + encode(ex["corrupted"])
             if len(c) != len(x):
                 raise PromptError(
@@ -141,8 +139,8 @@ class PromptSet:
                 ids = encode(ex[key])
                 if len(ids) != 1:
                     raise PromptError(
-                        f"{name}: {key} {ex[key]!r} is {len(ids)} tokens, must be exactly one "
-                        f"(tokens: {tokenizer.convert_ids_to_tokens(ids)})"
+                        f"{name}: {key} {_short(ex[key])} is {len(ids)} tokens, must be exactly one "
+                        f"(tokens: {_short(tokenizer.convert_ids_to_tokens(ids[:8]))})"
                     )
                 store.append(ids[0])
             clean.append(c)
@@ -177,34 +175,123 @@ class PromptSet:
 
         Errors name the file and line number.
         """
-        rows = read_jsonl(path, "prompts")
-        examples, names = [obj for _, obj in rows], [where for where, _ in rows]
+        examples, names = read_prompts_jsonl(path)
         return cls.from_examples(tokenizer, examples, prepend_bos=prepend_bos, names=names)
 
 
 def read_jsonl(path: str | Path, what: str = "records") -> list[tuple[str, dict]]:
     """The JSON objects of a JSONL file with their "path:line" (blank lines skipped).
 
-    Raises PromptError naming the file (unreadable, empty) or the line (not JSON, not an object)."""
+    The file must be UTF-8 (a leading byte-order mark is allowed); lines end at "\\n" only (a
+    U+2028 inside a JSON string does not split it). Raises PromptError naming the file
+    (unreadable, not UTF-8, empty) or the line (not JSON, not an object)."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise PromptError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PromptError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start:,} is {data[exc.start]:#04x}); "
+            "save the file as UTF-8"
+        ) from None
     rows = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise PromptError(f"{path}:{number}: JSON nested too deeply; each line is one flat object") from None
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            raise PromptError(f"{path}:{number}: not usable JSON ({str(exc).split(';')[0]})") from None
         if not isinstance(obj, dict):
-            raise PromptError(f"{path}:{number}: expected a JSON object")
+            raise PromptError(f"{path}:{number}: expected a JSON object {{...}}, got {_json_type(obj)}")
         rows.append((f"{path}:{number}", obj))
     if not rows:
         raise PromptError(f"{path}: no {what} in file")
     return rows
+
+
+def read_prompts_jsonl(path: str | Path) -> tuple[list[dict], list[str]]:
+    """The examples of a prompts JSONL file and their names ("path:line"), checked for structure
+    (UTF-8, one JSON object per line, the four keys present as strings) without a tokenizer: what
+    the CLI checks before loading a model. Raises PromptError naming the first bad line."""
+    rows = read_jsonl(path, "prompts")
+    for name, obj in rows:
+        check_fields(obj, name)
+    return [obj for _, obj in rows], [name for name, _ in rows]
+
+
+def check_fields(example, name: str = "example") -> None:
+    """Raise PromptError unless ``example`` is a mapping whose four keys are (encodable) strings."""
+    if not isinstance(example, Mapping):
+        raise PromptError(f"{name}: expected a mapping with keys {', '.join(REQUIRED_KEYS)}, got {_json_type(example)}")
+    bad = [k for k in REQUIRED_KEYS if not isinstance(example.get(k), str)]
+    if bad:
+        what = ", ".join(f"{k} ({_json_type(example[k]) if k in example else 'missing'})" for k in bad)
+        raise PromptError(f"{name}: missing or non-string field(s) {what}; each example needs "
+                          f"{', '.join(REQUIRED_KEYS)} as strings")
+    for key in REQUIRED_KEYS:
+        try:
+            example[key].encode("utf-8")
+        except UnicodeEncodeError:
+            raise PromptError(f"{name}: {key} holds an unpaired surrogate (\\ud800-\\udfff escape); "
+                              "fix the text") from None
+
+
+def check_prompts(model, prompts: PromptSet, names: Iterable[str] | None = None) -> None:
+    """Raise PromptError naming the first example ``model`` cannot run: more tokens than its
+    context (``model.cfg.n_ctx``) or a token id outside its vocabulary (``model.cfg.d_vocab``, e.g.
+    prompts tokenized for another model). Call it after tokenizing and before any forward.
+
+    ``names``: how to call each example (default "example i", e.g. "p.jsonl:4" from a file).
+    """
+    n_ctx, d_vocab = model.cfg.n_ctx, model.cfg.d_vocab
+    names = list(names) if names is not None else [f"example {i}" for i in range(len(prompts))]
+    lengths = (prompts.answer_pos + 1).cpu()
+    bad_ids = {
+        "clean prompt": prompts.clean_tokens.cpu(), "corrupted prompt": prompts.corrupted_tokens.cpu(),
+        "answer": prompts.answer_ids.cpu()[:, None], "distractor": prompts.distractor_ids.cpu()[:, None],
+    }
+    outside = {what: (ids < 0) | (ids >= d_vocab) for what, ids in bad_ids.items()}
+    for i in range(len(prompts)):
+        if n_ctx and lengths[i] > n_ctx:
+            raise PromptError(f"{names[i]} has {int(lengths[i]):,} tokens, more than the model's "
+                              f"{n_ctx:,}-token context; shorten it")
+        for what, mask in outside.items():
+            if mask[i].any():
+                token = int(bad_ids[what][i][mask[i]][0])
+                raise PromptError(f"{names[i]}: token id {token:,} of the {what} is outside the model's "
+                                  f"vocabulary (0..{d_vocab - 1:,}); tokenize with this model's tokenizer")
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut after ``limit`` characters: messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_type(value) -> str:
+    """The JSON kind of a parsed value, for messages: "an object", "a number", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
 
 
 def prompts_for(model, examples: Iterable[Mapping], **kwargs) -> PromptSet:

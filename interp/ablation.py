@@ -1,4 +1,4 @@
-"""Head ablations as forward hooks, composable over any set of heads and positions.
+"""Head ablations: interventions on head outputs (or queries), over any heads and positions.
 
 Modes (per head h at layer l; ``positions`` restricts the query positions, default all):
 - "zero":     z_h := 0  (z = the head's attention-weighted values, before the output projection)
@@ -11,8 +11,13 @@ Modes (per head h at layer l; ``positions`` restricts the query positions, defau
               Acts on the query, so under GQA only this query head changes.
 - "sc":       scaling contribution (Zhou et al. 2025): z_h := eps * z_h.
 
+An ablation is data (``interp.interventions.Intervention``): ``ablation(...)`` builds it, ``ablate``
+applies it to every forward inside a ``with`` block, ``ablation_hooks`` gives its hooks. Either
+engine of every primitive honours it (the hooks carry their edits).
+
     >>> with ablate(model, [(9, 6), (10, 0)], "mean", reference=prompts):
     ...     logits = model(prompts.clean_tokens)
+    ...     result = interp.patch(model, prompts, "head_out")   # patching the ablated model
 """
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ import contextlib
 import torch
 
 from interp.errors import ComponentError
-from interp.hooks import check_heads, hook_name, select
+from interp.hooks import check_heads, hook_name
+from interp.interventions import Edit, Intervention, intervene
 from interp.tasks.prompts import PromptSet
 
 MODES = ("zero", "mean", "resample", "ua", "sc")
 
 
-def ablation_hooks(
+def ablation(
     model,
     heads: list[tuple[int, int]],
     mode: str = "zero",
@@ -36,15 +42,16 @@ def ablation_hooks(
     groups: torch.Tensor | None = None,
     eps: float = 1e-5,
     seed: int = 0,
-) -> list[tuple[str, callable]]:
-    """Forward hooks that ablate ``heads``; pass them to ``model.run_with_hooks`` or ``model.hooks``.
+) -> Intervention:
+    """The ablation of ``heads`` as data (an Intervention both engines apply).
 
     Args:
         heads: (layer, head) pairs (query-head indices).
         mode: zero, mean, resample, ua, sc (see the module docstring).
         positions: query positions to ablate: None (all), an int, or a [batch] tensor.
         reference: for mean/resample: a PromptSet (its corrupted prompts are used, e.g. p_ABC)
-            or a [n, pos] token tensor.
+            or a [n, pos] token tensor. Its head outputs are computed now, through whatever
+            interventions are active on the model.
         groups: [batch] group ids of the prompts that will be run, for per-group means; the
             reference PromptSet's ``groups`` give the reference's.
         eps: the factor of ua and sc (paper default 1e-5).
@@ -54,15 +61,17 @@ def ablation_hooks(
         raise ComponentError(f"unknown ablation mode {mode!r}: use one of {', '.join(MODES)}")
     heads = check_heads(model, heads)
     if isinstance(positions, int):
-        positions = torch.tensor([positions])  # broadcast over the batch in the hook
+        positions = torch.tensor([positions])  # the same position in every example
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
+    name = f"{mode} ablation of " + ", ".join(f"{l}.{h}" for l, h in heads)
 
     if mode in ("ua", "sc", "zero"):
         factor = 0.0 if mode == "zero" else float(eps)
         kind = "q" if mode == "ua" else "z"
-        return [(hook_name(kind, l), _scale_hook(hs, positions, factor)) for l, hs in by_layer.items()]
+        return Intervention(name, tuple(Edit(kind, l, tuple(hs), positions, factor=factor)
+                                        for l, hs in by_layer.items()))
 
     if reference is None:
         raise ComponentError(f"{mode} ablation needs a reference prompt set (e.g. the corrupted prompts)")
@@ -71,7 +80,7 @@ def ablation_hooks(
     names = {hook_name("z", l) for l in by_layer}
     with torch.no_grad():
         _, cache = model.run_with_cache(ref_tokens, names_filter=lambda n: n in names)
-    hooks = []
+    edits = []
     for layer, hs in by_layer.items():
         z = cache[hook_name("z", layer)]  # [n_ref, pos, head, d_head]
         if mode == "mean":
@@ -80,9 +89,16 @@ def ablation_hooks(
             g = torch.Generator().manual_seed(seed)
             n = z.shape[0]
             perm = (torch.arange(n) + torch.randint(1, n, (1,), generator=g)) % n if n > 1 else torch.zeros(1, dtype=torch.long)
-            value = z[perm]
-        hooks.append((hook_name("z", layer), _replace_hook(hs, positions, value)))
-    return hooks
+            value = z[perm.to(z.device)]
+        edits.append(Edit("z", layer, tuple(hs), positions, value=value))
+    return Intervention(name, tuple(edits))
+
+
+def ablation_hooks(model, heads: list[tuple[int, int]], mode: str = "zero", **kwargs) -> list[tuple[str, callable]]:
+    """Forward hooks that ablate ``heads``; pass them to ``model.run_with_hooks`` or ``model.hooks``.
+    Keyword arguments are those of :func:`ablation`. The hooks carry their edits, so the batched
+    engines honour them too."""
+    return ablation(model, heads, mode, **kwargs).hooks()
 
 
 def mean_head_outputs(model, reference: PromptSet, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -96,11 +112,11 @@ def mean_head_outputs(model, reference: PromptSet, groups: torch.Tensor | None =
     return [_group_means(cache[n], reference.groups, groups) for n in names]
 
 
-def knockout_hooks(
+def knockout(
     model,
     keep: dict[tuple[int, int], torch.Tensor | None],
     means: list[torch.Tensor],
-) -> list[tuple[str, callable]]:
+) -> Intervention:
     """Mean-ablate every head's output except at the kept (head, position) pairs (Wang et al. 2022).
 
     The knockout that evaluates a circuit C: z_h(t) := its mean (``mean_head_outputs``) for every
@@ -113,28 +129,20 @@ def knockout_hooks(
     """
     keep = {tuple(h): p for h, p in keep.items()}
     check_heads(model, list(keep))
-    hooks = []
+    edits = []
     for layer, mean in enumerate(means):
         kept = {h: p for (l, h), p in keep.items() if l == layer}
-        hooks.append((hook_name("z", layer), _knockout_hook(mean, kept)))
-    return hooks
+        out = tuple(h for h in range(model.cfg.n_heads) if h not in kept)
+        if out:
+            edits.append(Edit("z", layer, out, value=mean))
+        edits += [Edit("z", layer, (h,), torch.as_tensor(p), invert=True, value=mean)
+                  for h, p in kept.items() if p is not None]
+    return Intervention(f"knockout of all but {len(keep)} heads", tuple(edits))
 
 
-def _knockout_hook(mean, kept):
-    def hook(act, hook=None):
-        batch, n_pos, n_heads = act.shape[:3]
-        if mean.shape[1] < n_pos:
-            raise ComponentError(f"reference prompts have {mean.shape[1]} positions, fewer than the run's {n_pos}")
-        mask = torch.zeros(batch, n_pos, n_heads, dtype=torch.bool, device=act.device)
-        for h, pos in kept.items():
-            if pos is None:
-                mask[:, :, h] = True
-            else:
-                mask[torch.arange(batch, device=act.device), pos.to(act.device)[:batch], h] = True
-        value = mean[:, :n_pos].to(act.dtype).expand(batch, -1, -1, -1) if mean.shape[0] == 1 else mean[:batch, :n_pos].to(act.dtype)
-        return torch.where(mask[..., None], act, value)
-
-    return hook
+def knockout_hooks(model, keep: dict[tuple[int, int], torch.Tensor | None], means: list[torch.Tensor]):
+    """``knockout(...)`` as forward hooks."""
+    return knockout(model, keep, means).hooks()
 
 
 def _group_means(z, ref_groups, run_groups):
@@ -148,47 +156,14 @@ def _group_means(z, ref_groups, run_groups):
     return torch.stack([means[int(g)] for g in run_groups])
 
 
-def _positions_for(act, positions):
-    if positions is None:
-        return None
-    return positions.expand(act.shape[0]) if positions.numel() == 1 else positions
-
-
-def _scale_hook(heads, positions, factor):
-    def hook(act, hook=None):
-        act = act.clone()
-        ix = select(act, heads, _positions_for(act, positions))
-        act[ix] = act[ix] * factor
-        return act
-
-    return hook
-
-
-def _replace_hook(heads, positions, value):
-    def hook(act, hook=None):
-        batch, n_pos = act.shape[:2]
-        if value.shape[1] < n_pos:
-            raise ComponentError(
-                f"reference prompts have {value.shape[1]} positions, fewer than the run's {n_pos}"
-            )
-        v = value[:, :n_pos].to(act.dtype).expand(batch, -1, -1, -1) if value.shape[0] == 1 else value[:batch, :n_pos].to(act.dtype)
-        if v.shape[0] != batch:
-            raise ComponentError(f"resample ablation: reference has {value.shape[0]} prompts, run has {batch}")
-        act = act.clone()
-        ix = select(act, heads, _positions_for(act, positions))
-        act[ix] = v[ix]
-        return act
-
-    return hook
-
-
 @contextlib.contextmanager
 def ablate(model, heads, mode: str = "zero", **kwargs):
     """Context manager: inside it, every forward of ``model`` runs with ``heads`` ablated.
 
-    Keyword arguments are those of :func:`ablation_hooks`. Contexts nest (hooks add up).
+    Keyword arguments are those of :func:`ablation`. Contexts nest (hooks add up). Every primitive
+    run inside it honours the ablation, on either engine (the hooks carry their edits).
     """
-    with model.hooks(fwd_hooks=ablation_hooks(model, heads, mode, **kwargs)):
+    with intervene(model, ablation(model, heads, mode, **kwargs)):
         yield model
 
 

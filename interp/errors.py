@@ -30,3 +30,12 @@ class ComponentError(InterpError, ValueError):
 
 class CircuitError(InterpError, ValueError):
     """A circuit file that does not validate."""
+
+
+class EngineUnsupported(InterpError):
+    """A batched engine cannot compute this exactly (an architecture feature, a foreign hook, an
+    intervention kind it does not model): the reference loop can."""
+
+
+class VerificationError(InterpError):
+    """A batched result disagrees with the reference loop on a re-checked sample of its cells."""

@@ -1,0 +1,301 @@
+"""The model's weights as the engines use them, and the features the engines model.
+
+``Weights`` stacks a TransformerBridge's parameters per layer, in TransformerLens's (folded)
+coordinates, and implements one pre-norm block's arithmetic on them (q/k/v, attention output, the
+MLP, the norms). The batched sweep engine, path patching, generation and the retrieval decoder run
+their forwards on it; the tests hold that forward equal to the bridge's.
+
+Stacking takes seconds for a 0.5B model, so the stack is cached on the model. The cache is keyed by
+a fingerprint of every parameter's *values* (``weights_fingerprint``), not only by pointers and
+version counters: an in-place edit through ``param.data`` bumps neither, and must not leave the
+engines computing with the old weights.
+
+``unsupported(model, n_pos)`` names the first architectural feature the engines do not model
+(parallel attention and MLP, partial or interleaved rotary, sliding-window attention over long
+prompts, soft-capping, query/key norms, post-sublayer norms), or None.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from interp.errors import EngineUnsupported, InterpError
+from interp.kernels import add_norm
+
+
+# --------------------------------------------------------------------------------------- weights
+def _param(model, name):
+    try:
+        return getattr(model, name).detach()
+    except AttributeError:
+        return None
+
+
+def _norm_params(module):
+    inner = getattr(module, "_original_component", module)
+    w = getattr(inner, "weight", None)
+    b = getattr(inner, "bias", None)
+    return (None if w is None else w.detach()), (None if b is None else b.detach())
+
+
+@dataclass
+class Weights:
+    """The model's parameters, stacked per layer, in TransformerLens's (folded) coordinates."""
+
+    W_Q: torch.Tensor  # [L, H, d, dh]
+    W_K: torch.Tensor  # [L, Hkv, d, dh]
+    W_V: torch.Tensor
+    W_O: torch.Tensor  # [L, H, dh, d]
+    b_Q: torch.Tensor | None
+    b_K: torch.Tensor | None
+    b_V: torch.Tensor | None
+    b_O: torch.Tensor | None  # [L, d]
+    W_in: torch.Tensor  # [L, d, d_mlp]
+    W_gate: torch.Tensor | None
+    W_out: torch.Tensor  # [L, d_mlp, d]
+    b_in: torch.Tensor | None
+    b_out: torch.Tensor | None
+    ln1: list
+    ln2: list
+    ln_final: tuple
+    W_U: torch.Tensor
+    b_U: torch.Tensor | None
+    eps: float
+    center: bool  # LayerNorm (centre then scale) vs RMSNorm
+    act: str
+    rotary: bool
+    scale: float
+    W_E: torch.Tensor  # [vocab, d]
+    W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
+    W_qkv: torch.Tensor | None = None  # [L, d, (H + 2 Hkv) dh]: q, k, v in one matmul
+    b_qkv: torch.Tensor | None = None  # [L, (H + 2 Hkv) dh]
+
+    def __post_init__(self):
+        L, H, d, dh = self.W_Q.shape
+        flat = lambda W: W.permute(0, 2, 1, 3).reshape(L, d, -1)  # noqa: E731
+        self.W_qkv = torch.cat([flat(self.W_Q), flat(self.W_K), flat(self.W_V)], -1).contiguous()
+        if self.b_Q is not None:
+            self.b_qkv = torch.cat([self.b_Q.reshape(L, -1), self.b_K.reshape(L, -1), self.b_V.reshape(L, -1)], -1)
+        self._split = [H * dh, self.W_K.shape[1] * dh, self.W_K.shape[1] * dh]
+
+    @classmethod
+    def from_model(cls, model) -> "Weights":
+        """The model's weights, stacked once and cached on the model until a parameter's values
+        change (``weights_fingerprint``). Raises EngineUnsupported for architectures the engines
+        do not model (``unsupported``)."""
+        reason = unsupported(model)
+        if reason:
+            raise EngineUnsupported(reason)
+        fp = weights_fingerprint(model)
+        cached = getattr(model, "_interp_weights", None)
+        if cached is not None and same_fingerprint(cached[0], fp):
+            return cached[1]
+        w = cls._stack(model)
+        object.__setattr__(model, "_interp_weights", (fp, w))
+        return w
+
+    @classmethod
+    def _stack(cls, model) -> "Weights":
+        cfg = model.cfg
+        norm = str(cfg.normalization_type)
+        d_head = cfg.d_head
+        scale = 1 / math.sqrt(d_head) if not cfg.attn_scale or cfg.attn_scale < 0 else 1 / cfg.attn_scale
+        blocks = model.blocks
+        return cls(
+            W_Q=model.W_Q.detach(), W_K=model.W_K.detach(), W_V=model.W_V.detach(), W_O=model.W_O.detach(),
+            b_Q=_param(model, "b_Q"), b_K=_param(model, "b_K"), b_V=_param(model, "b_V"), b_O=_param(model, "b_O"),
+            W_in=model.W_in.detach(), W_gate=_param(model, "W_gate") if cfg.gated_mlp else None,
+            W_out=model.W_out.detach(), b_in=_param(model, "b_in"), b_out=_param(model, "b_out"),
+            ln1=[_norm_params(b.ln1) for b in blocks], ln2=[_norm_params(b.ln2) for b in blocks],
+            ln_final=_norm_params(model.ln_final), W_U=model.W_U.detach(), b_U=_param(model, "b_U"),
+            eps=float(cfg.eps), center=norm.startswith("LN"), act=str(cfg.act_fn),
+            rotary=cfg.positional_embedding_type == "rotary", scale=scale,
+            W_E=model.W_E.detach(),
+            W_pos=model.W_pos.detach() if cfg.positional_embedding_type == "standard" else None,
+        )
+
+    def embed(self, tokens):
+        x = self.W_E[tokens]
+        return x if self.W_pos is None else x + self.W_pos[: tokens.shape[-1]]
+
+    def project(self, layer, x):
+        """q, k, v (before RoPE) of the residual x [..., S, d]: [..., S, heads, dh] each."""
+        return self.project_normed(layer, self.norm(x, self.ln1[layer]))
+
+    def project_normed(self, layer, h):
+        """q, k, v of the already normalised residual h = ln1(x) [..., S, d]."""
+        qkv = _linear(h, self.W_qkv[layer], None if self.b_qkv is None else self.b_qkv[layer])
+        dh = self.W_Q.shape[-1]
+        return tuple(t.unflatten(-1, (-1, dh)) for t in qkv.split(self._split, -1))
+
+    def out(self, layer, z):
+        """The attention output of z [..., S, H, dh]: sum over heads of z_h W_O[h] (+ b_O)."""
+        return _linear(z.flatten(-2), self.W_O[layer].flatten(0, 1), None if self.b_O is None else self.b_O[layer])
+
+    def norm(self, x, params):
+        """norm(x) * w + b, statistics in fp32 (interp.kernels.add_norm)."""
+        return add_norm(x, None, *params, self.eps, self.center)[1]
+
+    def add_norm(self, x, delta, params):
+        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm
+        (params None after the last layer: (x + delta, None))."""
+        if params is None:
+            return x + delta, None
+        return add_norm(x, delta, *params, self.eps, self.center)
+
+    def ln1_after(self, layer):
+        """The pre-attention norm of the layer after ``layer`` (None after the last layer)."""
+        return self.ln1[layer + 1] if layer + 1 < len(self.ln1) else None
+
+    def mlp(self, layer, x):
+        return self.mlp_normed(layer, self.norm(x, self.ln2[layer]))
+
+    def mlp_normed(self, layer, h):
+        """The MLP of the already normalised residual h = ln2(x)."""
+        b_in = None if self.b_in is None else self.b_in[layer]
+        if self.W_gate is not None:
+            post = F.silu(h @ self.W_gate[layer]) * _linear(h, self.W_in[layer], b_in)
+        elif self.act in TANH_GELU and h.is_cuda and b_in is not None:  # bias + GELU in the matmul's epilogue
+            post = torch._addmm_activation(b_in, h.reshape(-1, h.shape[-1]), self.W_in[layer],
+                                           use_gelu=True).unflatten(0, h.shape[:-1])
+        else:
+            pre = _linear(h, self.W_in[layer], b_in)
+            post = (F.gelu(pre, approximate="tanh") if self.act in TANH_GELU else
+                    F.gelu(pre) if self.act == "gelu" else getattr(F, self.act)(pre))
+        return _linear(post, self.W_out[layer], None if self.b_out is None else self.b_out[layer])
+
+
+TANH_GELU = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+
+
+def _linear(x, W, b):
+    """x [..., k] @ W [k, n] (+ b [n]) as one 2-D product (bias in the matmul's epilogue)."""
+    if b is None:
+        return x @ W
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).unflatten(0, x.shape[:-1])
+
+
+def rotate(x, cos, sin):
+    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]."""
+    a, b = x.chunk(2, -1)
+    return x * cos[:, None] + torch.cat([-b, a], -1) * sin[:, None]
+
+
+def rotary_tables(model, n_pos: int, device, dtype):
+    """cos, sin [n_pos, d_head] of the model's RoPE, from its own Hugging Face rotary module."""
+    inner = getattr(model.original_model, "model", model.original_model)
+    rot = getattr(inner, "rotary_emb", None)
+    if rot is None:
+        raise InterpError("rotary model without a rotary_emb module: use engine='reference'")
+    x = torch.zeros(1, n_pos, 1, device=device, dtype=dtype)
+    cos, sin = rot(x, torch.arange(n_pos, device=device)[None])
+    return cos[0].to(dtype), sin[0].to(dtype)
+
+
+
+
+# ------------------------------------------------------------------------------- fingerprints
+_PROBES: dict[tuple, torch.Tensor] = {}
+
+
+def _probe(n: int, device, dtype) -> torch.Tensor:
+    """A fixed random vector of length n (the same in every process)."""
+    key = (n, str(device), dtype)
+    if key not in _PROBES:
+        g = torch.Generator().manual_seed(n)
+        _PROBES[key] = torch.randn(n, generator=g).to(device=device, dtype=dtype)
+    return _PROBES[key]
+
+
+def weights_fingerprint(model) -> tuple:
+    """What the engines' cached weights depend on: every parameter's and floating buffer's pointer,
+    shape and version counter, and a checksum of its values.
+
+    The checksum of a tensor W [..., n] is W @ r for a fixed random r [n]: one multiply-add per
+    weight (about 0.1 s for SmolLM2-135M on 2 CPU cores, milliseconds on a GPU), and it changes
+    when any row changes (unless the change is orthogonal to r, which random r makes vanishingly
+    unlikely; permuting heads changes it too). It catches what the version counters miss: an
+    in-place edit through ``param.data``, which gets a fresh version counter.
+    """
+    tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
+    meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in tensors)
+    with torch.no_grad():
+        sums = [t.detach().reshape(-1, t.shape[-1]) @ _probe(t.shape[-1], t.device, t.dtype) if t.ndim else t.detach().clone()
+                for t in tensors]
+    return meta, sums
+
+
+def same_fingerprint(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def fingerprint_digest(fp: tuple) -> str:
+    """A short hash of a fingerprint's checksums (for checkpoint keys)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in fp[1]:
+        h.update(t.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------------- features
+def _hf_config(model):
+    return getattr(getattr(model, "original_model", None), "config", None)
+
+
+def sliding_window(model) -> int | None:
+    """The sliding attention window of any layer (Mistral, some Qwen2 and Gemma configs), or None."""
+    hf = _hf_config(model)
+    window = getattr(hf, "sliding_window", None)
+    if not window or getattr(hf, "use_sliding_window", True) is False:
+        return None
+    types = getattr(hf, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return int(window)
+
+
+def unsupported(model, n_pos: int | None = None) -> str | None:
+    """The first feature of ``model`` (run on prompts of ``n_pos`` tokens) that the engines do not
+    model, or None. The engines model pre-norm decoders: RMSNorm or LayerNorm, rotary (full,
+    rotate-half) or absolute positions, gated (SiLU) or plain MLPs, GQA, biases."""
+    cfg, hf = model.cfg, _hf_config(model)
+    norm = str(cfg.normalization_type)
+    if norm not in ("RMS", "RMSPre", "LN", "LNPre"):
+        return f"normalization {norm}"
+    if cfg.positional_embedding_type not in ("rotary", "standard"):
+        return f"{cfg.positional_embedding_type} positional embeddings"
+    if getattr(cfg, "parallel_attn_mlp", False) or getattr(hf, "use_parallel_residual", False):
+        return "parallel attention and MLP"
+    if cfg.positional_embedding_type == "rotary":
+        dims = [cfg.rotary_dim, getattr(hf, "rotary_dim", None)]
+        rope = getattr(hf, "rope_parameters", None) or {}
+        fracs = [getattr(hf, "partial_rotary_factor", None), getattr(hf, "rotary_pct", None),
+                 rope.get("partial_rotary_factor") if isinstance(rope, dict) else None]
+        if any(d is not None and d < cfg.d_head for d in dims) or any(f is not None and f < 1 for f in fracs):
+            return "partial rotary embeddings"
+        if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(hf, "model_type", "") == "gptj":
+            return "interleaved (GPT-J style) rotary embeddings"
+    for name in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+        if (getattr(cfg, name, None) or -1) > 0:
+            return "logit soft-capping"
+    if getattr(hf, "attn_logit_softcapping", None) or getattr(hf, "final_logit_softcapping", None):
+        return "logit soft-capping"
+    for name in ("embedding_multiplier", "logits_scaling", "residual_multiplier", "attention_multiplier"):
+        if getattr(hf, name, None) not in (None, 1, 1.0):
+            return f"{name} (scaled residual stream or logits)"
+    known = {"hook_in", "hook_out", "hook_mlp_in", "_original_component", "ln1", "ln2", "attn", "mlp"}
+    extra = {n for n, _ in model.blocks[0].named_children()} - known
+    if extra:  # e.g. Gemma 2/3's post-attention and post-MLP norms: the residual algebra differs
+        return f"blocks with {', '.join(sorted(extra))}"
+    attn = {n for n, _ in model.blocks[0].attn.named_children()}
+    if attn & {"q_norm", "k_norm", "q_layernorm", "k_layernorm"}:
+        return "query/key norms"
+    window = sliding_window(model)
+    if window is not None and n_pos is not None and n_pos > window:
+        return f"sliding-window attention ({window} tokens) over {n_pos}-token prompts"
+    return None

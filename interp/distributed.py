@@ -25,7 +25,7 @@ Faults. A worker that dies (its process killed, its node lost) makes Ray raise `
 for its unfinished chunks; the driver puts those chunks back in the queue, starts a replacement
 actor (up to ``max_restarts`` times per sweep) and carries on with the live workers meanwhile. A
 chunk is recorded once, when its values reach the driver. The driver writes every finished chunk
-to the checkpoint file in the engine's own format (``interp.sweep._save_checkpoint``, keyed by the
+to the checkpoint file in the engine's own format (``interp.checkpoint``, keyed by the
 engine's ``_key``); if the driver itself dies, running the same sweep with the same checkpoint
 computes only the chunks that are not in the file.
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ from tqdm.auto import tqdm
 from interp.errors import InterpError
 from interp.metrics import logit_diff
 from interp.result import Result
-from interp.sweep import SweepEngine, Variant, _load_checkpoint, _save_checkpoint
+from interp import checkpoint as ckpt
+from interp.components import Variant
+from interp.sweep import SweepEngine
 from interp.tasks.prompts import PromptSet
 
 # Chunks sent ahead to each worker: one running and one waiting, so a worker never idles for the
@@ -135,6 +138,13 @@ class SweepWorker:
         clean, corrupted = engine.clean_and_corrupted()
         return SweepPlan(tuple(axes), index, variants, chunks, engine._key(component, variants),
                          engine.memory_budget, clean, corrupted)
+
+    def verify(self, component: str, variants: list[Variant], values: torch.Tensor) -> dict:
+        """Re-run ``variants`` (a sample of the sweep, with their swept ``values``) through the
+        reference loop on this worker's model (``interp.verify``); the evidence."""
+        from interp.verify import SweepCheck
+
+        return SweepCheck(self.engine, component, variants, len(variants)).check(values)
 
     def run_chunk(self, component: str, variants: list[Variant], memory_budget: int) -> torch.Tensor:
         """The values of one chunk. With the plan's memory budget, ``run`` computes the chunk in
@@ -344,7 +354,7 @@ class RaySweepPool:
     def sweep(self, prompts: PromptSet, component: str, by_pos: bool = False, direction: str = "denoise",
               metric=logit_diff, layers=None, heads=None, positions=None, checkpoint: str | Path | None = None,
               memory_budget: int | None = None, min_chunks: int | None = None, progress: bool = True,
-              on_chunk: Callable[[int, int], None] | None = None) -> Result:
+              on_chunk: Callable[[int, int], None] | None = None, verify: int = 2, seed: int = 0) -> Result:
         """Run one patching sweep on the pool; same arguments and Result as ``sweep_patch``.
 
         Args:
@@ -359,6 +369,8 @@ class RaySweepPool:
                 with ``memory_budget=result.meta["distributed"]["memory_budget"]``.
             on_chunk: ``on_chunk(chunk, worker)`` is called after each chunk is recorded, with the
                 chunk's id and the position in ``handles`` of the worker that computed it.
+            verify: cells re-run through the reference loop on a worker after the sweep
+                (``interp.verify``; the evidence is ``meta["verified"]``).
         """
         import ray
         from ray.exceptions import RayActorError
@@ -380,7 +392,7 @@ class RaySweepPool:
         values = torch.full((n,), float("nan"))
         done = torch.zeros(n, dtype=torch.bool)
         if checkpoint is not None:
-            values, done = _load_checkpoint(checkpoint, plan.key, values, done)
+            values, done = ckpt.load(ckpt.check_path(checkpoint), plan.key, values, done)
         todo = collections.deque(c for c, idx in enumerate(plan.chunks) if not done[idx].all())
         self.stats = stats = SweepStats(chunks=len(plan.chunks), skipped=len(plan.chunks) - len(todo))
         bar = tqdm(total=n, initial=int(done.sum()), desc=f"sweep {component} on {self.workers} workers",
@@ -428,18 +440,21 @@ class RaySweepPool:
             fresh = ~done[idx]  # a chunk partly in a checkpoint keeps its recorded values
             values[idx[fresh]], done[idx] = out[fresh], True
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, plan.key, values, done)
+                ckpt.save(checkpoint, plan.key, values, done)
             stats.recorded.append(cid)
             stats.workers.append(slot.position)
             bar.update(int(fresh.sum()))
             if on_chunk is not None:
                 on_chunk(cid, slot.position)
         bar.close()
+        sample = sorted(random.Random(seed).sample(range(n), min(max(verify, 0), n)))
+        alive = next(s for s in slots if s.alive)
+        verified = ray.get(alive.handle.verify.remote(component, [plan.variants[i] for i in sample], values[sample]))
         stats.seconds = time.perf_counter() - start
         return Result(values.reshape([len(plan.index[a]) for a in plan.axes]), plan.axes, component,
                       getattr(metric, "__name__", "metric"), clean=plan.clean, corrupted=plan.corrupted,
                       meta={"index": {a: plan.index[a] for a in plan.axes}, "direction": direction,
-                            "n_prompts": len(prompts), "engine": "batched",
+                            "n_prompts": len(prompts), "engine": "batched", "verified": verified,
                             "distributed": {"workers": self.workers, "device": self.device,
                                             "threads": self.threads, "memory_budget": plan.memory_budget,
                                             "chunks": len(plan.chunks), "lost": stats.lost,
@@ -452,7 +467,7 @@ def sweep_patch_distributed(model: str | ModelLoader | None, prompts: PromptSet,
                             dtype: str | None = None, address: str | None = None,
                             checkpoint: str | Path | None = None, memory_budget: int | None = None,
                             min_chunks: int | None = None, threads: int | None = None,
-                            progress: bool = True) -> Result:
+                            progress: bool = True, verify: int = 2) -> Result:
     """``interp.sweep.sweep_patch`` on a pool of Ray workers: same arguments, same Result.
 
     Starts ``workers`` replicas of ``model`` (``load_model(model, device, dtype)`` in each), runs
@@ -467,4 +482,4 @@ def sweep_patch_distributed(model: str | ModelLoader | None, prompts: PromptSet,
                       threads=threads) as pool:
         return pool.sweep(prompts, component, by_pos, direction, metric, layers, heads, positions,
                           checkpoint=checkpoint, memory_budget=memory_budget, min_chunks=min_chunks,
-                          progress=progress)
+                          progress=progress, verify=verify)

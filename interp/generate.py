@@ -4,8 +4,11 @@ Evaluating an ablation means reading what the model *says* with the heads ablate
 2025 judge 128 generated tokens). Each variant here is one set of ablated heads (UA: q := eps q;
 SC: z := eps z; zero: z := 0; at every position, prompt and generated tokens alike). All variants
 share the prompt, so they share its length: they run as one batch with no padding, on the package's
-own forward (``interp.sweep.Weights``, held equal to the TransformerBridge by the tests) with a
-key/value cache.
+own forward (``interp.weights.Weights``, held equal to the TransformerBridge by the tests) with a
+key/value cache. Interventions registered on the model (``with interp.ablate(model, heads, "ua")``)
+act in every variant before the variant's own ablation, as hooks would; those that depend on the
+position (mean, resample, position-restricted ablations) cannot extend to generated tokens and are
+refused, as are hooks that are not interp edits.
 
     >>> texts = generate(model, tokens, [("ua", []), ("ua", [(3, 7)]), ("sc", [(3, 7)])], max_new=64)
 """
@@ -14,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from interp.ablation import ablation_factors
-from interp.errors import ComponentError
+from interp.errors import ComponentError, EngineUnsupported
+from interp.interventions import HEAD_KINDS, model_edits
 from interp.kernels import prefix_attention
-from interp.sweep import Weights, rotary_tables, rotate
+from interp.weights import Weights, rotary_tables, rotate, unsupported
 
 Head = tuple[int, int]
 Ablation = tuple[str, list[Head]]  # (mode, heads): mode "ua", "sc" or "zero"
@@ -33,6 +37,7 @@ def generate_tokens(
     temperature: float = 1.0,
     seed: int = 0,
     stop_ids: set[int] | None = None,
+    verify: int = 2,
 ) -> list[list[int]]:
     """New tokens of every variant (stop token excluded).
 
@@ -43,9 +48,13 @@ def generate_tokens(
             (the paper's second setting: top-5 at temperature 1), seeded by ``seed``.
         stop_ids: tokens that end a variant's answer (default: the tokenizer's EOS, and the chat
             end-of-turn token if it has one).
+        verify: check the first step's logits of this many variants (the unablated one first)
+            against the bridge's hooked forward; VerificationError if they disagree.
     """
+    edits = generation_edits(model, len(prompt) + max_new)
     w = Weights.from_model(model)
     device = w.W_E.device
+    edits = edits.to(device)
     L, V = model.cfg.n_layers, len(ablations)
     prompt = prompt.to(device)
     T = prompt.shape[0]
@@ -61,7 +70,7 @@ def generate_tokens(
     def layer_step(l, x, p0):
         """One layer for rows x [V, S, d] at positions p0.. (the cache holds positions < p0)."""
         S = x.shape[1]
-        q, k, v = w.project(l, x)
+        q, k, v = (edits.apply(kind, l, t) for kind, t in zip("qkv", w.project(l, x)))
         q = q * q_f[:, l, None]
         if w.rotary:
             q, k = rotate(q, cos[p0:p0 + S], sin[p0:p0 + S]), rotate(k, cos[p0:p0 + S], sin[p0:p0 + S])
@@ -73,7 +82,7 @@ def generate_tokens(
             k_pre, v_pre = keys[l], values[l]
             z = _attend_rows(q, k, v, k_pre, v_pre, w.scale)
             keys[l], values[l] = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
-        x = x + w.out(l, z * z_f[:, l, None])
+        x = x + w.out(l, edits.apply("z", l, z) * z_f[:, l, None])
         return x + w.mlp(l, x)
 
     x = w.embed(prompt[None]).expand(V, -1, -1)
@@ -85,6 +94,8 @@ def generate_tokens(
         logits = w.norm(x[:, -1], w.ln_final) @ w.W_U
         if w.b_U is not None:
             logits = logits + w.b_U
+        if step == 0:
+            _check_first_step(model, prompt, ablations, eps, logits, verify)
         token = _pick(logits.float(), top_k, temperature, gen)
         for i, t in enumerate(token.tolist()):
             if live[i]:
@@ -101,6 +112,38 @@ def generate_tokens(
         for l in range(L):
             x = layer_step(l, x, pos)
     return out
+
+
+def _check_first_step(model, prompt, ablations, eps, logits, k: int) -> None:
+    """The first step's logits of up to k variants (0, then evenly spread) against the bridge."""
+    from interp.ablation import ablation_hooks
+    from interp.errors import VerificationError
+    from interp.verify import tolerance
+
+    picks = sorted({0, *[round(i * (len(ablations) - 1) / max(1, k - 1)) for i in range(1, k)]})[:max(k, 0)]
+    for i in picks:
+        mode, heads = ablations[i]
+        hooks = ablation_hooks(model, heads, mode, eps=eps) if heads else []
+        ref = model.run_with_hooks(prompt[None], fwd_hooks=hooks)[0, -1].float()
+        diff = float((logits[i].float() - ref).abs().max())
+        tol = tolerance(logits.dtype, float(ref.abs().max()))
+        if not diff <= tol:
+            raise VerificationError(f"generation's first step (variant {i}: {mode} {heads}) differs from the "
+                                    f"model's hooked forward by {diff:.3g} (tolerance {tol:.2g})")
+
+
+def generation_edits(model, n_pos: int | None = None):
+    """The registered edits generation can apply at every new position (whole-head scalings of
+    q, k, v or z); EngineUnsupported for anything else."""
+    reason = unsupported(model, n_pos)
+    if reason:
+        raise EngineUnsupported(f"generation does not model {reason}")
+    edits = model_edits(model)
+    for e in edits.edits:
+        if e.kind not in HEAD_KINDS or not e.whole_heads:
+            raise EngineUnsupported(f"generation cannot apply {e.describe()} to generated tokens (only "
+                                    "zero, sc and ua ablations at every position extend to new tokens)")
+    return edits
 
 
 def generate(model, prompt: torch.Tensor, ablations: list[Ablation], **kwargs) -> list[str]:

@@ -11,20 +11,23 @@ chunk run together, using what path patching freezes (Wang et al. 2022, appendix
 * Step 4 changes the receivers' q/k/v at their positions (>= p0) only: each variant reruns positions
   p0.. from the first receiver layer, attending to the clean run's cached keys/values before p0.
 
-Same numbers as the reference to float rounding (the tests compare them); same architectures as the
-activation-patching engine (``interp.sweep``).
+Same numbers as the reference to float rounding (the tests compare them, and every sweep re-runs a
+sample of its senders through the reference: ``interp.verify``); same architectures and the same
+registered interventions as the activation-patching engine (``interp.sweep``). Interventions on
+q, k or v act on the receivers' inputs before they are stored, as the reference's hooks do.
 """
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
+from interp.components import RESID_FINAL, check_receivers
 from interp.hooks import resolve_positions, sweep_index
 from interp.metrics import logit_diff
-from interp.patching import RESID_FINAL, check_receivers
 from interp.result import Result
 from interp.sweep import SweepEngine
 from interp.tasks.prompts import PromptSet
+from interp.verify import SweepCheck, check_path_sweep
 
 
 def sweep_path_patch_heads(
@@ -38,9 +41,13 @@ def sweep_path_patch_heads(
     layers: list[int] | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
+    verify: int = 2,
+    seed: int = 0,
 ) -> Result:
-    """``path_patch_heads`` through the batched engine: Result[layer, head] of the mean metric."""
+    """``path_patch_heads`` through the batched engine: Result[layer, head] of the mean metric.
+    ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``."""
     engine = SweepEngine(model, prompts, "noise", metric, memory_budget)  # base = clean x, source = x'
+    SweepCheck(engine, "head_out", [], 0)  # the clean and corrupted runs against the bridge's
     ps, cfg = engine.prompts, model.cfg
     B, T = ps.clean_tokens.shape
     receivers = check_receivers(model, receivers)
@@ -72,13 +79,16 @@ def sweep_path_patch_heads(
                                       freeze_mlps).cpu()
             bar.update(len(part))
     bar.close()
+    verified = check_path_sweep(model, prompts, senders, values, dict(
+        receivers=receivers, sender_positions=sender_positions, receiver_positions=receiver_positions,
+        freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed)
     clean, corrupted = engine.clean_and_corrupted()
     return Result(
         values.reshape(len(layers), cfg.n_heads), ("layer", "head"),
         "path:" + (receivers if isinstance(receivers, str) else "heads"), getattr(metric, "__name__", "metric"),
         clean=clean, corrupted=corrupted,
         meta={"index": {"layer": layers, "head": list(range(cfg.n_heads))}, "freeze_mlps": freeze_mlps,
-              "n_prompts": len(prompts), "engine": "batched",
+              "n_prompts": len(prompts), "engine": "batched", "verified": verified,
               "receivers": receivers if isinstance(receivers, str) else [list(r) for r in receivers]},
     )
 
@@ -104,7 +114,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
     stored = {}  # receiver layer -> (q, k, v) of the frozen run at the read positions, [N, B, P, heads, dh]
     for layer in range(min([int(s_layer.min())] + recv_layers), stop):
         if layer in recv_layers:
-            stored[layer] = w.project(layer, _gather(base.resid_pre[layer], read)[None] + delta)
+            stored[layer] = _receiver_inputs(engine, layer, _gather(base.resid_pre[layer], read)[None] + delta, read)
         joins = (s_layer == layer).nonzero().flatten()
         if len(joins):
             dz = _gather(src.z[layer] - base.z[layer], read)[:, :, s_head[joins]]  # [B, P, n, dh]
@@ -118,7 +128,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
         final = _gather(base.resid_mid[L - 1] + base.mlp_out[L - 1], read)[None] + delta  # [N, B, 1, d]
         return engine.metric_at(final[:, :, 0]).mean(1)
     if stop in recv_layers:
-        stored[stop] = w.project(stop, _gather(base.resid_pre[stop], read)[None] + delta)
+        stored[stop] = _receiver_inputs(engine, stop, _gather(base.resid_pre[stop], read)[None] + delta, read)
 
     # Step 4: rerun positions p0.. from the first receiver layer with the receivers' q/k/v replaced.
     N = len(senders)
@@ -133,6 +143,12 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
         x, normed = w.add_norm(x, engine._attention(layer, normed, p0, edit), w.ln2[layer])
         x, normed = w.add_norm(x, w.mlp_normed(layer, normed), w.ln1_after(layer))
     return engine._final_metric(x, p0).mean(1)
+
+
+def _receiver_inputs(engine: SweepEngine, layer: int, x, read):
+    """q, k, v of residuals x [N, B, P, d] at positions read [B, P], with the registered edits."""
+    return tuple(engine.edits.apply(kind, layer, t, at_positions=read)
+                 for kind, t in zip("qkv", engine.w.project(layer, x)))
 
 
 def _receiver_edit(stored, heads_kinds, rows, cols):

@@ -15,10 +15,18 @@ engine computes the same numbers with far less work, using four facts:
 
 Ablation sweeps use the same machinery: ablating head h of layer l (``ablate_ua``, ``ablate_sc``,
 ``ablate_zero``) is a change of head h's output at layer l, so each variant again starts at its
-layer. ``base_ablation`` ablates a fixed set of heads in the base run and in every variant (Sahara's
-greedy search adds one head at a time to a group). ``readout="residual"`` returns each variant's
-final residual stream at the answer positions instead of a metric, for readouts over the whole
-vocabulary or the whole batch (Ships' KL, generalized Ships' SVD).
+layer. ``readout="residual"`` returns each variant's final residual stream at the answer positions
+instead of a metric, for readouts over the whole vocabulary or the whole batch (Ships' KL,
+generalized Ships' SVD).
+
+Interventions. The engine runs the model the user handed it: the edits registered on it as hooks
+(``with interp.ablate(...)``, ``interp.interventions``) and any passed as ``interventions`` (Sahara's
+growing head group) apply to the cached runs and to every variant, at the same activations and in
+the same order as the hooks run in the reference loop. A variant's own patch acts after them, as a
+hook passed to ``run_with_hooks`` would. A hook that is not an interp Edit, or an edit of the
+residual stream, cannot be read here: the engine refuses (``EngineUnsupported``) and
+``interp.patch`` takes the reference loop. Cached runs are computed on the model's current weights
+(``interp.weights``, fingerprinted by value, so in-place edits are seen).
 
 Variants with the same first recomputed position are packed into the batch dimension of one forward
 (variants join the batch at their own layer). Each layer of that forward is seven launches: a
@@ -31,191 +39,35 @@ interrupted sweep resumes.
 
 Supported architectures: pre-norm decoders with RMSNorm or LayerNorm, rotary or absolute positions,
 gated (SiLU) or plain (GELU) MLPs: Llama, Qwen2, Mistral, GPT-2 families, in TransformerLens's
-compatibility mode (folded norms). Other models use ``engine="reference"``.
+compatibility mode (folded norms); ``interp.weights.unsupported`` names what is not modelled, and
+``interp.patch`` then takes the reference loop.
+
+Every sweep checks itself (``interp.verify``): its unpatched runs against the bridge's forward, and
+a random sample of its cells against the reference loop; the evidence goes into the Result.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-import math
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from interp.ablation import ablation_factors
-from interp.errors import ComponentError, InterpError
+from interp import checkpoint as ckpt
+from interp.components import ABLATIONS, Variant, get_component
+from interp.errors import ComponentError, EngineUnsupported, InterpError
 from interp.hooks import sweep_index
-from interp.kernels import add_norm, head_scatter, norm_logit_diff, prefix_attention
+from interp.interventions import HEAD_KINDS, EditSet, model_edits
+from interp.kernels import head_scatter, norm_logit_diff, prefix_attention
+from interp.memory import available_bytes, format_bytes, is_out_of_memory
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp.tasks.prompts import PromptSet
-
-
-# --------------------------------------------------------------------------------------- weights
-def _param(model, name):
-    try:
-        return getattr(model, name).detach()
-    except AttributeError:
-        return None
-
-
-def _norm_params(module):
-    inner = getattr(module, "_original_component", module)
-    w = getattr(inner, "weight", None)
-    b = getattr(inner, "bias", None)
-    return (None if w is None else w.detach()), (None if b is None else b.detach())
-
-
-@dataclass
-class Weights:
-    """The model's parameters, stacked per layer, in TransformerLens's (folded) coordinates."""
-
-    W_Q: torch.Tensor  # [L, H, d, dh]
-    W_K: torch.Tensor  # [L, Hkv, d, dh]
-    W_V: torch.Tensor
-    W_O: torch.Tensor  # [L, H, dh, d]
-    b_Q: torch.Tensor | None
-    b_K: torch.Tensor | None
-    b_V: torch.Tensor | None
-    b_O: torch.Tensor | None  # [L, d]
-    W_in: torch.Tensor  # [L, d, d_mlp]
-    W_gate: torch.Tensor | None
-    W_out: torch.Tensor  # [L, d_mlp, d]
-    b_in: torch.Tensor | None
-    b_out: torch.Tensor | None
-    ln1: list
-    ln2: list
-    ln_final: tuple
-    W_U: torch.Tensor
-    b_U: torch.Tensor | None
-    eps: float
-    center: bool  # LayerNorm (centre then scale) vs RMSNorm
-    act: str
-    rotary: bool
-    scale: float
-    W_E: torch.Tensor  # [vocab, d]
-    W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
-    W_qkv: torch.Tensor | None = None  # [L, d, (H + 2 Hkv) dh]: q, k, v in one matmul
-    b_qkv: torch.Tensor | None = None  # [L, (H + 2 Hkv) dh]
-
-    def __post_init__(self):
-        L, H, d, dh = self.W_Q.shape
-        flat = lambda W: W.permute(0, 2, 1, 3).reshape(L, d, -1)  # noqa: E731
-        self.W_qkv = torch.cat([flat(self.W_Q), flat(self.W_K), flat(self.W_V)], -1).contiguous()
-        if self.b_Q is not None:
-            self.b_qkv = torch.cat([self.b_Q.reshape(L, -1), self.b_K.reshape(L, -1), self.b_V.reshape(L, -1)], -1)
-        self._split = [H * dh, self.W_K.shape[1] * dh, self.W_K.shape[1] * dh]
-
-    @classmethod
-    def from_model(cls, model) -> "Weights":
-        """The model's weights, stacked once and cached on the model until a parameter changes
-        (stacking a 0.5B model's weights takes seconds)."""
-        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-        cached = getattr(model, "_interp_weights", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        w = cls._stack(model)
-        object.__setattr__(model, "_interp_weights", (key, w))
-        return w
-
-    @classmethod
-    def _stack(cls, model) -> "Weights":
-        cfg = model.cfg
-        norm = str(cfg.normalization_type)
-        if norm not in ("RMS", "RMSPre", "LN", "LNPre"):
-            raise InterpError(f"the sweep engine supports RMSNorm/LayerNorm models, not {norm}; use engine='reference'")
-        if cfg.positional_embedding_type not in ("rotary", "standard"):
-            raise InterpError("the sweep engine supports rotary or absolute positions; use engine='reference'")
-        blocks = model.blocks
-        known = {"hook_in", "hook_out", "hook_mlp_in", "_original_component", "ln1", "ln2", "attn", "mlp"}
-        extra = {n for n, _ in blocks[0].named_children()} - known
-        if extra:  # e.g. Gemma's post-attention/post-MLP norms: the residual algebra differs
-            raise InterpError(f"the sweep engine does not model blocks with {sorted(extra)}; use engine='reference'")
-        d_head = cfg.d_head
-        scale = 1 / math.sqrt(d_head) if not cfg.attn_scale or cfg.attn_scale < 0 else 1 / cfg.attn_scale
-        return cls(
-            W_Q=model.W_Q.detach(), W_K=model.W_K.detach(), W_V=model.W_V.detach(), W_O=model.W_O.detach(),
-            b_Q=_param(model, "b_Q"), b_K=_param(model, "b_K"), b_V=_param(model, "b_V"), b_O=_param(model, "b_O"),
-            W_in=model.W_in.detach(), W_gate=_param(model, "W_gate") if cfg.gated_mlp else None,
-            W_out=model.W_out.detach(), b_in=_param(model, "b_in"), b_out=_param(model, "b_out"),
-            ln1=[_norm_params(b.ln1) for b in blocks], ln2=[_norm_params(b.ln2) for b in blocks],
-            ln_final=_norm_params(model.ln_final), W_U=model.W_U.detach(), b_U=_param(model, "b_U"),
-            eps=float(cfg.eps), center=norm.startswith("LN"), act=str(cfg.act_fn),
-            rotary=cfg.positional_embedding_type == "rotary", scale=scale,
-            W_E=model.W_E.detach(),
-            W_pos=model.W_pos.detach() if cfg.positional_embedding_type == "standard" else None,
-        )
-
-    def embed(self, tokens):
-        x = self.W_E[tokens]
-        return x if self.W_pos is None else x + self.W_pos[: tokens.shape[-1]]
-
-    def project(self, layer, x):
-        """q, k, v (before RoPE) of the residual x [..., S, d]: [..., S, heads, dh] each."""
-        return self.project_normed(layer, self.norm(x, self.ln1[layer]))
-
-    def project_normed(self, layer, h):
-        """q, k, v of the already normalised residual h = ln1(x) [..., S, d]."""
-        qkv = _linear(h, self.W_qkv[layer], None if self.b_qkv is None else self.b_qkv[layer])
-        dh = self.W_Q.shape[-1]
-        return tuple(t.unflatten(-1, (-1, dh)) for t in qkv.split(self._split, -1))
-
-    def out(self, layer, z):
-        """The attention output of z [..., S, H, dh]: sum over heads of z_h W_O[h] (+ b_O)."""
-        return _linear(z.flatten(-2), self.W_O[layer].flatten(0, 1), None if self.b_O is None else self.b_O[layer])
-
-    def norm(self, x, params):
-        """norm(x) * w + b, statistics in fp32 (interp.kernels.add_norm)."""
-        return add_norm(x, None, *params, self.eps, self.center)[1]
-
-    def add_norm(self, x, delta, params):
-        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm
-        (params None after the last layer: (x + delta, None))."""
-        if params is None:
-            return x + delta, None
-        return add_norm(x, delta, *params, self.eps, self.center)
-
-    def ln1_after(self, layer):
-        """The pre-attention norm of the layer after ``layer`` (None after the last layer)."""
-        return self.ln1[layer + 1] if layer + 1 < len(self.ln1) else None
-
-    def mlp(self, layer, x):
-        return self.mlp_normed(layer, self.norm(x, self.ln2[layer]))
-
-    def mlp_normed(self, layer, h):
-        """The MLP of the already normalised residual h = ln2(x)."""
-        b_in = None if self.b_in is None else self.b_in[layer]
-        if self.W_gate is not None:
-            post = F.silu(h @ self.W_gate[layer]) * _linear(h, self.W_in[layer], b_in)
-        elif self.act in TANH_GELU and h.is_cuda and b_in is not None:  # bias + GELU in the matmul's epilogue
-            post = torch._addmm_activation(b_in, h.reshape(-1, h.shape[-1]), self.W_in[layer],
-                                           use_gelu=True).unflatten(0, h.shape[:-1])
-        else:
-            pre = _linear(h, self.W_in[layer], b_in)
-            post = (F.gelu(pre, approximate="tanh") if self.act in TANH_GELU else
-                    F.gelu(pre) if self.act == "gelu" else getattr(F, self.act)(pre))
-        return _linear(post, self.W_out[layer], None if self.b_out is None else self.b_out[layer])
-
-
-TANH_GELU = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
-
-
-def _linear(x, W, b):
-    """x [..., k] @ W [k, n] (+ b [n]) as one 2-D product (bias in the matmul's epilogue)."""
-    if b is None:
-        return x @ W
-    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).unflatten(0, x.shape[:-1])
-
-
-def rotate(x, cos, sin):
-    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]."""
-    a, b = x.chunk(2, -1)
-    return x * cos[:, None] + torch.cat([-b, a], -1) * sin[:, None]
+from interp.verify import SweepCheck
+from interp.weights import Weights, fingerprint_digest, rotary_tables, rotate, unsupported
 
 
 # ----------------------------------------------------------------------------------------- cache
@@ -236,28 +88,7 @@ class RunCache:
     final: torch.Tensor | None = None  # the final residual stream [B, T, d]
 
 
-def rotary_tables(model, n_pos: int, device, dtype):
-    """cos, sin [n_pos, d_head] of the model's RoPE, from its own Hugging Face rotary module."""
-    inner = getattr(model.original_model, "model", model.original_model)
-    rot = getattr(inner, "rotary_emb", None)
-    if rot is None:
-        raise InterpError("rotary model without a rotary_emb module: use engine='reference'")
-    x = torch.zeros(1, n_pos, 1, device=device, dtype=dtype)
-    cos, sin = rot(x, torch.arange(n_pos, device=device)[None])
-    return cos[0].to(dtype), sin[0].to(dtype)
-
-
 # ----------------------------------------------------------------------------------------- engine
-@dataclass(frozen=True)
-class Variant:
-    """One patch: the component's layer, head (or None) and position (None = all positions)."""
-
-    layer: int
-    head: int | None
-    pos: int | None
-
-
-ABLATIONS = {"ablate_ua": "ua", "ablate_sc": "sc", "ablate_zero": "zero"}
 READOUTS = ("metric", "per_example", "residual")
 
 
@@ -274,18 +105,30 @@ class SweepEngine:
             memory on CUDA, 64 MiB on CPU, where cache-sized chunks are fastest).
         eps: the factor of the ``ablate_ua`` (q := eps q) and ``ablate_sc`` (z := eps z)
             components (Zhou et al. 2025; see ``interp.ablation``).
-        base_ablation: (mode, heads) ablated in the base run and in every variant, mode one of
-            "ua", "sc", "zero" (at all positions).
+        interventions: ``interp.interventions.Intervention``s applied to the base run and every
+            variant, after those registered on the model (e.g. Sahara's group, ablated while the
+            next head is chosen).
+
+    Raises EngineUnsupported (before any work) when the model has a feature, a hook or an edit the
+    engine does not model.
     """
 
     def __init__(self, model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
-                 memory_budget: int | None = None, eps: float = 1e-5,
-                 base_ablation: tuple[str, list[tuple[int, int]]] | None = None):
+                 memory_budget: int | None = None, eps: float = 1e-5, interventions=()):
         if direction not in ("denoise", "noise"):
             raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
         self.model, self.metric, self.direction = model, metric, direction
         self.device = next(iter(model.parameters())).device
         self.prompts = prompts.to(self.device)
+        reason = unsupported(model, prompts.n_pos)
+        if reason:
+            raise EngineUnsupported(reason)
+        self.interventions = tuple(interventions)
+        self.edits = (model_edits(model) + EditSet.of(self.interventions)).to(self.device)
+        other = self.edits.kinds() - set(HEAD_KINDS)
+        if other:
+            raise EngineUnsupported(f"edits of {', '.join(sorted(other))} (the engine applies head-level "
+                                    "edits: q, k, v, z)")
         self.w = Weights.from_model(model)
         self.cfg = model.cfg
         self.memory_budget = memory_budget or _default_budget(self.device)
@@ -298,18 +141,6 @@ class SweepEngine:
         self._indices: dict[tuple, torch.Tensor] = {}
         self.cos = self.sin = None
         self.eps = float(eps)
-        self.base_ablation = base_ablation
-        self._q_scale, self._z_scale = self._ablation_scales(base_ablation)
-
-    def _ablation_scales(self, base_ablation):
-        """Per layer, a [H, 1] factor for the queries (ua) and for z (sc, zero), or None where the
-        base run leaves the layer's heads alone."""
-        L = self.cfg.n_layers
-        if not base_ablation:
-            return [None] * L, [None] * L
-        q, z = ablation_factors(self.model, [base_ablation], self.eps, self.device)
-        per_layer = lambda f: [f[0, l].to(self.w.W_Q.dtype) if (f[0, l] != 1).any() else None for l in range(L)]  # noqa: E731
-        return per_layer(q), per_layer(z)
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
@@ -342,20 +173,17 @@ class SweepEngine:
         if w.rotary and self.cos is None:
             self.cos, self.sin = rotary_tables(self.model, T, self.device, w.W_Q.dtype)
         rc = RunCache(*[[] for _ in range(9)], metric=None)
+        rows = torch.arange(tokens.shape[0], device=tokens.device) % len(self.prompts)  # base and/or source
         x = w.embed(tokens)
         h = w.norm(x, w.ln1[0])  # the normalised residual the next sublayer reads
         for l in range(L):
             rc.resid_pre.append(x)
-            q, k, v = w.project_normed(l, h)
-            rc.q.append(q), rc.k.append(k), rc.v.append(v)  # q before any base ablation
-            if self._q_scale[l] is not None:
-                q = q * self._q_scale[l]
+            q, k, v = (self.edits.apply(kind, l, t, 0, rows) for kind, t in zip("qkv", w.project_normed(l, h)))
+            rc.q.append(q), rc.k.append(k), rc.v.append(v)  # as the hooks see them: edited
             if w.rotary:
                 q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
             empty = k[:, :0]
-            z = prefix_attention(q[None], k[None], v[None], empty, empty, w.scale)[0]
-            if self._z_scale[l] is not None:
-                z = z * self._z_scale[l]
+            z = self.edits.apply("z", l, prefix_attention(q[None], k[None], v[None], empty, empty, w.scale)[0], 0, rows)
             rc.z.append(z)
             if need_pattern:
                 rep = q.shape[2] // k.shape[2]
@@ -391,18 +219,14 @@ class SweepEngine:
         (path patching's receivers)."""
         w, base = self.w, self.cache("base")
         S = h.shape[2]
-        q, k, v = w.project_normed(layer, h)
-        if edit is not None:
+        q, k, v = (self.edits.apply(kind, layer, t, p0) for kind, t in zip("qkv", w.project_normed(layer, h)))
+        if edit is not None:  # after the registered edits, as run_with_hooks' hooks run after them
             q, k, v = edit(q, k, v)
-        if self._q_scale[layer] is not None:
-            q = q * self._q_scale[layer]
         k_pre, v_pre = self._base_keys(layer)[:, :p0], base.v[layer][:, :p0]  # [B, p0, Hkv, dh]
         if w.rotary:
             q = rotate(q, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
             k = rotate(k, self.cos[p0:p0 + S], self.sin[p0:p0 + S])
-        z = prefix_attention(q, k, v, k_pre, v_pre, w.scale)
-        if self._z_scale[layer] is not None:
-            z = z * self._z_scale[layer]
+        z = self.edits.apply("z", layer, prefix_attention(q, k, v, k_pre, v_pre, w.scale), p0)
         return w.out(layer, z)
 
     def _base_keys(self, layer):
@@ -545,9 +369,6 @@ class SweepEngine:
         elif component in ABLATIONS:
             if p is not None:
                 raise ComponentError("ablation sweeps ablate a head at all positions (pos=None)")
-            if self._q_scale[l] is not None and self._q_scale[l][h] != 1 or \
-                    self._z_scale[l] is not None and self._z_scale[l][h] != 1:
-                raise ComponentError(f"head {l}.{h} is already ablated in the base run")
             heads = [h]
             if component == "ablate_ua":
                 z_new = self._head_z(l, base.q[l][:, :, [h]] * self.eps, [h // rep], None, None, 0)
@@ -559,6 +380,8 @@ class SweepEngine:
             heads, z_new = [h], (pat.to(v.dtype) @ v)[:, :, None]
         else:
             raise ComponentError(f"unknown component {component!r}")
+        if component not in ("ablate_sc", "ablate_zero"):  # a recomputed z: the registered z edits act on it
+            z_new = self._edited(l, heads, z_new, p0)
         dz = torch.zeros_like(base.z[l][:, sl, heads])
         if p is None:
             dz = z_new - base.z[l][:, sl, heads]
@@ -594,6 +417,15 @@ class SweepEngine:
             out.append((l, "mid", x.reshape(len(idx), B, S, -1), idx))
         return out
 
+    def _edited(self, l, heads, z_new, p0):
+        """z_new [B, S, len(heads), dh] of ``heads`` at positions p0.. with layer l's z edits applied
+        (they act on every head's z after attention, as the registered hooks do)."""
+        if not self.edits.at("z", l):
+            return z_new
+        full = self.cache("base").z[l][:, p0:p0 + z_new.shape[1]].clone()
+        full[:, :, heads] = z_new
+        return self.edits.apply("z", l, full, p0)[:, :, heads]
+
     def _index(self, values: list[int]) -> torch.Tensor:
         """``values`` as an index tensor on the device, uploaded once per engine."""
         key = tuple(values)
@@ -617,8 +449,6 @@ class SweepEngine:
 
     # -- sweeps --------------------------------------------------------------------------------
     def variants(self, component: str, by_pos: bool, layers=None, heads=None, positions=None):
-        from interp.patching import get_component
-
         comp = get_component(component)
         axes = comp.by_pos_axes if by_pos else comp.all_pos_axes
         index = sweep_index(self.model, comp.kind, self.prompts.n_pos, layers, heads, positions)
@@ -641,7 +471,8 @@ class SweepEngine:
         done = torch.zeros(len(variants), dtype=torch.bool)
         key = self._key(component, variants, readout)
         if checkpoint is not None:
-            values, done = _load_checkpoint(checkpoint, key, values, done)
+            values, done = ckpt.load(ckpt.check_path(checkpoint), key, values, done)
+        self.check_memory(component)
         if component not in ABLATIONS:
             self.cache_both(need_pattern=component == "head_pattern")
         bar = tqdm(total=len(variants), initial=int(done.sum()), desc=f"sweep {component}",
@@ -657,8 +488,8 @@ class SweepEngine:
                         starts = self.starts(component, [variants[j] for j in part], p0)
                         vals = (self.run_suffix(starts, p0) if readout == "metric"
                                 else self.run_suffix(starts, p0, readout))
-                except torch.OutOfMemoryError:
-                    if chunk == 1:
+                except (torch.OutOfMemoryError, RuntimeError) as exc:
+                    if not is_out_of_memory(exc) or chunk == 1:
                         raise
                     chunk = max(1, chunk // 2)
                     if self.device.type == "cuda":
@@ -667,7 +498,7 @@ class SweepEngine:
                 done[part] = True
                 if checkpoint is not None:  # a checkpoint holds host values: copy now
                     values[part] = vals.float().cpu()
-                    _save_checkpoint(checkpoint, key, values, done)
+                    ckpt.save(checkpoint, key, values, done)
                 else:
                     on_device.append((part, vals))
                 bar.update(len(part))
@@ -704,75 +535,81 @@ class SweepEngine:
         return max(1, int(self.memory_budget // per_variant))
 
     def _key(self, component, variants, readout: str = "metric") -> str:
+        """What the values depend on: the sweep, the prompts, the weights' values, the edits."""
+        from interp.weights import weights_fingerprint
+
         h = hashlib.sha256()
-        extra = [readout, self.eps, self.base_ablation] if (readout != "metric" or component in ABLATIONS
-                                                             or self.base_ablation) else []
+        extra = [readout, self.eps] if (readout != "metric" or component in ABLATIONS) else []
         h.update(json.dumps([component, self.direction, getattr(self.metric, "__name__", "metric"),
                              [(v.layer, v.head, v.pos) for v in variants], *extra]).encode())
         h.update(self.prompts.clean_tokens.cpu().numpy().tobytes())
         h.update(self.prompts.corrupted_tokens.cpu().numpy().tobytes())
         h.update(str(getattr(self.model, "interp_key", "")).encode())
+        h.update(fingerprint_digest(weights_fingerprint(self.model)).encode())
+        h.update(self.edits.digest().encode())
         return h.hexdigest()
 
+    def memory_needed(self, component: str) -> int:
+        """Bytes the sweep holds at once: both cached runs (every layer's residuals, q/k/v/z, the
+        patterns for head_pattern) and one variant's forward."""
+        c, ps = self.cfg, self.prompts
+        B, T = len(ps), ps.n_pos
+        elt = max(torch.finfo(self.w.W_Q.dtype).bits // 8, 4)
+        Hkv = c.n_key_value_heads or c.n_heads
+        per_layer = B * T * (4 * c.d_model + (2 * c.n_heads + 3 * Hkv) * c.d_head)
+        if component == "head_pattern":
+            per_layer += B * c.n_heads * T * T
+        one_variant = B * T * (6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * (c.d_head + T)) * elt
+        return 2 * c.n_layers * per_layer * elt + one_variant
 
-def engine_supports(model) -> bool:
-    """Whether the batched engine can run this model (else use engine="reference")."""
+    def check_memory(self, component: str) -> None:
+        """Refuse up front, saying how much memory the sweep needs, when it cannot fit."""
+        need, have = self.memory_needed(component), available_bytes(self.device)
+        if need > have:
+            raise InterpError(f"this sweep needs about {format_bytes(need)} ({len(self.prompts)} prompts x "
+                              f"{self.prompts.n_pos} tokens) and {format_bytes(have)} is available: use fewer or "
+                              "shorter prompts")
+
+
+def engine_unsupported(model, prompts: PromptSet | None = None) -> str | None:
+    """Why the batched engine cannot run this model (with the hooks registered on it, on these
+    prompts) exactly, or None."""
     try:
-        Weights.from_model(model)
-    except InterpError:
-        return False
-    return True
+        reason = unsupported(model, None if prompts is None else prompts.n_pos)
+        if reason:
+            return reason
+        other = model_edits(model).kinds() - set(HEAD_KINDS)
+        if other:
+            return f"edits of {', '.join(sorted(other))} (the engine applies head-level edits: q, k, v, z)"
+    except EngineUnsupported as exc:
+        return str(exc)
+    return None
 
 
 def _default_budget(device) -> int:
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free // 4)
+        return int(available_bytes(device) // 4)
     # On CPU, chunks that stay near the caches win: a full SmolLM2 head sweep took 31 s with a
     # 2 GiB budget, 22 s with 256 MiB and 19 s with 64 MiB (2 cores, 8 prompts).
     return 64 << 20
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path, key, values, done) -> None:
-    """Atomically write finished values (safetensors: no pickle) with the sweep's key."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"values": values.contiguous(), "done": done.to(torch.uint8)}, str(tmp), metadata={"key": key})
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path, key, values, done):
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        return values, done
-    try:
-        with safe_open(str(path), "pt") as f:
-            if f.metadata().get("key") != key:
-                raise InterpError(f"checkpoint {path} belongs to a different sweep; delete it or pick another path")
-            v, d = f.get_tensor("values"), f.get_tensor("done").bool()
-    except InterpError:
-        raise
-    except Exception as exc:  # a torn or foreign file
-        raise InterpError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
-    if v.shape != values.shape:
-        raise InterpError(f"checkpoint {path} has {v.numel()} values, this sweep {values.numel()}")
-    return v, d
-
-
 def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False, direction: str = "denoise",
                 metric=logit_diff, layers=None, heads=None, positions=None, checkpoint=None,
-                memory_budget: int | None = None, progress: bool = True) -> Result:
-    """``patch`` through the engine: same arguments, same Result (see ``interp.patching.patch``)."""
+                memory_budget: int | None = None, progress: bool = True, verify: int = 2, seed: int = 0) -> Result:
+    """``patch`` through the engine: same arguments, same Result (see ``interp.patching.patch``).
+
+    ``verify`` cells (drawn with ``seed``) are re-run through the reference loop after the sweep,
+    and the baselines are checked against the bridge before it (``interp.verify``); the evidence
+    is ``meta["verified"]``. Raises EngineUnsupported before any sweep work if the engine cannot
+    run this model exactly, VerificationError if a re-checked cell disagrees."""
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
+    check = SweepCheck(engine, component, variants, verify, seed)
     values = engine.run(component, variants, checkpoint, progress)
+    verified = check.check(values)
     clean, corrupted = engine.clean_and_corrupted()
     return Result(values.reshape([len(index[a]) for a in axes]), axes, component,
                   getattr(metric, "__name__", "metric"), clean=clean, corrupted=corrupted,
                   meta={"index": {a: index[a] for a in axes}, "direction": direction,
-                        "n_prompts": len(prompts), "engine": "batched"})
+                        "n_prompts": len(prompts), "engine": "batched", "verified": verified})

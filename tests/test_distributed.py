@@ -17,7 +17,8 @@ import ray
 from interp.cli import main
 from interp.distributed import RaySweepPool
 from interp.errors import InterpError
-from interp.sweep import _save_checkpoint, sweep_patch
+from interp.checkpoint import save as _save_checkpoint
+from interp.sweep import sweep_patch
 from interp.tasks import PromptSet, ioi_examples
 
 # 4 layers x 9 heads; an 8 MiB budget cuts them into 12 chunks of 3 (the default makes 2 chunks).

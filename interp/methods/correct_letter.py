@@ -29,7 +29,7 @@ from interp.attribution import direct_logit_attribution
 from interp.hooks import hook_name
 from interp.patching import patch
 from interp.result import Result
-from interp.sweep import Weights, rotary_tables, rotate
+from interp.weights import Weights, rotary_tables, rotate
 from interp.tasks.mcq import MCQSet
 
 Head = tuple[int, int]

@@ -102,7 +102,7 @@ def copy_scores(model, prompts: PromptSet, heads: list[Head], top: int = 5, posi
     unembedding; success if the name is among the top 5. The negative copy score negates the OV
     output (negative name movers write the name's opposite). Returns {(l, h): (copy, negative)}.
     """
-    from interp.sweep import Weights
+    from interp.weights import Weights
 
     w = Weights.from_model(model)
     pos = prompts.positions[position]

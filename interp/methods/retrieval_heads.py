@@ -16,7 +16,7 @@ Masking: query-zero the top-K heads (their attention becomes uniform over the po
 query), only while decoding, never in the prefill, and measure NIAH recall against K random heads
 from outside the top quarter.
 
-The decoder below is this package's own forward (``interp.sweep.Weights``, held equal to the
+The decoder below is this package's own forward (``interp.weights.Weights``, held equal to the
 TransformerBridge by the tests) with a key/value cache: one prefill, then one token per step, the
 attention of every head at every step read directly, so scoring every head costs one decode.
 """
@@ -30,7 +30,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.kernels import prefix_attention
-from interp.sweep import Weights, rotary_tables, rotate
+from interp.weights import Weights, rotary_tables, rotate
 from interp.tasks.needle import Episode, rouge1_recall
 
 Head = tuple[int, int]
@@ -51,6 +51,12 @@ class Decoder:
     """Greedy decoding with a key/value cache on the package's own forward (no hooks, no re-runs)."""
 
     def __init__(self, model):
+        from interp.errors import EngineUnsupported
+        from interp.interventions import model_edits
+
+        if model_edits(model):
+            raise EngineUnsupported("the retrieval decoder does not apply interventions registered on the "
+                                    "model; mask heads with decode(masked=...)")
         self.model, self.w = model, Weights.from_model(model)
         self.device = next(iter(model.parameters())).device
         self.newline = {i for t, i in model.tokenizer.get_vocab().items() if "\n" in t or "Ċ" in t}

@@ -38,10 +38,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from interp.ablation import ablate
-from interp.errors import ComponentError
+from interp.ablation import ablate, ablation
+from interp.components import Variant
+from interp.errors import ComponentError, EngineUnsupported
 from interp.generate import generate
-from interp.sweep import SweepEngine, Variant, Weights, engine_supports
+from interp.patching import fall_back
+from interp.sweep import SweepEngine
+from interp.verify import SweepCheck
+from interp.weights import Weights
 from interp.tasks.harmful import Request, encode_requests, judge_all
 from interp.tasks.prompts import PromptSet
 
@@ -149,20 +153,28 @@ def _check_mode(mode: str) -> None:
 
 
 def ablated_residuals(model, queries: Queries, heads: list[Head], mode: str = "ua", eps: float = 1e-5,
-                      group: list[Head] = (), checkpoint=None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      group: list[Head] = (), checkpoint=None, progress: bool = True,
+                      verify: int = 2) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Final residual stream at each query's last token with ``group`` + each of ``heads`` ablated.
 
-    Returns (ablated [n_heads, B, d], base [B, d]) where base has only ``group`` ablated.
-    Batched engine: each head's variant starts at its layer from the cached base run.
+    Returns (ablated [n_heads, B, d], base [B, d], verified) where base has only ``group`` ablated
+    and ``verified`` is the evidence of ``verify`` heads re-run through the bridge
+    (``interp.verify``). Batched engine: each head's variant starts at its layer from the cached
+    base run; interventions registered on the model act too.
     """
     _check_mode(mode)
-    engine = SweepEngine(model, queries.as_prompt_set(), eps=eps,
-                         base_ablation=(mode, list(group)) if group else None)
+    twice = sorted(set(heads) & set(map(tuple, group)))
+    if twice:
+        raise ComponentError(f"head {twice[0][0]}.{twice[0][1]} is already ablated in the group")
+    extra = [ablation(model, list(group), mode, eps=eps)] if group else []
+    engine = SweepEngine(model, queries.as_prompt_set(), eps=eps, interventions=extra)
     variants = [Variant(l, h, None) for l, h in heads]
+    check = SweepCheck(engine, f"ablate_{mode}", variants, verify, readout="residual")
     resid = engine.run(f"ablate_{mode}", variants, checkpoint=checkpoint, progress=progress, readout="residual")
+    verified = check.check(resid)
     base = engine.cache("base").final
     rows = torch.arange(len(queries), device=base.device)
-    return resid, base[rows, engine.prompts.answer_pos].float().cpu()
+    return resid, base[rows, engine.prompts.answer_pos].float().cpu(), verified
 
 
 def _reference_residuals(model, queries: Queries, heads: list[Head], mode, eps, group=(), progress=True):
@@ -195,10 +207,17 @@ def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: 
     heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
     if engine not in ("auto", "batched", "reference"):
         raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
-    use_engine = engine == "batched" or (engine == "auto" and engine_supports(model))
-    if use_engine:
-        resid, base = ablated_residuals(model, queries, heads, mode, eps, checkpoint=checkpoint, progress=progress)
-    else:
+    used, verified = "reference", {"cells": 0, "max_abs_diff": 0.0, "engine": "reference"}
+    if engine != "reference":
+        try:
+            resid, base, verified = ablated_residuals(model, queries, heads, mode, eps, checkpoint=checkpoint,
+                                                      progress=progress)
+            used = "batched"
+        except EngineUnsupported as exc:
+            if engine == "batched":
+                raise
+            fall_back(model, "ships", str(exc))
+    if used == "reference":
         resid, base = _reference_residuals(model, queries, heads, mode, eps, progress=progress)
     w = Weights.from_model(model)
     device = w.W_U.device
@@ -211,7 +230,7 @@ def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: 
     for i, (l, h) in enumerate(heads):
         kl[l, h], angle[l, h] = kl_heads[i], angles[i]
     return Ships(kl, angle, mode, eps, meta={"n_queries": len(queries), "fmt": queries.fmt,
-                                             "engine": "batched" if use_engine else "reference"})
+                                             "engine": used, "verified": verified})
 
 
 def _normed(w: Weights, resid: torch.Tensor) -> torch.Tensor:
@@ -243,7 +262,7 @@ def sahara(model, queries: Queries, size: int = 5, mode: str = "ua", eps: float 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     candidates = [(l, h) for l in range(L) for h in range(H)] if candidates is None else list(candidates)
     w = Weights.from_model(model)
-    _, clean = ablated_residuals(model, queries, [], mode, eps, progress=False)
+    _, clean, _ = ablated_residuals(model, queries, [], mode, eps, progress=False)
     u_clean = leading_direction(_normed(w, clean))
     group: list[Head] = []
     steps: list[SaharaStep] = []
@@ -252,7 +271,7 @@ def sahara(model, queries: Queries, size: int = 5, mode: str = "ua", eps: float 
         if step == 0 and first is not None:
             scores = {c: float(first[c]) for c in pool}
         else:
-            resid, _ = ablated_residuals(model, queries, pool, mode, eps, group=group, progress=progress)
+            resid, _, _ = ablated_residuals(model, queries, pool, mode, eps, group=group, progress=progress)
             scores = dict(zip(pool, principal_angle(u_clean, _normed(w, resid)).tolist()))
         best = max(pool, key=lambda c: scores[c])
         group = group + [best]

@@ -22,9 +22,10 @@ import torch
 
 from interp.errors import ComponentError, InterpError
 from interp.hooks import hook_name
+from interp.memory import available_bytes, format_bytes
 from interp.metrics import at_answer, logit_diff
 from interp.result import Result
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, check_prompts
 
 
 @dataclass
@@ -127,27 +128,8 @@ _MEMORY_FRACTION = 0.7  # of the free memory a DLA chunk may use; the estimate a
 
 
 def _memory_budget(device: torch.device) -> int:
-    """Bytes one DLA chunk may use: a fraction of the free CUDA memory (counting PyTorch's cached
-    but unused blocks) on a GPU, of MemAvailable (/proc/meminfo) on a CPU; 4 GiB where unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(_MEMORY_FRACTION * free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(_MEMORY_FRACTION * int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return 4 << 30
-
-
-def _size(n: int) -> str:
-    """Bytes for people: "3.2 GiB", "640 MiB", "1,000 B"."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GiB"
-    return f"{round(n / 2**20)} MiB" if n >= 2**20 else f"{n:,} B"
+    """Bytes one DLA chunk may use: a fraction of the device's free memory (``interp.memory``)."""
+    return int(_MEMORY_FRACTION * available_bytes(device))
 
 
 def _dla_chunks(model, prompts: PromptSet, budget: int | None) -> list[slice]:
@@ -160,8 +142,8 @@ def _dla_chunks(model, prompts: PromptSet, budget: int | None) -> list[slice]:
     need = _forward_bytes(model, lengths[longest])
     if need > budget:
         raise InterpError(
-            f"DLA of example {longest} ({lengths[longest]:,} tokens) needs about {_size(need)} for one "
-            f"forward, more than the {_size(budget)} memory budget; shorten the prompt or free memory"
+            f"DLA of example {longest} ({lengths[longest]:,} tokens) needs about {format_bytes(need)} for one "
+            f"forward, more than the {format_bytes(budget)} memory budget; shorten the prompt or free memory"
         )
     chunks, start = [], 0
     for i in range(1, len(lengths)):  # grow the chunk while its widest example x its size fits
@@ -188,6 +170,7 @@ def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean", sc
     """
     if which not in ("clean", "corrupted") or scale_from not in (None, "clean", "corrupted"):
         raise InterpError(f"which and scale_from are 'clean' or 'corrupted', got {which!r}, {scale_from!r}")
+    check_prompts(model, prompts)
     L = model.cfg.n_layers
     names = (["hook_embed", "ln_final.hook_scale"]
              + [hook_name(kind, l) for l in range(L) for kind in ("result", "attn_out", "mlp_out")])
@@ -290,16 +273,19 @@ def attribution_patching(model, prompts: PromptSet, component: str = "head_out",
             prompts.corrupted_tokens,
             fwd_hooks=[("hook_embed", start_graph)] + [(n, keep(n)) for n in names],
         )
-        m = metric(logits, prompts).mean()
-        grads = torch.autograd.grad(m, [acts[n] for n in names])
+        m = metric(at_answer(logits, prompts.answer_pos), prompts)  # [batch]
+        # The gradient of the *sum* is each example's gradient of its own metric (examples do not
+        # interact), so (a_clean - a_corrupt) . grad estimates each example's change; the mean over
+        # examples then estimates the change of the mean metric, as patch() reports it.
+        grads = torch.autograd.grad(m.sum(), [acts[n] for n in names])
     values = []
     for n, g in zip(names, grads):
         delta = (clean_cache[n] - acts[n].detach()) * g
         # head: sum over pos and d_head -> [batch, head]; resid: sum over d_model -> [batch, pos]
         values.append((delta.sum((1, 3)) if kind == "z" else delta.sum(-1)).mean(0))
-    corrupted = float(m.detach())
+    corrupted = float(m.detach().mean())
     with torch.no_grad():
-        clean = float(metric(model(prompts.clean_tokens), prompts).mean())
+        clean = float(metric(at_answer(model(prompts.clean_tokens), prompts.answer_pos), prompts).mean())
     axes = ("layer", "head") if kind == "z" else ("layer", "pos")
     return Result(
         torch.stack(values) + corrupted, axes, f"atp_{component}", getattr(metric, "__name__", "metric"),

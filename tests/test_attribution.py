@@ -106,3 +106,24 @@ def test_dla_caches_nothing_and_runs_each_chunk_up_to_its_last_answer(model, pro
     lengths = (prompts.answer_pos + 1).tolist()
     direct_logit_attribution(model, prompts, memory_budget=_forward_bytes(model, max(lengths)))
     assert widths == [(1, n) for n in lengths]
+
+
+def test_attribution_patching_is_on_the_scale_of_exact_patching(model):
+    """AtP estimates the same quantity as patch(): on the last layers' heads, where the first-order
+    approximation holds (only the final norm lies between a head and the logits), the values
+    agree, not just their ranks. Six prompts: averaging the batch-mean's gradient over the batch
+    again (a bug once) makes the slope 1/6."""
+    from interp.tasks import ioi_examples
+
+    ps = ioi_examples(model, n=6, seed=2)
+    layers = [26, 27, 28, 29]
+    exact = patch(model, ps, "head_out", layers=layers, progress=False)
+    atp = attribution_patching(model, ps, "head_out")
+    e = (exact.values - exact.corrupted).flatten()
+    a = (atp.values[layers] - atp.corrupted).flatten()
+    slope = float((a * e).sum() / (e * e).sum())
+    print(f"AtP vs exact on layers {layers}: slope {slope:.3f}, max error {float((a - e).abs().max()):.4f} "
+          f"of effects up to {float(e.abs().max()):.3f}")
+    assert 0.9 < slope < 1.1
+    assert (a - e).abs().max() < 0.05 * e.abs().max()
+    assert e.abs().max() > 0.5  # large effects: the comparison is not between zeros

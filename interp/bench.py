@@ -13,73 +13,14 @@ forward is measured on a sample of cells and multiplied out (marked "extrapolate
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 from interp.metrics import logit_diff
+from interp.random_models import SHAPES, random_model, random_prompts  # noqa: F401 (re-exported)
 from interp.tasks.prompts import PromptSet
-
-SHAPES = {
-    "gpt2-small": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)),
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   rope_theta=100000.0, tie_word_embeddings=True, head_dim=64)),
-    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                   tie_word_embeddings=True)),
-    "llama-2-7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)),
-}
-
-
-def _tokenizer(folder: str):
-    """A small word-level tokenizer saved to ``folder`` (the bridge wants a local name_or_path)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(256)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="t0", pad_token="t0", bos_token="t1", eos_token="t2")
-    tok.save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def random_model(shape: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
-    """A TransformerBridge (compatibility mode) with random weights and the named architecture."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformer_lens.model_bridge import TransformerBridge
-
-    kind, kwargs = SHAPES[shape]
-    config = AutoConfig.for_model(kind, **kwargs)
-    folder = tempfile.mkdtemp(prefix=f"interp-bench-{shape}-")
-    config.save_pretrained(folder)
-    tokenizer = _tokenizer(folder)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
-    hf.eval()
-    bridge = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype)
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.eval()
-    bridge.interp_key = f"random:{shape}"
-    return bridge
-
-
-def random_prompts(model, batch: int, n_pos: int, seed: int = 0) -> PromptSet:
-    """Random token prompts; corrupted differs from clean at three positions."""
-    g = torch.Generator().manual_seed(seed)
-    V = model.cfg.d_vocab
-    clean = torch.randint(100, V, (batch, n_pos), generator=g)
-    corrupted = clean.clone()
-    for p in (1, n_pos // 2, n_pos - 2):
-        corrupted[:, p] = torch.randint(100, V, (batch,), generator=g)
-    ids = torch.randint(100, V, (2, batch), generator=g)
-    return PromptSet(clean, corrupted, ids[0], ids[1], torch.full((batch,), n_pos - 1)).to(model.cfg.device)
-
 
 def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool) -> float:
     """FLOPs of the minimal exact recomputation of a head-output sweep.
@@ -104,17 +45,33 @@ def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool) -> float:
 
 @dataclass
 class Row:
+    """One benchmark row: both sides timed ``repeats`` times in one run, and their accuracy.
+
+    ``ours_err`` and ``tl_err`` are (mean, max) |value - fp32 truth| over the cells TransformerLens
+    ran, for a 16-bit row: the truth is the fp32 sweep of the same weights (the 16-bit model holds
+    the fp32 model's weights rounded), so they say how much each side loses to the dtype."""
+
     shape: str
     dtype: str
     batch: int
     n_pos: int
     sweep: str
-    tl_s: float
+    tl_times: list
     tl_extrapolated: bool
-    ours_s: float
+    ours_times: list
     max_abs_diff: float
     floor_tflop: float
     peak_gib: float
+    ours_err: tuple | None = None
+    tl_err: tuple | None = None
+
+    @property
+    def tl_s(self) -> float:
+        return statistics.median(self.tl_times)
+
+    @property
+    def ours_s(self) -> float:
+        return statistics.median(self.ours_times)
 
     @property
     def speedup(self) -> float:
@@ -123,16 +80,34 @@ class Row:
     def markdown(self, peak_tflops: float | None) -> str:
         achieved = self.floor_tflop / self.ours_s
         vs_floor = f"{peak_tflops / achieved:.1f}x" if peak_tflops else "-"
-        tl = f"{self.tl_s:.2f}{'*' if self.tl_extrapolated else ''}"
+        spread = lambda ts, f: f"{f(statistics.median(ts))} ({f(min(ts))}-{f(max(ts))})"  # noqa: E731
+        tl = spread(self.tl_times, lambda x: f"{x:.2f}") + ("*" if self.tl_extrapolated else "")
+        ours = spread(self.ours_times, lambda x: f"{x:.3f}")
         ratio = f"{self.speedup:.1f}" if self.speedup < 10 else f"{self.speedup:.0f}"
-        return (f"| {self.shape} | {self.dtype} | {self.batch}x{self.n_pos} | {self.sweep} | {tl} | "
-                f"{self.ours_s:.3f} | **{ratio}x** | {self.max_abs_diff:.1e} | "
+        err = lambda e: "-" if e is None else f"{e[0]:.1e} / {e[1]:.1e}"  # noqa: E731
+        return (f"| {self.shape} | {self.dtype} | {self.batch}x{self.n_pos} | {self.sweep} | {tl} | {ours} | "
+                f"**{ratio}x** | {self.max_abs_diff:.1e} | {err(self.ours_err)} | {err(self.tl_err)} | "
                 f"{self.floor_tflop:.3f} | {achieved:.2f} | {vs_floor} | {self.peak_gib:.1f} |")
 
 
-HEADER = ("| model shape | dtype | prompts | sweep | TransformerLens s | interp s | speed-up | max abs diff | "
-          "FLOP floor (TFLOP) | achieved TFLOP/s | time vs floor | peak GiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model shape | dtype | prompts | sweep | TransformerLens s, median (min-max) | interp s, median (min-max) "
+          "| speed-up | max abs diff | interp error vs fp32, mean / max | TransformerLens error vs fp32, mean / max "
+          "| FLOP floor (TFLOP) | achieved TFLOP/s | time vs floor | peak GiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def host_cpu() -> str:
+    """The host CPU's model name (small GPU sweeps are bound by host work: ratios move with it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def _sync(device):
@@ -140,14 +115,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timed(fn, device, repeats: int = 3):
-    """Median wall time of fn() over ``repeats`` runs after one warm-up (one run if the warm-up
-    took over 5 s); returns (seconds, last result)."""
+def _times(fn, device, repeats: int = 5):
+    """Wall times of ``repeats`` runs of fn() after one warm-up (one run if the warm-up took over
+    60 s); returns (seconds list, last result)."""
     _sync(device)
     t = time.perf_counter()
     out = fn()
     _sync(device)
-    if time.perf_counter() - t > 5:
+    if time.perf_counter() - t > 60:
         repeats = 1
     times = []
     for _ in range(repeats):
@@ -156,11 +131,24 @@ def _timed(fn, device, repeats: int = 3):
         out = fn()
         _sync(device)
         times.append(time.perf_counter() - t)
+    return times, out
+
+
+def _timed(fn, device, repeats: int = 3):
+    """Median wall time of fn() (see ``_times``); returns (seconds, last result)."""
+    times, out = _times(fn, device, repeats)
     return statistics.median(times), out
 
 
-def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | None = None, repeats: int = 3) -> tuple:
-    """(TL seconds, extrapolated?, our seconds, max abs diff on the compared cells, peak GiB)."""
+def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | None = None, repeats: int = 5,
+                truth: torch.Tensor | None = None) -> dict:
+    """Time TransformerLens's head-output sweep and ours on the same model and prompts.
+
+    Returns tl_times (extrapolated from ``max_tl_cells`` sampled cells when the sweep has more),
+    extrapolated, ours_times (with ``verify=0``: the self-check is timed apart, ``verify_s``),
+    max_abs_diff between the two on the sampled cells, peak GiB, ours (our values) and, given the
+    fp32 ``truth`` of every cell, ours_err and tl_err: (mean, max) absolute error on the sampled
+    cells."""
     import pandas as pd
     from transformer_lens import patching
 
@@ -177,36 +165,56 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
     cells.columns = list(axes)
     sample = cells if max_tl_cells is None or len(cells) <= max_tl_cells else cells.sample(max_tl_cells, random_state=0)
     with torch.no_grad():
-        fn(model, prompts.corrupted_tokens, clean_cache, metric, index_axis_names=None, index_df=sample.head(2))  # warm-up
-        _sync(device)
-        t = time.perf_counter()
-        tl_vals = fn(model, prompts.corrupted_tokens, clean_cache, metric, index_axis_names=None, index_df=sample)
-        _sync(device)
-    tl_s = (time.perf_counter() - t) * len(cells) / len(sample)
+        tl_times, tl_vals = _times(lambda: fn(model, prompts.corrupted_tokens, clean_cache, metric,
+                                              index_axis_names=None, index_df=sample), device, repeats)
+    tl_times = [t * len(cells) / len(sample) for t in tl_times]
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ours_s, result = _timed(lambda: sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False), device, repeats)
+    ours_times, result = _times(lambda: sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False,
+                                                    verify=0), device, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" and torch.cuda.is_available() else float("nan")
-    ours = result.values[tuple(torch.as_tensor(sample[a].values) for a in axes)]
-    diff = (ours - tl_vals.float().cpu()).abs().max().item()
-    return tl_s, len(sample) < len(cells), ours_s, diff, peak
+    t = time.perf_counter()
+    verified = sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, verify=2).meta["verified"]
+    verify_s = time.perf_counter() - t - statistics.median(ours_times)
+    at = tuple(torch.as_tensor(sample[a].values) for a in axes)
+    ours = result.values[at]
+    out = dict(tl_times=tl_times, extrapolated=len(sample) < len(cells), ours_times=ours_times,
+               max_abs_diff=(ours - tl_vals.float().cpu()).abs().max().item(), peak=peak, ours=result.values,
+               verified=verified, verify_s=verify_s)
+    if truth is not None:
+        error = lambda v: ((v - truth[at]).abs().mean().item(), (v - truth[at]).abs().max().item())  # noqa: E731
+        out.update(ours_err=error(ours), tl_err=error(tl_vals.float().cpu()))
+    return out
 
 
 def run_gpu(shapes=("gpt2-small", "smollm2-135m", "qwen2.5-0.5b", "llama-2-7b"), seqs=(16, 64),
-            dtype=torch.bfloat16, batch: int = 16, max_tl_cells: int = 96) -> list[Row]:
+            dtype=torch.bfloat16, batch: int = 16, max_tl_cells: int = 96, repeats: int = 5) -> list[Row]:
+    """Rows for random-weight models of ``shapes`` on the GPU. A 16-bit row also runs the fp32
+    model of the same weights, for the error columns (skipped where fp32 does not fit)."""
+    print(f"(host CPU: {host_cpu()}; GPU: {torch.cuda.get_device_name()})", flush=True)
     rows = []
     for shape in shapes:
         model = random_model(shape, "cuda", dtype)
+        exact = None
+        if dtype != torch.float32 and shape != "llama-2-7b":
+            exact = random_model(shape, "cuda", torch.float32)
         for T in seqs:
             prompts = random_prompts(model, batch, T)
             for by_pos in (False, True):
-                cells = model.cfg.n_layers * model.cfg.n_heads * (T if by_pos else 1)
-                full = shape == "gpt2-small" and T == 16
-                tl_s, extra, ours_s, diff, peak = bench_sweep(model, prompts, by_pos, None if full else max_tl_cells)
-                rows.append(Row(shape, str(dtype).replace("torch.", ""), batch, T, "head_out by pos" if by_pos else "head_out all pos",
-                                tl_s, extra, ours_s, diff, floor_flops(model.cfg, batch, T, by_pos) / 1e12, peak))
+                from interp.sweep import sweep_patch
+
+                truth = None if exact is None else sweep_patch(exact, prompts, "head_out", by_pos=by_pos,
+                                                               progress=False).values
+                full = shape == "gpt2-small" and T == 16 and not by_pos
+                r = bench_sweep(model, prompts, by_pos, None if full else max_tl_cells, repeats, truth)
+                rows.append(Row(shape, str(dtype).replace("torch.", ""), batch, T,
+                                "head_out by pos" if by_pos else "head_out all pos", r["tl_times"], r["extrapolated"],
+                                r["ours_times"], r["max_abs_diff"], floor_flops(model.cfg, batch, T, by_pos) / 1e12,
+                                r["peak"], r.get("ours_err"), r.get("tl_err")))
                 print(rows[-1].markdown(790.0), flush=True)
-        del model
+                print(f"  (self-check: {r['verified']['cells']} cells re-run, max abs diff "
+                      f"{r['verified']['max_abs_diff']:.1e}, {r['verify_s']:.2f} s)", flush=True)
+        del model, exact
         torch.cuda.empty_cache()
     return rows
 
@@ -219,7 +227,7 @@ def cpu_matmul_tflops() -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds / 1e12
 
 
-def run_cpu(n_prompts: int = 8) -> list[Row]:
+def run_cpu(n_prompts: int = 8, repeats: int = 5) -> list[Row]:
     """The real default model on this CPU, IOI prompts, fp32. "time vs floor" is against this CPU's
     own measured matrix-product rate; TransformerLens's time over the floor's at that rate is the
     largest speed-up any exact method could show here."""
@@ -231,11 +239,13 @@ def run_cpu(n_prompts: int = 8) -> list[Row]:
     prompts = ioi_examples(model, n=n_prompts, seed=0)
     peak = cpu_matmul_tflops()
     print(f"(this CPU: {peak * 1e3:.0f} GFLOP/s fp32 on an engine-sized matrix product)")
+    print(f"(host CPU: {host_cpu()})")
     rows = []
     for by_pos in (False, True):
-        tl_s, extra, ours_s, diff, _ = bench_sweep(model, prompts, by_pos, max_tl_cells=None if not by_pos else 270, repeats=1)
+        r = bench_sweep(model, prompts, by_pos, max_tl_cells=None if not by_pos else 270, repeats=repeats)
         rows.append(Row("smollm2-135m (real)", "float32", n_prompts, prompts.n_pos,
-                        "head_out by pos" if by_pos else "head_out all pos", tl_s, extra, ours_s, diff,
+                        "head_out by pos" if by_pos else "head_out all pos", r["tl_times"], r["extrapolated"],
+                        r["ours_times"], r["max_abs_diff"],
                         floor_flops(model.cfg, n_prompts, prompts.n_pos, by_pos) / 1e12, float("nan")))
         print(rows[-1].markdown(peak), flush=True)
         bound = rows[-1].tl_s / (rows[-1].floor_tflop / peak)

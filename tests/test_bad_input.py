@@ -15,7 +15,7 @@ import interp.models
 from interp.cli import main
 from interp.errors import InterpError, PromptError
 from interp.result import Result
-from interp.tasks.prompts import PromptSet, check_prompts, read_jsonl
+from interp.tasks.prompts import check_prompts, read_jsonl
 
 GOOD = {"clean": "When Mary and John went to the store, John gave a drink to",
         "corrupted": "When Alice and Bob went to the store, Bob gave a drink to",

@@ -1,6 +1,5 @@
 """The batched sweep engine: equal to the reference loop on whole sweeps, under memory pressure,
 through out-of-memory and through a kill -9."""
-import os
 import signal
 import subprocess
 import sys

@@ -28,6 +28,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _add_model_args(p: argparse.ArgumentParser, device: bool = False) -> None:
     p.add_argument("--model", default=None, help="registered key, local folder or hub name (default: the default model)")
     if device:
@@ -58,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the sweep on N Ray workers, one model replica each (docs/ray.md)")
     p.add_argument("--ray-address", default=None,
                    help="with --workers: join this Ray cluster (auto or HOST:PORT) instead of starting one")
+    p.add_argument("--verify", type=_non_negative, default=2, metavar="K",
+                   help="re-run K random cells of a batched sweep through the reference loop and refuse "
+                        "the result if one disagrees (default 2; 0: off); the JSON's \"verified\" says how it went")
 
     p = sub.add_parser("dla", help="direct logit attribution of answer - distractor at the last position")
     _add_prompts_arg(p)
@@ -248,7 +257,8 @@ def cmd_patch(args) -> None:
         if args.ray_address is not None:
             raise InterpError("--ray-address needs --workers N")
         model, prompts = _load(args)
-        result = patch(model, prompts, args.component, by_pos=args.by_pos, checkpoint=args.checkpoint)
+        result = patch(model, prompts, args.component, by_pos=args.by_pos, checkpoint=args.checkpoint,
+                       verify=args.verify)
     else:
         if args.workers < 1:
             raise InterpError(f"--workers must be >= 1, got {args.workers}")
@@ -258,10 +268,12 @@ def cmd_patch(args) -> None:
         model, prompts = _load(argparse.Namespace(**{**vars(args), "device": "cpu", "dtype": None}))
         result = sweep_patch_distributed(args.model, prompts, args.component, by_pos=args.by_pos,
                                          workers=args.workers, device=args.device, dtype=args.dtype,
-                                         address=args.ray_address, checkpoint=args.checkpoint)
+                                         address=args.ray_address, checkpoint=args.checkpoint,
+                                         verify=args.verify)
     _emit({"component": args.component, "metric": "logit_diff", "axes": list(result.axes),
            "values": result.values.tolist(), "clean": result.clean, "corrupted": result.corrupted,
-           "model": model.interp_key, "n_prompts": len(prompts)}, args.out)
+           "model": model.interp_key, "n_prompts": len(prompts), "engine": result.meta["engine"],
+           "verified": result.meta["verified"]}, args.out)
 
 
 def cmd_dla(args) -> None:

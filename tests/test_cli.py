@@ -39,7 +39,10 @@ def test_patch_json_contract(model, prompts_file, tmp_path, capsys):
     code, _, _ = run(["patch", "--prompts", str(prompts_file), "--component", "resid_pre", "--out", str(out_file)], capsys)
     assert code == 0
     r = json.loads(out_file.read_text())
-    assert set(r) == {"component", "metric", "axes", "values", "clean", "corrupted", "model", "n_prompts"}
+    assert set(r) == {"component", "metric", "axes", "values", "clean", "corrupted", "model", "n_prompts",
+                      "engine", "verified"}
+    assert r["engine"] == "batched" and r["verified"]["cells"] == 2
+    assert r["verified"]["max_abs_diff"] <= r["verified"]["tolerance"] < 1e-3
     assert r["component"] == "resid_pre" and r["axes"] == ["layer"] and r["metric"] == "logit_diff"
     assert r["model"] == "smollm2-135m-instruct" and r["n_prompts"] == 2 and len(r["values"]) == 30
     assert abs(r["values"][0] - r["clean"]) < 1e-4  # patching the whole input restores the clean run

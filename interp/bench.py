@@ -176,7 +176,7 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
     t = time.perf_counter()
     verified = sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, verify=2).meta["verified"]
     verify_s = time.perf_counter() - t - statistics.median(ours_times)
-    at = tuple(torch.as_tensor(sample[a].values) for a in axes)
+    at = tuple(torch.as_tensor(sample[a].to_numpy().copy()) for a in axes)
     ours = result.values[at]
     out = dict(tl_times=tl_times, extrapolated=len(sample) < len(cells), ours_times=ours_times,
                max_abs_diff=(ours - tl_vals.float().cpu()).abs().max().item(), peak=peak, ours=result.values,

@@ -106,7 +106,7 @@ def generate_tokens(
         if not live.any() or step == max_new - 1:
             break
         pos = T + step
-        x = w.W_E[token][:, None]
+        x = w.W_E[token][:, None].to(w.residual_dtype)
         if w.W_pos is not None:
             x = x + w.W_pos[pos]
         for l in range(L):

@@ -108,7 +108,8 @@ def patch(
         checkpoint: a file where finished cells are saved; rerunning the same sweep with it
             resumes an interrupted run (either engine).
         verify: batched engine: re-run this many random cells through the reference loop and
-            raise VerificationError if one disagrees beyond the dtype's tolerance (0: off).
+            raise VerificationError if one disagrees beyond the dtype's tolerance, after
+            comparing the unpatched runs with the bridge's forward (0: no self-check at all).
 
     Returns:
         Result with axes as TransformerLens orders them: (layer[, pos], head) for head vectors,

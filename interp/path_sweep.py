@@ -47,7 +47,7 @@ def sweep_path_patch_heads(
     """``path_patch_heads`` through the batched engine: Result[layer, head] of the mean metric.
     ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``."""
     engine = SweepEngine(model, prompts, "noise", metric, memory_budget)  # base = clean x, source = x'
-    SweepCheck(engine, "head_out", [], 0)  # the clean and corrupted runs against the bridge's
+    SweepCheck(engine, "head_out", [], 0, baselines=verify > 0)  # the clean and corrupted runs vs the bridge's
     ps, cfg = engine.prompts, model.cfg
     B, T = ps.clean_tokens.shape
     receivers = check_receivers(model, receivers)

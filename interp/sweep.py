@@ -469,7 +469,7 @@ class SweepEngine:
         shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
         values = torch.full((len(variants), *shape), float("nan"))
         done = torch.zeros(len(variants), dtype=torch.bool)
-        key = self._key(component, variants, readout)
+        key = None if checkpoint is None else self._key(component, variants, readout)
         if checkpoint is not None:
             values, done = ckpt.load(ckpt.check_path(checkpoint), key, values, done)
         self.check_memory(component)

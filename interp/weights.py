@@ -117,8 +117,15 @@ class Weights:
             W_pos=model.W_pos.detach() if cfg.positional_embedding_type == "standard" else None,
         )
 
+    @property
+    def residual_dtype(self) -> torch.dtype:
+        """The residual stream's dtype: fp32 under 16-bit weights (the products stay 16-bit; the
+        stream between them is not rounded to 8 significant bits at every add, as the model's
+        own 16-bit forward does), else the weights' dtype."""
+        return torch.float32 if self.W_Q.dtype in (torch.bfloat16, torch.float16) else self.W_Q.dtype
+
     def embed(self, tokens):
-        x = self.W_E[tokens]
+        x = self.W_E[tokens].to(self.residual_dtype)
         return x if self.W_pos is None else x + self.W_pos[: tokens.shape[-1]]
 
     def project(self, layer, x):
@@ -136,15 +143,15 @@ class Weights:
         return _linear(z.flatten(-2), self.W_O[layer].flatten(0, 1), None if self.b_O is None else self.b_O[layer])
 
     def norm(self, x, params):
-        """norm(x) * w + b, statistics in fp32 (interp.kernels.add_norm)."""
-        return add_norm(x, None, *params, self.eps, self.center)[1]
+        """norm(x) * w + b in the weights' dtype, statistics in fp32 (interp.kernels.add_norm)."""
+        return add_norm(x, None, *params, self.eps, self.center, self.W_Q.dtype)[1]
 
     def add_norm(self, x, delta, params):
-        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add and the next pre-norm
-        (params None after the last layer: (x + delta, None))."""
+        """(x + delta, norm(x + delta) * w + b) in one pass: a residual add (in x's dtype) and the
+        next pre-norm (in the weights' dtype); params None after the last layer: (x + delta, None)."""
         if params is None:
-            return x + delta, None
-        return add_norm(x, delta, *params, self.eps, self.center)
+            return x + delta.to(x.dtype), None
+        return add_norm(x, delta, *params, self.eps, self.center, self.W_Q.dtype)
 
     def ln1_after(self, layer):
         """The pre-attention norm of the layer after ``layer`` (None after the last layer)."""
@@ -223,13 +230,15 @@ def weights_fingerprint(model) -> tuple:
     tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
     meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in tensors)
     with torch.no_grad():
-        sums = [t.detach().reshape(-1, t.shape[-1]) @ _probe(t.shape[-1], t.device, t.dtype) if t.ndim else t.detach().clone()
-                for t in tensors]
-    return meta, sums
+        sums = {}  # per device: one vector of every checksum (compared with one sync)
+        for t in tensors:
+            s = t.detach().reshape(-1, t.shape[-1]) @ _probe(t.shape[-1], t.device, t.dtype) if t.ndim else t.detach()[None]
+            sums.setdefault(t.device, []).append(s.float())
+    return meta, {d: torch.cat(v) for d, v in sums.items()}
 
 
 def same_fingerprint(a: tuple, b: tuple) -> bool:
-    return a[0] == b[0] and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(torch.equal(a[1][d], b[1][d]) for d in a[1])
 
 
 def fingerprint_digest(fp: tuple) -> str:
@@ -237,8 +246,8 @@ def fingerprint_digest(fp: tuple) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for t in fp[1]:
-        h.update(t.float().cpu().numpy().tobytes())
+    for d in sorted(fp[1], key=str):
+        h.update(fp[1][d].cpu().numpy().tobytes())
     return h.hexdigest()[:32]
 
 

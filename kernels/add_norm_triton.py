@@ -13,7 +13,7 @@ def add_norm_kernel(X, DELTA, W, B, XNEW, H, d, eps, HAS_DELTA: tl.constexpr, HA
     x = tl.load(X + row * d + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_DELTA:
         x = x + tl.load(DELTA + row * d + offs, mask=mask, other=0.0).to(tl.float32)
-        x = x.to(dtype)
+        x = x.to(XNEW.dtype.element_ty)  # the residual in its own dtype (fp32 under a 16-bit model)
         tl.store(XNEW + row * d + offs, x, mask=mask)
         x = x.to(tl.float32)
     if CENTER:

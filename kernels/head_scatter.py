@@ -11,7 +11,10 @@ from interp.kernels._triton import use_triton
 
 
 def head_scatter_reference(resid, dz, W_O, heads):
-    """PyTorch reference. resid [R, d]; dz [V, R, dh]; W_O [H, dh, d]; heads [V] -> [V, R, d]."""
+    """PyTorch reference. resid [R, d]; dz [V, R, dh]; W_O [H, dh, d]; heads [V] -> [V, R, d] in
+    resid's dtype (an fp32 residual stream under 16-bit weights: the product stays fp32 too)."""
+    if resid.dtype != dz.dtype:
+        return resid[None] + torch.bmm(dz.to(resid.dtype), W_O[heads].to(resid.dtype))
     return resid[None] + torch.bmm(dz, W_O[heads])
 
 
@@ -24,7 +27,7 @@ def head_scatter(resid, dz, W_O, heads):
     untested (the set prefix_attention takes). A model with dh=80 or 96 runs on PyTorch here.
     """
     interpreted = not resid.is_cuda  # the CPU interpreter is for testing the kernel in every dtype
-    if (not use_triton(resid) or (resid.dtype == torch.float32 and not interpreted)
+    if (not use_triton(resid) or (dz.dtype == torch.float32 and not interpreted)
             or dz.shape[-1] not in (16, 32, 64, 128, 256)):
         return head_scatter_reference(resid, dz, W_O, heads)
     import triton
@@ -39,6 +42,6 @@ def head_scatter(resid, dz, W_O, heads):
     grid = (V, triton.cdiv(R, BLOCK_R), triton.cdiv(d, BLOCK_D))
     head_scatter_kernel[grid](
         resid, dz, W_O, heads.contiguous(), out, R, d,
-        DH=dh, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, IEEE=resid.dtype == torch.float32,
+        DH=dh, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, IEEE=dz.dtype == torch.float32,
     )
     return out

@@ -210,6 +210,18 @@ def _head_scatter(device, dtype, V, R, dh, d, H, exact=False):
     return run
 
 
+def _head_scatter_fp32_resid(device, dtype, V, R, dh, d, H):
+    """The engine under 16-bit weights: an fp32 residual stream, 16-bit dz and W_O. Both sides sum
+    the product in fp32 and round once, to fp32."""
+    def run():
+        resid, dz, W_O, heads = _head_scatter_inputs(device, dtype, V, R, dh, d, H)
+        args = (resid.float(), dz, W_O, heads)
+        want = head_scatter_reference(*args)
+        tol = tolerance(torch.float32, amax(want), 2, dh, dh ** 0.5 * rms(dz) * rms(W_O))
+        return {"out": (head_scatter(*args), want, tol)}
+    return run
+
+
 def _head_scatter_int64(dtype, R=1 << 19, d=4096, dh=16, BLOCK_R=128, BLOCK_D=256):
     """Interpreter: variant 1 of out [2, R, d] starts at R * d = 2^31 elements. Launched directly on the
     first (row, column) tile of both variants (the whole grid is 2 x 4096 x 16 programs); out and dz
@@ -240,14 +252,17 @@ def _head_scatter_int64(dtype, R=1 << 19, d=4096, dh=16, BLOCK_R=128, BLOCK_D=25
 # are sums over d (K = d) of squares in another order, a relative error that the rsqrt halves and that
 # scales h (summed = max|h| / 2); it shows in fp32 only.
 
-def _add_norm(device, dtype, shape, center, has_delta, has_w, has_b):
+def _add_norm(device, dtype, shape, center, has_delta, has_w, has_b, fp32_residual=False):
+    """``fp32_residual``: the engine under 16-bit weights, x (and x_new) fp32, delta and h 16-bit."""
     def run():
         d = shape[-1]
-        x = torch.randn(*shape, device=device, dtype=dtype) * 3
+        x = torch.randn(*shape, device=device, dtype=torch.float32 if fp32_residual else dtype) * 3
         delta = torch.randn(*shape, device=device, dtype=dtype) if has_delta else None
         w = torch.rand(d, device=device, dtype=dtype) + 0.5 if has_w else None
         b = torch.randn(d, device=device, dtype=dtype) if has_b else None
-        got, want = add_norm(x, delta, w, b, 1e-5, center), add_norm_reference(x, delta, w, b, 1e-5, center)
+        got = add_norm(x, delta, w, b, 1e-5, center, dtype)
+        want = add_norm_reference(x, delta, w, b, 1e-5, center, dtype)
+        assert got[0].dtype == x.dtype and got[1].dtype == dtype, (got[0].dtype, got[1].dtype)
         h_max = amax(want[1])
         return {"residual": (got[0], want[0], 0.0),
                 "normed": (got[1], want[1], tolerance(dtype, h_max, 3, d, h_max / 2))}
@@ -335,6 +350,11 @@ def cases(device, dtypes, sizes):
                     _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
             add("prefix_attention", "N=1 B=2 S=6 H=2/1 dh=80 P=3 (fallback)", False,
                 _prefix_attention(device, dtype, 1, 2, 6, 2, 1, 80, 3, exact=True))
+            if dtype != torch.float32:  # the engine's fp32 residual stream under 16-bit weights
+                add("add_norm", "[3,13,576] fp32 residual", True,
+                    _add_norm(device, dtype, (3, 13, 576), False, True, True, False, fp32_residual=True))
+                add("head_scatter", "V=3 R=40 dh=64 d=576 fp32 residual", low,
+                    _head_scatter_fp32_resid(device, dtype, 3, 40, 64, 576, 9))
         if "large" in sizes:  # the engine's shapes (interp bench's, BENCHMARKS.md)
             for R, d, center in [(4096, 576, False), (8192, 4096, False), (4096, 768, True)]:
                 add("norm_logit_diff", f"R={R} d={d} center={center}", True,

@@ -100,7 +100,7 @@ class Decoder:
                 break  # a newline ends the answer once it has begun
             tokens.append(token)
             pos = T + step
-            x = w.W_E[torch.tensor([[token]], device=self.device)]
+            x = w.W_E[torch.tensor([[token]], device=self.device)].to(w.residual_dtype)
             if w.W_pos is not None:
                 x = x + w.W_pos[pos]
             top = torch.empty(L, w.W_Q.shape[1], dtype=torch.long)

@@ -605,6 +605,7 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     run this model exactly, VerificationError if a re-checked cell disagrees."""
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
+    engine.check_memory(component)  # before any forward
     check = SweepCheck(engine, component, variants, verify, seed)
     values = engine.run(component, variants, checkpoint, progress)
     verified = check.check(values)

@@ -41,7 +41,11 @@ def test_tiny_memory_budget_gives_identical_results(model, prompts):
     torch.testing.assert_close(tiny.values, normal.values, atol=1e-5, rtol=0)
 
 
-def test_out_of_memory_halves_the_chunk(model, prompts, monkeypatch):
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 9663676416 bytes")],
+                         ids=["cuda", "cpu"])
+def test_out_of_memory_halves_the_chunk(model, prompts, monkeypatch, error):
     engine = SweepEngine(model, prompts)
     _, _, variants = engine.variants("head_out", False, layers=[10, 20])
     expected = engine.run("head_out", variants, progress=False)
@@ -50,7 +54,7 @@ def test_out_of_memory_halves_the_chunk(model, prompts, monkeypatch):
     def fragile(self, starts, p0):
         n = sum(len(block[2]) for block in starts)  # blocks of variants
         if n > 4:
-            raise torch.OutOfMemoryError("simulated")
+            raise error
         sizes.append(n)
         return real(self, starts, p0)
 
@@ -135,3 +139,27 @@ def test_mlp_uses_the_models_own_activation(act):
     if act == "gelu":  # the two GELUs differ by more than the tolerance on these inputs
         tanh = torch.nn.functional.gelu(h @ w.W_in[0] + w.b_in[0], approximate="tanh") @ w.W_out[0] + w.b_out[0]
         assert (tanh - want).abs().max() > 1e-6
+
+
+def test_a_sweep_that_cannot_fit_is_refused_before_any_forward(model, prompts, monkeypatch):
+    import interp.sweep
+
+    monkeypatch.setattr(interp.sweep, "available_bytes", lambda device: 1 << 20)
+    forwards = []
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: forwards.append(1))
+    monkeypatch.setattr(SweepEngine, "_forward_cache", lambda *a, **k: forwards.append(1))
+    with pytest.raises(InterpError, match=r"needs about .* and 1 MiB is available"):
+        sweep_patch(model, prompts, "head_pattern", progress=False)
+    assert not forwards
+
+
+def test_an_unrelated_runtime_error_is_not_taken_for_out_of_memory(model, prompts, monkeypatch):
+    engine = SweepEngine(model, prompts)
+    _, _, variants = engine.variants("head_out", False, layers=[29])
+
+    def broken(self, starts, p0):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(SweepEngine, "run_suffix", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        engine.run("head_out", variants, progress=False)

@@ -184,3 +184,37 @@ def test_dla_and_ablate_inside_a_context(model, prompts):
     with ablate(model, [(29, 1)], "zero"):
         dla = interp.direct_logit_attribution(model, prompts)
     assert dla.heads.values[29, 1] == 0 and base.heads.values[29, 1] != 0
+
+
+def test_reference_loop_checkpoints_and_resumes(model, prompts, tmp_path, monkeypatch):
+    """checkpoint= works on the reference loop too (it used to be ignored there), and a checkpoint
+    of the same sweep on edited weights is refused rather than reused."""
+    import interp.reference
+
+    ckpt = tmp_path / "ref.ckpt"
+    kw = dict(layers=[29], heads=[0, 1, 2, 3], engine="reference", progress=False, checkpoint=ckpt)
+    real, calls = interp.reference.readout, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third cell's forward is interrupted
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(interp.reference, "readout", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        patch(model, prompts, "head_out", **kw)
+    calls.clear()
+    monkeypatch.setattr(interp.reference, "readout", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = patch(model, prompts, "head_out", **kw)
+    assert len(calls) == 2  # only the two cells left
+    fresh = patch(model, prompts, "head_out", layers=[29], heads=[0, 1, 2, 3], engine="reference", progress=False)
+    torch.testing.assert_close(resumed.values, fresh.values, atol=0, rtol=0)
+    param = next(p for n, p in model.named_parameters() if "layers.29." in n and "o_proj" in n)
+    saved = param.data.clone()
+    try:
+        param.data[0, 0] += 1.0
+        with pytest.raises(interp.InterpError, match="different sweep"):
+            patch(model, prompts, "head_out", **kw)
+    finally:
+        param.data.copy_(saved)

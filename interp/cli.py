@@ -19,8 +19,7 @@ from pathlib import Path
 from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
-ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter", "all"]
-AVAILABLE_ANALYSES = ["quickstart", "ioi", "circuit-reuse", "safety-heads", "retrieval-heads", "correct-letter"]
+ANALYSES = ["quickstart", "ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads", "all"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,10 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="run a paper analysis end to end and write a report")
     p.add_argument("analysis", choices=ANALYSES)
-    p.add_argument("--quick", action="store_true", help="the small setting (minutes on a CPU)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="setting", const="quick",
+                      help="the smallest setting (for tests and a first look)")
+    size.add_argument("--full", action="store_const", dest="setting", const="full",
+                      help="the paper-scale setting on this CPU (hours: README)")
+    p.set_defaults(setting="standard")
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="safety-heads only: cuda runs the paper-scale setting (all requests, every Sahara candidate)")
+                   help="cuda runs an analysis's GPU setting (safety-heads: the paper's scale)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute analyses already finished with the same model, settings and code")
     _add_model_args(p)
     return parser
 
@@ -303,50 +309,21 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
-    from interp import report
+    from interp.reports import runner
 
-    names = AVAILABLE_ANALYSES if args.analysis == "all" else [args.analysis]
-    if args.analysis not in AVAILABLE_ANALYSES + ["all"]:
-        raise InterpError(f"analysis {args.analysis!r} is not implemented yet; available: {', '.join(AVAILABLE_ANALYSES)}")
+    names = list(runner.ANALYSES) if args.analysis == "all" else [args.analysis]
     _check_out_folder(args.out)
-    if args.device == "cuda":  # checked for every analysis before the first one starts
+    if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise InterpError("--device cuda requested but no CUDA device is available")
-        cpu_only = [name for name in names if name != "safety-heads"]
-        if cpu_only:
-            raise InterpError(f"--device cuda is supported by safety-heads only; run {cpu_only[0]} on the CPU")
-    reports = {}
-    for name in names:
-        reports[name] = _run_analysis(name, args)
-        print(f"{name}: {reports[name]}")
-    print(f"index: {report.write_index(args.out, reports)}")
-
-
-def _run_analysis(name: str, args):
-    """Run one analysis by name; returns the path of its report."""
-    from interp import report
-    from interp.reports.circuit_reuse import circuit_reuse_report
-    from interp.reports.correct_letter import correct_letter_report
-    from interp.reports.ioi import ioi_report
-    from interp.reports.retrieval_heads import retrieval_heads_report
-
-    out = str(args.out)
-    device = getattr(args, "device", "cpu")  # cmd_reproduce checked it
-    if name == "safety-heads":
-        from interp.reports.safety_heads import safety_heads_report
-
-        return safety_heads_report(args.model, out_dir=out, quick=args.quick, device=device)
-    if name == "quickstart":
-        return report.quickstart(args.model, out_dir=out, quick=args.quick)
-    if name == "ioi":
-        return ioi_report(args.model, out_dir=out, quick=args.quick)
-    if name == "retrieval-heads":
-        return retrieval_heads_report(args.model, out_dir=out, quick=args.quick)
-    if name == "correct-letter":
-        return correct_letter_report(args.model, out_dir=out, quick=args.quick)
-    return circuit_reuse_report([args.model] if args.model else None, out_dir=out, quick=args.quick)
+    for name in names:  # every setting checked before the first analysis starts
+        runner.settings_of(name, args.setting, args.device)
+    pages = runner.reproduce_all(names, args.out, args.setting, args.model, args.device,
+                                 use_cache=not args.no_cache)
+    print(f"index: {Path(args.out) / 'index.html'}")
+    return pages
 
 
 def _parse_seqs(text: str) -> tuple[int, ...]:

@@ -211,7 +211,9 @@ def test_normalised_with_equal_baselines_says_so():
 # 9. ------------------------------------------------------------------- reproduce, before work
 @pytest.fixture
 def no_analysis(monkeypatch):
-    monkeypatch.setattr(cli, "_run_analysis", lambda *args: pytest.fail("an analysis started"))
+    from interp.reports import runner
+
+    monkeypatch.setattr(runner, "reproduce", lambda *args, **kw: pytest.fail("an analysis started"))
 
 
 def test_reproduce_out_is_a_file(previous, no_analysis, capsys):
@@ -222,7 +224,7 @@ def test_reproduce_out_is_a_file(previous, no_analysis, capsys):
 def test_reproduce_cuda_checks_come_before_any_analysis(tmp_path, monkeypatch, no_analysis, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA machine's path, here
     line = one_line_error(main(["reproduce", "all", "--device", "cuda", "--out", str(tmp_path)]), capsys)
-    assert "supported by safety-heads only; run quickstart on the CPU" in line
+    assert "quickstart has no GPU setting: run it on the CPU" in line
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     line = one_line_error(main(["reproduce", "safety-heads", "--device", "cuda", "--out", str(tmp_path)]), capsys)
     assert "no CUDA device" in line

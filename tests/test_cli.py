@@ -89,7 +89,9 @@ def test_bad_heads_and_analysis(prompts_file, tmp_path, capsys, monkeypatch):
 
     line = one_line_error(*run(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
     assert "LAYER.HEAD" in line
-    monkeypatch.setattr(interp.cli, "_run_analysis", lambda *args: pytest.fail("an analysis started"))
+    from interp.reports import runner
+
+    monkeypatch.setattr(runner, "reproduce", lambda *args, **kw: pytest.fail("an analysis started"))
     if not torch.cuda.is_available():
         line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
         assert "no CUDA device" in line
@@ -98,7 +100,7 @@ def test_bad_heads_and_analysis(prompts_file, tmp_path, capsys, monkeypatch):
                                    capsys)[::2])
         assert "is a file" in line
         line = one_line_error(*run(["reproduce", "ioi", "--device", "cuda", "--out", str(tmp_path)], capsys)[::2])
-        assert "safety-heads only" in line
+        assert "ioi has no GPU setting" in line
 
 
 def test_argparse_errors_are_one_line(capsys):

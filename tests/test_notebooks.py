@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,16 +39,24 @@ def test_ioi_circuit_reuse_notebook_executes(tmp_path):
     assert 0 <= numbers["reuse"]["smollm2-135m-instruct"]["overlap"] <= 1
 
 
-def test_quickstart_report(model, tmp_path):
-    from interp.report import quickstart, write_index
+def test_quickstart_report_and_index(model, tmp_path, monkeypatch):
+    """The runner writes the page, its numbers (with the headline contract) and the index's summary
+    table; a second run with the same key is served from the cache."""
+    from interp.reports import runner
 
-    path = quickstart(out_dir=str(tmp_path), quick=True)
+    monkeypatch.setattr(runner.Models, "__call__", lambda self, key=None: model)
+    path = runner.reproduce("quickstart", tmp_path, "quick", progress=False)
     numbers = json.loads((path.parent / "numbers.json").read_text())
     text = path.read_text()
     assert "smollm2-135m-instruct" in text and "<img" in text
-    assert numbers and (path.parent / "patching_head_out.json").exists()
-    index = write_index(tmp_path, {"quickstart": path})
-    assert "quickstart/report.html" in index.read_text()
+    assert (path.parent / "patching_head_out.json").exists()
+    (row,) = numbers["headline"]
+    assert row["ci"][0] <= row["ours"] <= row["ci"][1] and row["n"] == 8
+    assert numbers["meta"]["setting"] == "quick" and numbers["meta"]["wall_s"] > 0
+    index = runner.write_index(tmp_path, {"quickstart": path}).read_text()
+    assert 'id="summary"' in index and "quickstart/report.html" in index and row["name"] in index
+    monkeypatch.setattr("interp.reports.quickstart.run", lambda *a: pytest.fail("recomputed a cached analysis"))
+    assert runner.reproduce("quickstart", tmp_path, "quick", progress=False) == path
 
 
 def test_retrieval_heads_notebook_executes(tmp_path):

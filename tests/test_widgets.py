@@ -37,8 +37,8 @@ def _click_node(explorer: CircuitExplorer, node_id: str) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread_on_small_machines():
     """On 2 cores or fewer, PyTorch's threads stall each other when the host is busy
-    (``interp.report.default_threads``); these tests run many small forwards: one thread there."""
-    from interp.report import cpu_threads, default_threads
+    (``interp.reports.runner.default_threads``); these tests run many small forwards: one thread there."""
+    from interp.reports.runner import cpu_threads, default_threads
 
     with cpu_threads(default_threads()):
         yield

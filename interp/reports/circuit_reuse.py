@@ -7,16 +7,18 @@ file of the heads both tasks share (schema interp.circuit/1).
 """
 from __future__ import annotations
 
-import datetime
-import json
 import time
 from pathlib import Path
 
-from interp.report import _versions, cpu_threads, default_threads, fig_to_img, html_page, new_figure, table
 from interp.reports.ioi import plot_effect
+from interp.reports.page import fig_to_img, html_page, new_figure, table
 
+TITLE = "Circuit component reuse (Merullo et al. 2024): IOI vs Colored Objects"
+DEFAULT_MODEL = "smollm2-135m-instruct"
 QUICK = {"n_prompts": 8, "n_seeds": 3, "models": ["smollm2-135m-instruct"]}
+STANDARD = {"n_prompts": 8, "n_seeds": 3, "models": ["smollm2-135m-instruct"]}
 FULL = {"n_prompts": 32, "n_seeds": 5, "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
 
 #: Merullo et al. (ICLR 2024), GPT-2 medium, as quoted in shared/papers/circuit-reuse.md
 PAPER = {"overlap": 0.78, "co_accuracy": 0.496, "after": 0.937, "random_mean": 0.499, "random_sd": 0.010}
@@ -62,7 +64,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("models", ", ".join(x["model_key"] for x in num["models"])),
         ("prompts", f'{m["n_prompts"]} IOI (corruption: S2 -> IO) and {m["n_prompts"]} Colored Objects '
                     f'(corruption: the question asks about another object) per model, seed {m["seed"]}'),
-        ("mode", "quick" if m["quick"] else "full"), ("date", m["date"]),
+        ("setting", m["setting"]), ("date", m["date"]),
         ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))]))]
     rows = []
     for x in num["models"]:
@@ -91,41 +93,70 @@ def render(num: dict, figures: dict[str, str]) -> str:
     return html_page("Circuit component reuse: IOI vs Colored Objects", sections)
 
 
-def circuit_reuse_report(models: list[str] | None = None, out_dir: str = "reports", quick: bool = True,
-                         seed: int = 0, progress: bool = True) -> Path:
-    """Run the analysis on each model and write ``out_dir/circuit-reuse/report.html``."""
-    import interp
-    from interp import graph
+def steps(settings: dict) -> int:
+    return len(settings["models"])
+
+
+def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
+    """``methods.circuit_reuse.run`` on each model of the settings (``load(key)`` gives a model;
+    a ``--model`` override makes it one model)."""
     from interp.methods import circuit_reuse
 
-    settings = QUICK if quick else FULL
-    models = models or settings["models"]
-    folder = Path(out_dir) / "circuit-reuse"
-    folder.mkdir(parents=True, exist_ok=True)
-    per_model, figures = [], {}
-    with cpu_threads(default_threads()):
-        for key in models:
-            model = interp.load_model(key)
-            t = time.time()
-            res = circuit_reuse.run(model, settings["n_prompts"], seed, settings["n_seeds"], progress=progress)
-            res["timings_s"] = time.time() - t
-            per_model.append(model_numbers(model, res))
-            figures[model.interp_key] = fig_to_img(plot_model(res), f"path patching, {model.interp_key}")
-            shared = res["overlap"]["all stages"]
-            classes = {h: ("both" if h in shared["both"] else "ioi only" if h in shared["ioi"] else "co only")
-                       for h in set(shared["ioi"]) | set(shared["co"])}
-            graph.from_heads(classes, model=model.interp_key, task="ioi+colored-objects",
-                             method="path_patching top 2% (interp.methods.circuit_reuse)",
-                             provenance={"seed": seed, "n_prompts": settings["n_prompts"], "ablation": None}
-                             ).save(folder / f"circuit_{model.interp_key}.json")
-            for task, st in res["stages"].items():
-                for name, r in st.items():
-                    r.save(folder / f"stage_{model.interp_key}_{task}_{name.replace(' ', '_')}.json")
-            del model
-    num = {"meta": {"n_prompts": settings["n_prompts"], "seed": seed, "quick": quick,
-                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": _versions()},
-           "models": per_model, "paper": PAPER}
-    (folder / "numbers.json").write_text(json.dumps(num, indent=1))
-    path = folder / "report.html"
-    path.write_text(render(num, figures), encoding="utf-8")
-    return path
+    keys = list(dict.fromkeys(load.key(k) if hasattr(load, "key") else k for k in settings["models"]))
+    per_model = []
+    for key in keys:
+        model = load(key)
+        t = time.time()
+        res = circuit_reuse.run(model, settings["n_prompts"], seed, settings["n_seeds"], progress=False)
+        res["timings_s"] = time.time() - t
+        res["model"] = model
+        per_model.append(res)
+        tick(model.interp_key)
+    return {"models": per_model, "settings": settings, "seed": seed}
+
+
+def numbers(res: dict) -> dict:
+    from interp.stats import proportion_ci
+
+    per_model = [model_numbers(r["model"], r) for r in res["models"]]
+    headline = []
+    for x in per_model:
+        iv, n = x["intervention"], res["settings"]["n_prompts"]
+        acc, lo, hi = proportion_ci(round(x["co_accuracy"]["accuracy"] * n), n)
+        headline.append({"name": f"CO accuracy before the intervention ({x['model_key']})", "ours": acc,
+                         "ci": [lo, hi], "n": n, "paper": f'{PAPER["co_accuracy"]} (GPT-2 medium)', "verdict": None,
+                         "why": "the model's own Colored Objects ability (the paper's is its baseline)"})
+        after, lo, hi = proportion_ci(round(iv["after"] * n), n)
+        gain = iv["after"] - iv["before"]
+        headline.append({"name": f"CO accuracy after the intervention ({x['model_key']})", "ours": after,
+                         "ci": [lo, hi], "n": n, "paper": f'{PAPER["after"]} (GPT-2 medium)',
+                         "verdict": "reproduced" if gain > 0.2 else "partly" if gain > 0.05 else "not",
+                         "why": "the intervention heads are chosen by rank only (no check of what they do on IOI)"})
+    return {"meta": {"n_prompts": res["settings"]["n_prompts"],
+                     "model_key": ", ".join(x["model_key"] for x in per_model)},
+            "headline": headline,
+            "detectable": f'{res["settings"]["n_prompts"]} prompts per task: an accuracy change below about '
+                          f'{2.8 * 0.5 / res["settings"]["n_prompts"] ** 0.5:.2f} cannot be told from noise',
+            "models": per_model, "paper": PAPER}
+
+
+def save(res: dict, num: dict, folder) -> str:
+    """Writes per model the circuit of shared heads and one Result per stage and task; returns the page."""
+    from interp import graph
+
+    folder = Path(folder)
+    figures = {}
+    for r in res["models"]:
+        key = r["model"].interp_key
+        figures[key] = fig_to_img(plot_model(r), f"path patching, {key}")
+        shared = r["overlap"]["all stages"]
+        classes = {h: ("both" if h in shared["both"] else "ioi only" if h in shared["ioi"] else "co only")
+                   for h in set(shared["ioi"]) | set(shared["co"])}
+        graph.from_heads(classes, model=key, task="ioi+colored-objects",
+                         method="path_patching top 2% (interp.methods.circuit_reuse)",
+                         provenance={"seed": res["seed"], "n_prompts": res["settings"]["n_prompts"], "ablation": None}
+                         ).save(folder / f"circuit_{key}.json")
+        for task, st in r["stages"].items():
+            for name, result in st.items():
+                result.save(folder / f"stage_{key}_{task}_{name.replace(' ', '_')}.json")
+    return render(num, figures)

@@ -7,32 +7,39 @@ the rank curve, the mutation table, ablation vs random heads, our numbers beside
 """
 from __future__ import annotations
 
-import datetime
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from interp.report import _versions, cpu_threads, default_threads, fig_to_img, html_page, new_figure, table
+from interp.reports.page import fig_to_img, html_page, new_figure, table
 
+TITLE = "Correct-letter heads (Lieberum et al. 2023): output nodes of multiple-choice answering"
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 QUICK = {"n_prompts": 16, "k": 4, "ranks": (1, 2, 3, 8), "mutations": ("random", "shuffled"), "n_seeds": 2}
+STANDARD = {"n_prompts": 16, "k": 4, "ranks": (1, 2, 3, 8), "mutations": ("random", "shuffled"), "n_seeds": 2}
 FULL = {"n_prompts": 48, "k": 6, "ranks": (1, 2, 3, 4, 8, 16, 32), "mutations": ("random", "1234", "shuffled"),
         "n_seeds": 5}
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
 PAPER = {"rank": "near-lossless at rank 3 (queries/keys), Chinchilla 70B",
          "classes": "correct-letter heads attend to the correct label; content gatherers: large total, small direct"}
 
 
-def run(model, quick: bool = True, seed: int = 0, progress: bool = True) -> dict:
+def steps(settings: dict) -> int:
+    return 4
+
+
+def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
     from interp.methods import correct_letter as cl
     from interp.tasks import symbol_binding_examples
 
-    s = QUICK if quick else FULL
+    s = settings
+    model = load(DEFAULT_MODEL)
     t0 = time.time()
     mcq = symbol_binding_examples(model, n=s["n_prompts"], seed=seed)
     base = cl.scores(model, mcq)
-    effects = cl.total_and_direct(model, mcq, progress=progress)
+    effects = cl.total_and_direct(model, mcq, progress=False)
+    tick("effects")
     nodes = cl.top_heads(effects["direct"].values, s["k"])
     gatherers = [h for h in cl.top_heads(effects["total"].values, 2 * s["k"]) if h not in nodes][: s["k"]]
     profile = cl.attention_profile(model, mcq, nodes + gatherers)
@@ -40,30 +47,48 @@ def run(model, quick: bool = True, seed: int = 0, progress: bool = True) -> dict
     letter = [h for h in nodes if classes[h] == "correct-letter"] or nodes[:1]
     ranks = tuple(s["ranks"]) + (model.cfg.d_head,)
     curve = cl.rank_curve(model, letter[0], mcq, mcq, ranks)
+    tick("rank curve")
     mutations = {}
     for mutation in s["mutations"]:
         mutated = symbol_binding_examples(model, n=s["n_prompts"], seed=seed + 1, labels=mutation)
         lr = cl.LowRankHead(model, letter[0]).fit(mcq)
         mutations[mutation] = {"full": cl.scores(model, mutated),
                                "rank_3": cl.scores(model, mutated, lr.hooks(mutated, 3))}
+    tick("mutations")
     ablation = cl.ablation_vs_random(model, mcq, nodes, s["n_seeds"], seed)
-    return {"mcq": mcq, "base": base, "effects": effects, "nodes": nodes, "gatherers": gatherers,
+    tick("ablation")
+    return {"model": model, "mcq": mcq, "base": base, "effects": effects, "nodes": nodes, "gatherers": gatherers,
             "profile": profile, "classes": classes, "letter_head": letter[0], "curve": curve,
-            "mutations": mutations, "ablation": ablation, "settings": s, "seed": seed, "quick": quick,
+            "mutations": mutations, "ablation": ablation, "settings": s, "seed": seed,
             "runtime_s": time.time() - t0}
 
 
-def numbers(model, res: dict) -> dict:
+def numbers(res: dict) -> dict:
+    from interp.stats import proportion_ci
+
+    model = res["model"]
     label = lambda h: f"{h[0]}.{h[1]}"  # noqa: E731
     te, de = res["effects"]["total"].values, res["effects"]["direct"].values
     strip = lambda d: {k: v for k, v in d.items()}  # noqa: E731
+    n, ab = len(res["mcq"]), res["ablation"]
+    acc, lo, hi = proportion_ci(round(ab["accuracy"] * n), n)
+    abl, alo, ahi = proportion_ci(round(ab["ablated"] * n), n)
+    drop = ab["accuracy"] - ab["ablated"]
     return {
-        "meta": {"model_key": model.interp_key, "n_prompts": len(res["mcq"]), "seed": res["seed"],
-                 "quick": res["quick"], "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                     for k, v in res["settings"].items()},
+        "meta": {"model_key": model.interp_key, "n_prompts": n,
                  "task": "symbol binding (Options: A. x B. y ... Which option is 'y'? Answer:)",
-                 "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": _versions(),
                  "runtime_s": res["runtime_s"]},
+        "headline": [
+            {"name": "accuracy on symbol binding", "ours": acc, "ci": [lo, hi], "n": n,
+             "paper": "n/a (Chinchilla 70B on MMLU)", "verdict": None, "why": "the model's own ability"},
+            {"name": "accuracy with the output nodes mean-ablated", "ours": abl, "ci": [alo, ahi], "n": n,
+             "paper": "the correct-letter heads matter causally (Chinchilla 70B)",
+             "verdict": "reproduced" if drop > 0.2 and drop > 3 * max(ab["random_sd"], 0.02) else
+             "partly" if drop > 0.05 else "not",
+             "why": f'random heads: {ab["random_mean"]:.2f} ± {ab["random_sd"]:.2f} (zero-shot prompts, fit and '
+                    "evaluated on the same items)"},
+        ],
+        "detectable": f"{n} items: an accuracy change below about {2.8 * 0.5 / n ** 0.5:.2f} cannot be told from noise",
         "scores": res["base"],
         "heads": [{"head": label(h), "role": "output node" if h in res["nodes"] else "large total effect",
                    "class": res["classes"][h], "total_effect": float(te[h]), "direct_effect": float(de[h]),
@@ -143,7 +168,7 @@ def hook_name_of(layer: int) -> str:
 def render(num: dict, figures: dict[str, str], attention: str) -> str:
     m, s = num["meta"], num["scores"]
     setup = table([("model", m["model_key"]), ("task", m["task"]), ("prompts", f'{m["n_prompts"]} (seed {m["seed"]})'),
-                   ("mode", "quick" if m["quick"] else "full"), ("date", m["date"]),
+                   ("setting", m["setting"]), ("date", m["date"]),
                    ("run time (s)", f'{m["runtime_s"]:.0f}'),
                    ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))])
     acc = table([("accuracy (argmax over the 4 labels)", s["accuracy"]), ("accuracy (argmax over the vocabulary)", s["accuracy_vocab"]),
@@ -175,28 +200,18 @@ def render(num: dict, figures: dict[str, str], attention: str) -> str:
         ("Subspace compression", figures["rank"] + rank), ("Label mutations", mut)])
 
 
-def correct_letter_report(model_key: str | None = None, out_dir: str = "reports", quick: bool = True,
-                          seed: int = 0, progress: bool = True) -> Path:
-    """Run the analysis (default model Qwen2.5-Coder-0.5B-Instruct) and write the report."""
-    import interp
+def save(res: dict, num: dict, folder) -> str:
+    """Writes circuit.json (the output nodes and the large-total-effect heads); returns the page."""
     from interp import graph
 
-    with cpu_threads(default_threads()):
-        folder = Path(out_dir) / "correct-letter"
-        folder.mkdir(parents=True, exist_ok=True)
-        model = interp.load_model(model_key or DEFAULT_MODEL)
-        res = run(model, quick, seed, progress)
-        num = numbers(model, res)
-        heads = res["nodes"] + res["gatherers"]
-        graph.from_heads({h: res["classes"][h] for h in heads}, model=model.interp_key, task="mcq-symbol-binding",
-                         metric="logit_diff (correct - other label)",
-                         method="direct/total effect of noising (interp.methods.correct_letter)",
-                         provenance={"seed": seed, "n_prompts": len(res["mcq"]), "ablation": None},
-                         scores={h: float(res["effects"]["direct"].values[h]) for h in heads},
-                         positions={h: "END" for h in heads},
-                         edges=[(h, "logits") for h in res["nodes"]]).save(folder / "circuit.json")
-        (folder / "numbers.json").write_text(json.dumps(num, indent=1))
-        figures = {"effects": fig_to_img(plot_effects(res), "effects"), "rank": fig_to_img(plot_rank(res), "rank")}
-        path = folder / "report.html"
-        path.write_text(render(num, figures, attention_html(model, res)), encoding="utf-8")
-        return path
+    model, seed = res["model"], res["seed"]
+    heads = res["nodes"] + res["gatherers"]
+    graph.from_heads({h: res["classes"][h] for h in heads}, model=model.interp_key, task="mcq-symbol-binding",
+                     metric="logit_diff (correct - other label)",
+                     method="direct/total effect of noising (interp.methods.correct_letter)",
+                     provenance={"seed": seed, "n_prompts": len(res["mcq"]), "ablation": None},
+                     scores={h: float(res["effects"]["direct"].values[h]) for h in heads},
+                     positions={h: "END" for h in heads},
+                     edges=[(h, "logits") for h in res["nodes"]]).save(Path(folder) / "circuit.json")
+    figures = {"effects": fig_to_img(plot_effects(res), "effects"), "rank": fig_to_img(plot_rank(res), "rank")}
+    return render(num, figures, attention_html(model, res))

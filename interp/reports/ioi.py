@@ -1,56 +1,68 @@
 """``interp reproduce ioi``: discover the IOI circuit of a model, evaluate it, write an HTML report.
 
-Writes into ``out_dir/ioi/``: ``report.html`` (path-patching heat maps, the circuit graph, the
-classes with their scores, faithfulness/completeness/minimality, our numbers beside the paper's),
-``numbers.json``, ``circuit.json`` (schema interp.circuit/1) and one ``stage_*.json`` Result per
-path-patching stage.
+Writes into ``out_dir/ioi/`` (through ``interp.reports.runner``): ``report.html`` (path-patching
+heat maps, the circuit graph, the classes with their scores, faithfulness/completeness/minimality,
+our numbers beside the paper's), ``numbers.json``, ``circuit.json`` (schema interp.circuit/1) and
+one ``stage_*.json`` Result per path-patching stage.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from interp.report import (_versions, baseline_numbers, cpu_threads, default_threads, fig_to_img, html_page,
-                           new_figure, table)
+from interp.reports.page import fig_to_img, html_page, new_figure, table
+from interp.reports.quickstart import baseline_numbers
 
+TITLE = "IOI circuit (Wang et al. 2022): discovery, faithfulness, completeness, minimality"
+DEFAULT_MODEL = None
 QUICK = {"n_prompts": 16, "n_random": 2, "greedy_steps": 1, "n_reference": 64}
+STANDARD = {"n_prompts": 16, "n_random": 2, "greedy_steps": 1, "n_reference": 64}
 FULL = {"n_prompts": 48, "n_random": 5, "greedy_steps": 2, "n_reference": 128}
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
 
 #: Wang et al. 2022, GPT-2 small (100,000 prompts), as quoted in shared/papers/ioi.md
 PAPER = {"F_model": 3.56, "frac_io_gt_s": 0.993, "n_heads": 26, "n_head_positions": 0.011,
          "faithfulness": 0.87, "faithfulness_gap": 0.46}
 
 
-def run(model, quick: bool = True, seed: int = 0, progress: bool = True) -> dict:
-    """Discovery and evaluation on ``model``: the raw objects the report is made from."""
+def steps(settings: dict) -> int:
+    return 3
+
+
+def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
+    """Discovery and evaluation: the raw objects the report is made from. ``load(key)`` gives the
+    model (``interp.reports.runner.Models``)."""
     from interp.methods import ioi
     from interp.tasks import ioi_examples
 
-    settings = QUICK if quick else FULL
+    model = load(DEFAULT_MODEL)
     prompts = ioi_examples(model, n=settings["n_prompts"], seed=seed)
     timings = {}
     t = time.time()
-    found = ioi.discover(model, prompts, progress=progress)
+    found = ioi.discover(model, prompts, progress=False)
     timings["discover"] = time.time() - t
+    tick("discover")
     t = time.time()
     reference = ioi_examples(model, n=settings["n_reference"], seed=seed + 1)  # p_ABC means per template
     evaluation = ioi.evaluate(model, prompts, found, settings["n_random"], settings["greedy_steps"], seed, reference)
     timings["evaluate"] = time.time() - t
+    tick("evaluate")
     movers = [h for h, c in found.classes.items() if "mover" in c]
-    return {"prompts": prompts, "found": found, "evaluation": evaluation, "timings": timings,
-            "attention": ioi.name_attention(model, prompts, movers) if movers else {},
-            "baseline": baseline_numbers(model, prompts), "settings": settings, "seed": seed, "quick": quick}
+    out = {"model": model, "prompts": prompts, "found": found, "evaluation": evaluation, "timings": timings,
+           "attention": ioi.name_attention(model, prompts, movers) if movers else {},
+           "baseline": baseline_numbers(model, prompts), "settings": settings, "seed": seed}
+    tick("attention")
+    return out
 
 
-def numbers(model, res: dict) -> dict:
+def numbers(res: dict) -> dict:
     """Everything the report states, JSON-ready."""
     from interp.methods.ioi import path_effect
+    from interp.stats import bootstrap_ci
 
-    found, ev = res["found"], res["evaluation"]
+    model, found, ev = res["model"], res["found"], res["evaluation"]
     label = lambda h: f"{h[0]}.{h[1]}"  # noqa: E731
     with torch.no_grad():
         logits = model(res["prompts"].clean_tokens)
@@ -72,13 +84,22 @@ def numbers(model, res: dict) -> dict:
                         "top": [{"head": label((int(i) // e.shape[1], int(i) % e.shape[1])),
                                  "effect": float(e.flatten()[i])} for i in top]}
     strip = lambda d: {k: v for k, v in d.items() if k != "heads"}  # noqa: E731
+    ld, lo, hi = bootstrap_ci(res["baseline"]["clean"]["per_prompt"])
     return {
         "meta": {"model_key": model.interp_key, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-                 "n_prompts": len(res["prompts"]), "seed": res["seed"], "quick": res["quick"],
-                 "corruption": "abc (p_ABC)", "prepend_bos": res["prompts"].prepend_bos,
-                 "settings": {**res["settings"], **found.settings},
-                 "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": _versions(),
+                 "n_prompts": len(res["prompts"]), "corruption": "abc (p_ABC)",
+                 "prepend_bos": res["prompts"].prepend_bos, "discovery_settings": found.settings,
                  "timings_s": res["timings"]},
+        "headline": [
+            {"name": "F(M): mean logit difference", "ours": ld, "ci": [lo, hi], "n": len(res["prompts"]),
+             "paper": f'{PAPER["F_model"]} (GPT-2 small)', "verdict": None,
+             "why": "the model's own IOI ability, the baseline of the rest"},
+            {"name": "faithfulness F(C)/F(M) (discovery prompts)", "ours": ev["faithfulness"], "ci": None,
+             "n": len(res["prompts"]), "paper": f'{PAPER["faithfulness"]} (GPT-2 small)',
+             "verdict": "reproduced" if ev["faithfulness"] >= 0.8 else "partly" if ev["faithfulness"] >= 0.5 else "not",
+             "why": "evaluated on the prompts the circuit was found on (no held-out set yet)"},
+        ],
+        "detectable": f'{len(res["prompts"])} prompts: F(M) is known to within {(hi - lo) / 2:.2f}',
         "baseline": {"F_model": res["baseline"]["clean"]["logit_diff"],
                      "frac_io_gt_s": res["baseline"]["clean"]["frac_io_gt_s"], "mean_p_io": p_io,
                      "corrupted_logit_diff": res["baseline"]["corrupted"]["logit_diff"]},
@@ -128,7 +149,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
     paper = num["paper"]
     setup = table([("model", m["model_key"]), ("prompts", f'{m["n_prompts"]} IOI prompts (seed {m["seed"]}), '
                     f'corruption {m["corruption"]}, BOS {m["prepend_bos"]}'),
-                   ("mode", "quick" if m["quick"] else "full"), ("date", m["date"]),
+                   ("setting", m["setting"]), ("date", m["date"]),
                    ("run time (s)", ", ".join(f"{k} {v:.0f}" for k, v in m["timings_s"].items())),
                    ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))])
     side = table([
@@ -167,25 +188,15 @@ def render(num: dict, figures: dict[str, str]) -> str:
     ])
 
 
-def ioi_report(model_key: str | None = None, out_dir: str = "reports", quick: bool = True, seed: int = 0,
-               progress: bool = True) -> Path:
-    """Run the IOI analysis and write ``out_dir/ioi/report.html`` (+ numbers.json, circuit.json)."""
-    import interp
+def save(res: dict, num: dict, folder) -> str:
+    """Writes circuit.json and one Result per path-patching stage; returns the page."""
     from interp.methods.ioi import to_circuit
 
-    with cpu_threads(default_threads()):
-        folder = Path(out_dir) / "ioi"
-        folder.mkdir(parents=True, exist_ok=True)
-        model = interp.load_model(model_key)
-        res = run(model, quick, seed, progress)
-        num = numbers(model, res)
-        circuit = to_circuit(res["found"], model.interp_key, seed, len(res["prompts"]))
-        circuit.save(folder / "circuit.json")
-        for name, r in res["found"].stages.items():
-            r.save(folder / f"stage_{name.replace(' ', '_').replace('/', '_')}.json")
-        (folder / "numbers.json").write_text(json.dumps(num, indent=1))
-        figures = {"stages": fig_to_img(plot_stages(res["found"]), "path patching stages"),
-                   "circuit": fig_to_img(plot_circuit(circuit), "circuit")}
-        path = folder / "report.html"
-        path.write_text(render(num, figures), encoding="utf-8")
-        return path
+    folder = Path(folder)
+    circuit = to_circuit(res["found"], res["model"].interp_key, res["seed"], len(res["prompts"]))
+    circuit.save(folder / "circuit.json")
+    for name, r in res["found"].stages.items():
+        r.save(folder / f"stage_{name.replace(' ', '_').replace('/', '_')}.json")
+    figures = {"stages": fig_to_img(plot_stages(res["found"]), "path patching stages"),
+               "circuit": fig_to_img(plot_circuit(circuit), "circuit")}
+    return render(num, figures)

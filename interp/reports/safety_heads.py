@@ -9,15 +9,15 @@ Responses are kept only as their first 80 characters with the judge's verdict.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from interp.report import _versions, cpu_threads, default_threads, fig_to_img, html_page, new_figure, table
+from interp.reports.page import fig_to_img, html_page, new_figure, table
 
+TITLE = "Safety heads (Zhou et al. 2025): Ships, Sahara and attack success under ablation"
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 # Settings by scale. "full" on a CPU is a subset (a Ships sweep costs 336 forwards per query set);
 # "paper" is the paper's protocol on the whole request sets, for a GPU.
@@ -42,21 +42,23 @@ PAPER = {
     "top_dataset_head": "layer 2, head 26",
 }
 KS = (1, 2, 3, 4, 5)
+STANDARD = dict(QUICK)
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": PAPER_SCALE}
 
 
-def settings_for(quick: bool, device: str) -> dict:
-    if quick:
-        return dict(QUICK)
-    return dict(PAPER_SCALE if device == "cuda" else FULL)
+def steps(settings: dict) -> int:
+    return 3
 
 
-def run(model, quick: bool = True, seed: int = 0, progress: bool = True, settings: dict | None = None) -> dict:
+def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
     """Ships, Sahara and the generation evaluation: the raw objects the report is made from."""
     from interp.methods import safety_heads as sh
     from interp.tasks.harmful import benign_requests, harmful_requests, sample
 
+    model = load(DEFAULT_MODEL)
+    progress = False
     device = str(next(iter(model.parameters())).device.type)
-    s = settings or settings_for(quick, device)
+    s = settings
     ks = tuple(k for k in KS if k <= s["group_size"])
     pick = lambda reqs, n: list(reqs) if n is None or n >= len(reqs) else sample(reqs, n, seed)  # noqa: E731
     harmful = sh.Queries.encode(model, pick(harmful_requests(), s["n_harmful"]), s["fmt"])
@@ -68,6 +70,7 @@ def run(model, quick: bool = True, seed: int = 0, progress: bool = True, setting
     ships = {mode: sh.ships(model, harmful, mode, heads=heads, progress=progress) for mode in sh.MODES}
     _sync(device)
     t["ships_sweeps"] = time.time() - t0
+    tick("ships")
     pool = None
     if s["sahara_pool"] is not None:  # CPU settings: candidates = the heads with the largest single-head score
         pool = ships["ua"].dataset_top(s["sahara_pool"])
@@ -75,6 +78,7 @@ def run(model, quick: bool = True, seed: int = 0, progress: bool = True, setting
     steps = sh.sahara(model, harmful, s["group_size"], "ua", candidates=pool, first=ships["ua"].angle, progress=progress)
     _sync(device)
     t["sahara"] = time.time() - t0
+    tick("sahara")
     group = steps[-1].group
     t0 = time.time()
     variants = sh.standard_variants(model, ships["ua"], group, len(harmful), ks, s["n_random"])
@@ -85,9 +89,10 @@ def run(model, quick: bool = True, seed: int = 0, progress: bool = True, setting
     benign_variants = [{n: v for n, v in variants[0].items() if not n.startswith("query")}] * len(benign)
     benign_responses = sh.respond(model, benign, benign_variants, max_new=s["max_new"], progress=progress)
     t["generation"] = time.time() - t0
-    return {"harmful": harmful, "benign": benign, "ships": ships, "sahara": steps, "group": group,
+    tick("generation")
+    return {"model": model, "harmful": harmful, "benign": benign, "ships": ships, "sahara": steps, "group": group,
             "responses": responses, "benign_responses": benign_responses, "settings": s, "ks": ks,
-            "seed": seed, "quick": quick, "device": device, "timings_s": t}
+            "seed": seed, "device": device, "timings_s": t}
 
 
 def _sync(device: str) -> None:
@@ -95,10 +100,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def numbers(model, res: dict) -> dict:
+def numbers(res: dict) -> dict:
     from interp.methods import safety_heads as sh
+    from interp.stats import proportion_ci
     from interp.tasks.harmful import judge
 
+    model = res["model"]
     label = lambda h: f"{h[0]}.{h[1]}"  # noqa: E731
     ks = res["ks"]
     asr = {dec: sh.attack_success(r) for dec, r in res["responses"].items()}
@@ -112,13 +119,28 @@ def numbers(model, res: dict) -> dict:
             if name in r:
                 examples.append({"request": res["harmful"].requests[q].text, "variant": name,
                                  "response_start": r[name][:80], "verdict": judge(r[name]).reason})
+    n = len(res["harmful"])
+    base, blo, bhi = proportion_ci(round(asr["greedy"]["none"] * n), n)
+    k3 = min(3, len(res["group"]))
+    sah = asr["greedy"].get(f"sahara top-{k3} ua", float("nan"))
+    rand = [v for name, v in asr["greedy"].items() if name.startswith(f"random-{k3} seed")]
+    s3, slo, shi = proportion_ci(round(sah * n), n)
     return {
         "meta": {"model_key": model.interp_key, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-                 "n_harmful": len(res["harmful"]), "n_benign": len(res["benign"]), "seed": res["seed"],
-                 "quick": res["quick"], "device": res["device"], "settings": res["settings"],
-                 "format": res["settings"]["fmt"], "eps": ships_ua.eps,
-                 "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": _versions(),
-                 "timings_s": res["timings_s"]},
+                 "n_harmful": n, "n_benign": len(res["benign"]),
+                 "format": res["settings"]["fmt"], "eps": ships_ua.eps, "timings_s": res["timings_s"]},
+        "headline": [
+            {"name": "attack success rate, no ablation", "ours": base, "ci": [blo, bhi], "n": n,
+             "paper": PAPER["baseline_asr"], "verdict": None, "why": "the model's own refusal"},
+            {"name": f"attack success rate, Sahara top-{k3} (UA)", "ours": s3, "ci": [slo, shi], "n": n,
+             "paper": PAPER["sahara_3_asr"] + " (Llama-2-7b-chat)",
+             "verdict": "reproduced" if s3 - base > 0.3 and s3 > max(rand or [0]) + 0.2 else
+             "partly" if s3 > base else "not",
+             "why": f"random {k3} heads: {', '.join(f'{r:.2f}' for r in rand)}; the judge counts gibberish as "
+                    "compliance, SC is ranked by UA Ships, chat template with a system turn"},
+        ],
+        "detectable": f"{n} requests: an attack-success change below about {2.8 * 0.5 / n ** 0.5:.2f} cannot be "
+                      "told from noise",
         "baseline": {"harmful_asr": {dec: a["none"] for dec, a in asr.items()},
                      "harmful_refusal_rate": {dec: 1 - a["none"] for dec, a in asr.items()},
                      "benign_answer_rate": answer["none"]},
@@ -251,30 +273,20 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("Examples (greedy)", ex)])
 
 
-def safety_heads_report(model_key: str | None = None, out_dir: str = "reports", quick: bool = True, seed: int = 0,
-                        progress: bool = True, device: str = "cpu") -> Path:
-    """Run the analysis (default model Qwen2.5-Coder-0.5B-Instruct) and write the report."""
-    import interp
+def save(res: dict, num: dict, folder) -> str:
+    """Writes circuit.json (the Sahara group) and ships.json (both Ships sweeps); returns the page."""
     from interp import graph
 
-    with cpu_threads(default_threads()):
-        folder = Path(out_dir) / "safety-heads"
-        folder.mkdir(parents=True, exist_ok=True)
-        model = interp.load_model(model_key or DEFAULT_MODEL, device=device)
-        res = run(model, quick, seed, progress)
-        num = numbers(model, res)
-        steps = res["sahara"]
-        graph.from_heads({h: "safety" for h in res["group"]}, model=model.interp_key, task="refusal (harmful requests)",
-                         metric="generalized Ships: angle of the leading left singular vector of the final hidden states",
-                         method="Sahara greedy search with undifferentiated attention (interp.methods.safety_heads)",
-                         provenance={"seed": seed, "n_queries": len(res["harmful"]), "ablation": "ua",
-                                     "eps": res["ships"]["ua"].eps, "format": res["settings"]["fmt"]},
-                         scores={st.group[-1]: st.score for st in steps},
-                         positions={h: "all" for h in res["group"]},
-                         edges=[(h, "logits") for h in res["group"]]).save(folder / "circuit.json")
-        (folder / "numbers.json").write_text(json.dumps(num, indent=1))
-        (folder / "ships.json").write_text(json.dumps({m: s.to_dict() for m, s in res["ships"].items()}))
-        figures = {"ships": fig_to_img(plot_ships(res), "ships"), "asr": fig_to_img(plot_asr(num), "asr")}
-        path = folder / "report.html"
-        path.write_text(render(num, figures), encoding="utf-8")
-        return path
+    folder, model = Path(folder), res["model"]
+    steps_ = res["sahara"]
+    graph.from_heads({h: "safety" for h in res["group"]}, model=model.interp_key, task="refusal (harmful requests)",
+                     metric="generalized Ships: angle of the leading left singular vector of the final hidden states",
+                     method="Sahara greedy search with undifferentiated attention (interp.methods.safety_heads)",
+                     provenance={"seed": res["seed"], "n_queries": len(res["harmful"]), "ablation": "ua",
+                                 "eps": res["ships"]["ua"].eps, "format": res["settings"]["fmt"]},
+                     scores={st.group[-1]: st.score for st in steps_},
+                     positions={h: "all" for h in res["group"]},
+                     edges=[(h, "logits") for h in res["group"]]).save(folder / "circuit.json")
+    (folder / "ships.json").write_text(json.dumps({m: s.to_dict() for m, s in res["ships"].items()}))
+    figures = {"ships": fig_to_img(plot_ships(res), "ships"), "asr": fig_to_img(plot_asr(num), "asr")}
+    return render(num, figures)

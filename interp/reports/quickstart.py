@@ -1,41 +1,35 @@
-"""Quick-start report: the standard IOI analyses of one model, written as one self-contained HTML page.
+"""The quick-start analysis: the standard IOI analyses of one model, as one self-contained page.
 
-    >>> from interp.report import quickstart, write_index
-    >>> path = quickstart()                       # reports/quickstart/report.html (~1 min on a CPU)
-    >>> write_index("reports", {"quickstart": path})
-
-``quickstart`` runs, on IOI prompts (Wang et al. 2022) with the p_ABC corruption:
+On IOI prompts (Wang et al. 2022) with the p_ABC corruption:
   1. the clean and corrupted logit difference, and the fraction of prompts with IO > S;
   2. head_out activation patching at all positions (denoising), normalised to [corrupted=0, clean=1];
   3. direct logit attribution of every head, and of each layer's attention and MLP;
   4. the logit lens: the logit difference read from the residual stream after each layer;
   5. zero and mean ablation of the three heads with the largest |DLA|;
   6. the attention patterns (circuitsvis) of the top DLA head's layer on the first prompt.
-It writes ``report.html`` (figures as base64 PNG, the circuitsvis widget inline, so the page works
-offline), ``numbers.json`` (every number in the page) and ``patching_head_out.json`` (Result.save).
-
-Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), so importing
-this module never changes the pyplot backend of a notebook.
+``interp reproduce quickstart`` (``interp.reports.runner``) writes ``report.html`` (figures as base64
+PNG, the circuitsvis widget inline, so the page works offline), ``numbers.json`` (every number in
+the page) and ``patching_head_out.json`` (Result.save).
 """
 from __future__ import annotations
 
-import base64
-import contextlib
 import datetime
 import html
-import io
-import json
-import os
-import platform
-import time
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-QUICK_N, FULL_N = 8, 32
+from interp.reports.page import CSS, fig_to_img, head_label, new_figure, table, versions
+
+TITLE = "IOI quick start: patching, DLA, logit lens, ablation"
+DEFAULT_MODEL = None
+SETTINGS = {"quick": {"n_prompts": 8, "all_layers": False},
+            "standard": {"n_prompts": 16, "all_layers": False},
+            "full": {"n_prompts": 32, "all_layers": True}}
 ABLATION_MODES = ("zero", "mean")
+
+
+def steps(settings: dict) -> int:
+    return 5
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -47,64 +41,6 @@ def quick_layers(n_layers: int, every: int = 3, last: int = 3) -> list[int]:
 def sweep_layers(n_layers: int, heads: list[tuple[int, int]] = ()) -> list[int]:
     """The quick-mode patching layers: ``quick_layers`` plus the layers of ``heads`` (the top DLA heads)."""
     return sorted(set(quick_layers(n_layers)) | {int(l) for l, _ in heads})
-
-
-def head_label(layer: int, head: int) -> str:
-    """``head_label(9, 6) == "9.6"``: the LAYER.HEAD form the CLI's ``--heads`` accepts."""
-    return f"{int(layer)}.{int(head)}"
-
-
-def new_figure(width: float = 6.0, height: float = 4.0):
-    """A matplotlib Figure on an Agg canvas (no pyplot, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def fig_to_img(fig, alt: str = "") -> str:
-    """A matplotlib figure as an ``<img>`` tag with the PNG embedded as base64."""
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Run the block with ``torch.set_num_threads(n)`` (None: leave it), restoring it afterwards."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def default_threads() -> int | None:
-    """1 on machines with 2 cores or fewer, else None (PyTorch's default).
-
-    On a small virtual machine whose host throttles it to about one core, PyTorch's OpenMP threads
-    stall each other: a forward of the default model takes ~10 s with 2 threads, ~0.4 s with one.
-    """
-    return 1 if (os.cpu_count() or 1) <= 2 else None
-
-
-def _versions() -> dict:
-    """Versions of this package and the libraries its numbers depend on."""
-    import interp
-
-    out = {"interp": interp.__version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "transformer-lens", "circuitsvis"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 # ------------------------------------------------------------------------------------ analyses
@@ -262,38 +198,6 @@ def plot_ablation(abl: dict):
     return fig
 
 
-# ---------------------------------------------------------------------------------------- html
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 0.92em; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; }
-.note { color: #555; font-size: 0.92em; }
-"""
-
-
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    """A self-contained HTML page: a title and (heading, html) sections."""
-    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-
-
-def table(rows: list[tuple], header: tuple | None = None) -> str:
-    """An HTML table; floats are formatted to 3 decimals and right-aligned."""
-    def cell(v):
-        if isinstance(v, float):
-            text = f"{v:.1e}" if 0 < abs(v) < 5e-4 else f"{v:.3f}"
-            return f'<td class="num">{text}</td>'
-        return f"<td>{html.escape(str(v))}</td>"
-
-    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
-
-
 def numberstable(numbers: dict) -> str:
     """The headline numbers of the report as one table."""
     b, a, lens = numbers["baseline"], numbers["ablation"], numbers["logit_lens"]
@@ -333,11 +237,11 @@ def render_report(numbers: dict, figures: dict[str, str], attention_html: str, p
     header = table([
         ("model", f'{m["model_key"]}  ({m["model_title"]})'),
         ("prompts", f'{m["n_prompts"]} IOI prompts, corruption p_ABC (seed {m["seed"]})'),
-        ("mode", "quick" if m["quick"] else "full"),
+        ("setting", m["setting"]),
         ("patched layers", ", ".join(map(str, numbers["patching"]["layers"]))),
         ("date", m["date"]),
         ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
-        ("runtime", f'{m["runtime_s"]:.1f} s'),
+        ("runtime", f'{m["wall_s"]:.1f} s'),
     ])
     att_rows = [(k, v["first_prompt"], v["mean"]) for k, v in att.items() if k.startswith("END->")]
     return f"""<!DOCTYPE html>
@@ -371,58 +275,67 @@ from the clean run; 0 = the corrupted logit diff, 1 = the clean one.</p>
 """
 
 
-# ---------------------------------------------------------------------------------- entry points
-@contextlib.contextmanager
-def _timed(timings: dict, key: str, bar):
-    """Record the seconds a step takes in ``timings[key]`` and advance the progress ``bar``."""
-    bar.set_postfix_str(key)
-    t = time.time()
-    yield
-    timings[key] = time.time() - t
-    bar.update(1)
 
 
-def run_analyses(model, prompts, quick: bool = True) -> dict:
-    """Every analysis of the report, as raw objects (Results, DLA, dicts), with ``timings``."""
+# ------------------------------------------------------------------------------------ the runner
+def run(load, settings: dict, seed: int, tick) -> dict:
+    """Every analysis of the page, as raw objects (Results, DLA, dicts), with their timings."""
+    import time
+
     import interp
 
-    out = {"timings": {}}
-    timings = out["timings"]
-    with tqdm(total=5, desc="quickstart") as bar:
-        with _timed(timings, "baseline", bar):
-            out["baseline"] = baseline_numbers(model, prompts)
-        with _timed(timings, "dla_and_lens", bar):
-            out["dla"] = interp.direct_logit_attribution(model, prompts)
-            out["lens"] = interp.logit_lens(model, prompts)
-            out["top_heads"] = top_dla_heads(out["dla"], 3)
-        with _timed(timings, "patching", bar):
-            layers = sweep_layers(model.cfg.n_layers, out["top_heads"]) if quick else None
-            out["patching"] = interp.patch(model, prompts, "head_out", layers=layers)
-            out["patching"].meta["model_key"] = model.interp_key
-        with _timed(timings, "ablation", bar):
-            out["ablation"] = ablation_numbers(model, prompts, out["top_heads"])
-        with _timed(timings, "attention", bar):
-            layer, head = out["top_heads"][0]
-            out["attention"] = attention_numbers(model, prompts, layer, head)
-            out["widget"] = attention_widget(model, prompts, layer)
+    model = load(None)
+    prompts = interp.tasks.ioi_examples(model, n=settings["n_prompts"], seed=seed)
+    out = {"model": model, "prompts": prompts, "settings": settings, "seed": seed, "timings": {}}
+    t = time.time()
+
+    def done(step: str) -> None:
+        nonlocal t
+        out["timings"][step] = time.time() - t
+        t = time.time()
+        tick(step)
+
+    out["baseline"] = baseline_numbers(model, prompts)
+    done("baseline")
+    out["dla"] = interp.direct_logit_attribution(model, prompts)
+    out["lens"] = interp.logit_lens(model, prompts)
+    out["top_heads"] = top_dla_heads(out["dla"], 3)
+    done("dla and logit lens")
+    layers = None if settings["all_layers"] else sweep_layers(model.cfg.n_layers, out["top_heads"])
+    out["patching"] = interp.patch(model, prompts, "head_out", layers=layers, progress=False)
+    out["patching"].meta["model_key"] = model.interp_key
+    done("patching")
+    out["ablation"] = ablation_numbers(model, prompts, out["top_heads"])
+    done("ablation")
+    layer, head = out["top_heads"][0]
+    out["attention"] = attention_numbers(model, prompts, layer, head)
+    out["widget"] = attention_widget(model, prompts, layer)
+    done("attention")
     return out
 
 
-def collect_numbers(model, prompts, res: dict, seed: int, quick: bool) -> dict:
-    """Everything ``numbers.json`` holds: settings, prompts and every analysis's numbers."""
+def numbers(res: dict) -> dict:
+    """Everything ``numbers.json`` holds: the prompts and every analysis's numbers. The headline is
+    the clean logit difference with its bootstrap interval over prompts (not a paper claim: the
+    quick start shows the tools; Wang et al.'s 3.56 is GPT-2 small's)."""
+    from interp.stats import bootstrap_ci
+
+    model, prompts = res["model"], res["prompts"]
     lens_values = res["lens"].values.tolist()  # entry i: the residual after layer i-1 (0: embedding)
     positive = [i for i, v in enumerate(lens_values) if v > 0]
     spec = model.interp_spec
+    ld, lo, hi = bootstrap_ci(res["baseline"]["clean"]["per_prompt"])
     return {
         "meta": {
             "model_key": model.interp_key, "model_title": spec.title if spec else model.interp_key,
             "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-            "n_prompts": len(prompts), "seed": seed, "quick": quick, "task": "ioi",
-            "corruption": "abc", "prepend_bos": prompts.prepend_bos,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": _versions(), "timings_s": res["timings"], "runtime_s": None,
-            "torch_threads": torch.get_num_threads(),
+            "n_prompts": len(prompts), "task": "ioi", "corruption": "abc", "prepend_bos": prompts.prepend_bos,
+            "timings_s": res["timings"],
         },
+        "headline": [{"name": "clean logit difference (IOI)", "ours": ld, "ci": [lo, hi], "n": len(prompts),
+                      "paper": "3.56 (GPT-2 small, Wang et al. 2022)", "verdict": None,
+                      "why": "a demonstration of the tools, not a reproduction"}],
+        "detectable": f"{len(prompts)} prompts: the logit difference is known to within {(hi - lo) / 2:.2f}",
         "prompts": {"clean": prompts.clean_text, "corrupted": prompts.corrupted_text,
                     "answer_ids": prompts.answer_ids.tolist(),
                     "distractor_ids": prompts.distractor_ids.tolist()},
@@ -436,8 +349,8 @@ def collect_numbers(model, prompts, res: dict, seed: int, quick: bool) -> dict:
     }
 
 
-def make_figures(res: dict) -> dict[str, str]:
-    """The report's figures as ``<img>`` tags, by section."""
+def figures(res: dict) -> dict[str, str]:
+    """The page's figures as ``<img>`` tags, by section."""
     base = res["baseline"]
     lens = plot_logit_lens(res["lens"], base["clean"]["logit_diff"], base["corrupted"]["logit_diff"])
     return {
@@ -448,62 +361,9 @@ def make_figures(res: dict) -> dict[str, str]:
     }
 
 
-def quickstart(model_key: str | None = None, out_dir: str = "reports", quick: bool = True, seed: int = 0) -> Path:
-    """Run the IOI quick-start analyses and write ``out_dir/quickstart/report.html``.
+def save(res: dict, num: dict, folder) -> str:
+    """Writes ``patching_head_out.json``; returns the page."""
+    from pathlib import Path
 
-    Args:
-        model_key: a registered model key (None = the default, SmolLM2-135M-Instruct), a local
-            folder or a hub name.
-        out_dir: the reports folder; files go to ``out_dir/quickstart/``.
-        quick: 8 prompts; patch every 3rd layer, the last 3 and the layers of the top-3 DLA
-            heads (30-60 s on a 2-core CPU). Else 32 prompts and all layers (several minutes).
-        seed: seed of the IOI prompt generator.
-
-    Returns:
-        The path of ``report.html``. Next to it: ``numbers.json`` and ``patching_head_out.json``.
-
-    On machines with 2 cores or fewer it runs with one PyTorch thread (see ``default_threads``).
-    """
-    with cpu_threads(default_threads()):
-        return _quickstart(model_key, Path(out_dir) / "quickstart", quick, seed)
-
-
-def _quickstart(model_key: str | None, folder: Path, quick: bool, seed: int) -> Path:
-    """The body of :func:`quickstart`, writing into ``folder``."""
-    import interp
-
-    start = time.time()
-    folder.mkdir(parents=True, exist_ok=True)
-    model = interp.load_model(model_key)
-    prompts = interp.tasks.ioi_examples(model, n=QUICK_N if quick else FULL_N, seed=seed)
-    load_s = time.time() - start
-
-    res = run_analyses(model, prompts, quick)
-    res["timings"] = {"load": load_s, **res["timings"]}
-    numbers = collect_numbers(model, prompts, res, seed, quick)
-    figures = make_figures(res)
-    numbers["meta"]["runtime_s"] = time.time() - start
-
-    res["patching"].save(folder / "patching_head_out.json")
-    (folder / "numbers.json").write_text(json.dumps(numbers, indent=1))
-    path = folder / "report.html"
-    page = render_report(numbers, figures, res["widget"].local_src, _prompt_rows(model, prompts))
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-def write_index(out_dir: str | Path, reports: dict[str, Path]) -> Path:
-    """Write ``out_dir/index.html`` linking each report (title -> path), relative to ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = []
-    for title, path in reports.items():
-        href = Path(os.path.relpath(Path(path).resolve(), out_dir.resolve())).as_posix()
-        items.append(f'<li><a href="{html.escape(href, quote=True)}">{html.escape(title)}</a></li>')
-    stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>interp reports</title>'
-            f"<style>{CSS}</style></head><body>\n<h1>interp reports</h1>\n<ul>\n" + "\n".join(items)
-            + f'\n</ul>\n<p class="note">Written {stamp}.</p>\n</body></html>\n')
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    res["patching"].save(Path(folder) / "patching_head_out.json")
+    return render_report(num, figures(res), res["widget"].local_src, _prompt_rows(res["model"], res["prompts"]))

@@ -1,0 +1,292 @@
+"""One runner for every paper analysis: load the model, run, save the numbers and the page, cache.
+
+Each analysis is a module of ``interp.reports`` with the same parts:
+
+    TITLE, DEFAULT_MODEL         what it is, and its model (None: the package default)
+    SETTINGS                     {"quick": ..., "standard": ..., "full": ...} (and "cuda" where it
+                                 has a GPU setting): the sizes of the run
+    steps(settings) -> int       how many times ``run`` ticks (the progress bar's total)
+    run(load, settings, seed, tick) -> res
+                                 the analysis; ``load(key)`` gives a model (None: the default),
+                                 ``tick(label)`` marks a finished step
+    numbers(res) -> dict         everything the page shows, JSON; its "headline" list is what the
+                                 index page summarises (below)
+    save(res, numbers, folder) -> str
+                                 writes the analysis's own files (circuit.json, ...) and returns
+                                 the page's HTML
+
+The runner writes ``numbers.json`` and ``report.html`` (atomically), then ``run.json`` with the key
+of the run: a hash of the analysis, its settings, the seed, the device, the models' identities (the
+GGUF's sha256) and the package's code. ``interp reproduce all`` skips an analysis whose run.json
+carries the same key, so an interrupted ``make run`` resumes where it stopped.
+
+**The headline contract.** ``numbers(res)["headline"]`` is a list of rows:
+
+    {"name": "faithfulness F(C)/F(M) on held-out prompts", "ours": 0.92, "ci": [0.85, 0.97],
+     "n": 64, "paper": "0.87 (GPT-2 small)", "verdict": "reproduced" | "partly" | "not" | None,
+     "why": "one line: the model, the sample size or a named deviation"}
+
+and ``numbers(res)["detectable"]`` says in one line the smallest effect the run could detect.
+``write_index`` puts every analysis's rows in one table at the top of ``index.html``.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.errors import InterpError
+from interp.reports import circuit_reuse, correct_letter, ioi, quickstart, retrieval_heads, safety_heads
+from interp.reports.page import CSS, versions
+
+ANALYSES = {
+    "quickstart": quickstart,
+    "ioi": ioi,
+    "circuit-reuse": circuit_reuse,
+    "correct-letter": correct_letter,
+    "retrieval-heads": retrieval_heads,
+    "safety-heads": safety_heads,
+}
+SETTINGS = ("quick", "standard", "full")
+VERDICTS = ("reproduced", "partly", "not")
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (None: leave it), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_threads() -> int | None:
+    """1 on machines with 2 cores or fewer, else None (PyTorch's default).
+
+    On a small virtual machine whose host throttles it to about one core, PyTorch's OpenMP threads
+    stall each other: a forward of the default model takes ~10 s with 2 threads, ~0.4 s with one.
+    """
+    return 1 if (os.cpu_count() or 1) <= 2 else None
+
+
+def analysis(name: str):
+    if name not in ANALYSES:
+        raise InterpError(f"unknown analysis {name!r}: use one of {', '.join(ANALYSES)} or all")
+    return ANALYSES[name]
+
+
+def settings_of(name: str, setting: str = "standard", device: str = "cpu") -> dict:
+    """The settings an analysis runs with (``setting`` on the CPU; its "cuda" setting on a GPU)."""
+    module = analysis(name)
+    if setting not in SETTINGS:
+        raise InterpError(f"unknown setting {setting!r}: use {', '.join(SETTINGS)}")
+    if device == "cuda":
+        if "cuda" not in module.SETTINGS:
+            raise InterpError(f"{name} has no GPU setting: run it on the CPU (--device cpu)")
+        return dict(module.SETTINGS["cuda"])
+    return dict(module.SETTINGS[setting])
+
+
+class Models:
+    """Models loaded once per ``reproduce all`` (several analyses share a model)."""
+
+    def __init__(self, device: str = "cpu", override: str | None = None):
+        self.device, self.override, self._loaded = device, override, {}
+
+    def key(self, key: str | None) -> str | None:
+        return self.override or key
+
+    def __call__(self, key: str | None = None):
+        import interp
+
+        key = self.key(key)
+        if key not in self._loaded:
+            self._loaded[key] = interp.load_model(key, device=self.device)
+        return self._loaded[key]
+
+
+def _identity(key: str | None) -> str:
+    """What a model's numbers depend on: the registered GGUF's sha256, or the folder / hub name."""
+    from interp.models import resolve_spec
+
+    spec = resolve_spec(key)
+    return spec.sha256 if spec else str(key)
+
+
+def code_digest() -> str:
+    """A hash of the package's source: cached results are not reused across code changes."""
+    import interp
+
+    h = hashlib.sha256(interp.__version__.encode())
+    root = Path(interp.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(name: str, settings: dict, seed: int, device: str, model_keys: list) -> str:
+    blob = json.dumps([name, settings, seed, device, sorted(map(_identity, model_keys), key=str), code_digest()],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _model_keys(module, settings: dict, override: str | None) -> list:
+    if override:
+        return [override]
+    return list(settings.get("models") or [module.DEFAULT_MODEL])
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cached(folder: Path, key: str) -> dict | None:
+    """The run.json of a finished run with this key, else None."""
+    try:
+        done = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = done.get("key") == key and (folder / "report.html").is_file() and (folder / "numbers.json").is_file()
+    return done if ok else None
+
+
+def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standard", model_key: str | None = None,
+              device: str = "cpu", seed: int = 0, use_cache: bool = True, models: Models | None = None,
+              progress: bool = True, position: str = "") -> Path:
+    """Run one analysis and write ``out_dir/NAME/report.html`` (+ numbers.json, run.json and the
+    analysis's own files); a finished run with the same key is reused. Returns the page's path."""
+    module = analysis(name)
+    settings = settings_of(name, setting, device)
+    folder = Path(out_dir) / name
+    key = run_key(name, settings, seed, device, _model_keys(module, settings, model_key))
+    done = cached(folder, key) if use_cache else None
+    if done:
+        print(f"{position}{name}: cached ({done['wall_s']:.0f} s on {done['finished']}) -> {folder / 'report.html'}",
+              flush=True)
+        return folder / "report.html"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = models or Models(device, model_key)
+    start = time.time()
+    bar = tqdm(total=module.steps(settings), desc=f"{position}{name}", unit="step", disable=not progress)
+
+    def tick(label: str = "") -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    with cpu_threads(default_threads() if device == "cpu" else None):
+        res = module.run(models, settings, seed, tick)
+        num = module.numbers(res)
+        num.setdefault("meta", {}).update({
+            "analysis": name, "setting": "cuda" if device == "cuda" else setting, "settings": settings,
+            "seed": seed, "device": device, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": versions(), "wall_s": time.time() - start, "torch_threads": torch.get_num_threads()})
+        check_headline(name, num)
+        page = module.save(res, num, folder)
+    bar.close()
+    _write(folder / "numbers.json", json.dumps(num, indent=1, default=_jsonable))
+    _write(folder / "report.html", page)
+    wall = time.time() - start
+    _write(folder / "run.json", json.dumps({"key": key, "wall_s": wall, "setting": setting, "device": device,
+                                            "finished": datetime.datetime.now().isoformat(timespec="seconds")}))
+    print(f"{position}{name}: {wall:.0f} s -> {folder / 'report.html'}", flush=True)
+    return folder / "report.html"
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    return str(x)
+
+
+def check_headline(name: str, num: dict) -> None:
+    """The headline contract (module docstring), checked before anything is written."""
+    for row in num.get("headline", []):
+        missing = {"name", "ours", "ci", "paper", "verdict", "why"} - row.keys()
+        if missing:
+            raise InterpError(f"{name}: headline row {row.get('name')!r} lacks {sorted(missing)}")
+        if row["verdict"] not in (*VERDICTS, None):
+            raise InterpError(f"{name}: verdict must be one of {VERDICTS} or None, got {row['verdict']!r}")
+
+
+def reproduce_all(names=None, out_dir: str | Path = "reports", setting: str = "standard",
+                  model_key: str | None = None, device: str = "cpu", seed: int = 0, use_cache: bool = True,
+                  progress: bool = True) -> dict[str, Path]:
+    """Every analysis in turn (models loaded once), then ``index.html``; returns the pages."""
+    names = list(names or ANALYSES)
+    for name in names:  # refuse bad settings before the first analysis starts
+        settings_of(name, setting, device)
+    models = Models(device, model_key)
+    start, pages = time.time(), {}
+    for i, name in enumerate(names):
+        pages[name] = reproduce(name, out_dir, setting, model_key, device, seed, use_cache, models, progress,
+                                position=f"[{i + 1}/{len(names)}] ")
+    print(f"all {len(names)} analyses: {time.time() - start:.0f} s", flush=True)
+    write_index(out_dir, pages)
+    return pages
+
+
+def write_index(out_dir: str | Path, pages: dict[str, Path]) -> Path:
+    """``out_dir/index.html``: one summary table (each analysis's headline numbers with their
+    intervals, the paper's numbers, the verdict and why), then a link to every report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, links = [], []
+    for name, path in pages.items():
+        path = Path(path)
+        href = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+        title = getattr(ANALYSES.get(name), "TITLE", name)
+        links.append(f'<li><a href="{html.escape(href, quote=True)}">{html.escape(title)}</a></li>')
+        try:
+            num = json.loads((path.parent / "numbers.json").read_text())
+        except (OSError, ValueError):
+            num = {}
+        meta = num.get("meta", {})
+        for row in num.get("headline", []):
+            ci = row.get("ci")
+            ours = _fmt(row["ours"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+            verdict = row["verdict"] or "-"
+            rows.append(f'<tr><td><a href="{html.escape(href, quote=True)}">{html.escape(name)}</a></td>'
+                        f'<td>{html.escape(row["name"])}</td><td class="num">{html.escape(ours)}</td>'
+                        f'<td class="num">{row.get("n", "")}</td><td>{html.escape(str(row["paper"]))}</td>'
+                        f'<td class="verdict {verdict}">{html.escape(verdict)}</td><td>{html.escape(row["why"])}</td>'
+                        f'<td>{html.escape(str(meta.get("model_key", "")))}, {html.escape(str(meta.get("setting", "")))}'
+                        f"</td></tr>")
+    summary = ('<table id="summary"><tr><th>analysis</th><th>headline</th><th>ours [95% interval]</th><th>n</th>'
+               "<th>paper</th><th>verdict</th><th>why</th><th>model, setting</th></tr>" + "".join(rows) + "</table>")
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>interp reports</title>'
+            f"<style>{CSS} td.verdict.reproduced {{ background: #e3f4e3; }} td.verdict.partly {{ background: #fdf3d8; }}"
+            f" td.verdict.not {{ background: #f8dede; }}</style></head><body>\n<h1>interp reports</h1>\n"
+            f'<p class="note">Each paper analysis run here, its headline numbers with 95% intervals over prompts, '
+            f"the paper's numbers beside them and a one-line verdict. The reports have the details.</p>\n"
+            f"{summary}\n<h2>Reports</h2>\n<ul>\n" + "\n".join(links)
+            + f'\n</ul>\n<p class="note">Written {stamp}.</p>\n</body></html>\n')
+    index = out_dir / "index.html"
+    _write(index, page)
+    return index
+
+
+def _fmt(x) -> str:
+    if isinstance(x, (int, float)):
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+__all__ = ["ANALYSES", "reproduce", "reproduce_all", "write_index", "settings_of", "cpu_threads",
+           "default_threads"]

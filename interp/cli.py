@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda runs an analysis's GPU setting (safety-heads: the paper's scale)")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute analyses already finished with the same model, settings and code")
+    p.add_argument("--jobs", type=_non_negative, default=None, metavar="N",
+                   help="analyses run side by side in N worker processes (default: one per CPU core, up to 4; "
+                        "1 on a GPU)")
     _add_model_args(p)
     return parser
 
@@ -320,8 +323,10 @@ def cmd_reproduce(args) -> None:
             raise InterpError("--device cuda requested but no CUDA device is available")
     for name in names:  # every setting checked before the first analysis starts
         runner.settings_of(name, args.setting, args.device)
+    if args.jobs == 0:
+        raise InterpError("--jobs must be at least 1")
     pages = runner.reproduce_all(names, args.out, args.setting, args.model, args.device,
-                                 use_cache=not args.no_cache)
+                                 use_cache=not args.no_cache, jobs=args.jobs)
     print(f"index: {Path(args.out) / 'index.html'}")
     return pages
 

@@ -224,20 +224,96 @@ def check_headline(name: str, num: dict) -> None:
             raise InterpError(f"{name}: verdict must be one of {VERDICTS} or None, got {row['verdict']!r}")
 
 
+#: Seconds each analysis's standard setting took here (2-core CPU, one thread): the order in which
+#: parallel workers take them (longest first), so the two workers finish close together.
+EXPECTED_S = {"safety-heads": 240, "correct-letter": 200, "retrieval-heads": 200, "circuit-reuse": 180,
+              "ioi": 180, "quickstart": 60}
+
+
+def default_jobs(device: str = "cpu") -> int:
+    """Analyses run side by side: one per core on a CPU (each with one thread), one on a GPU."""
+    return max(1, min(4, os.cpu_count() or 1)) if device == "cpu" else 1
+
+
 def reproduce_all(names=None, out_dir: str | Path = "reports", setting: str = "standard",
                   model_key: str | None = None, device: str = "cpu", seed: int = 0, use_cache: bool = True,
-                  progress: bool = True) -> dict[str, Path]:
-    """Every analysis in turn (models loaded once), then ``index.html``; returns the pages."""
+                  progress: bool = True, jobs: int | None = None) -> dict[str, Path]:
+    """Every analysis (``jobs`` at a time, in worker processes, longest first; models loaded once
+    per worker), then ``index.html``; returns the pages. A failed analysis stops the others from
+    starting new work and raises once the running ones are done; the finished ones stay cached."""
     names = list(names or ANALYSES)
     for name in names:  # refuse bad settings before the first analysis starts
         settings_of(name, setting, device)
-    models = Models(device, model_key)
-    start, pages = time.time(), {}
-    for i, name in enumerate(names):
-        pages[name] = reproduce(name, out_dir, setting, model_key, device, seed, use_cache, models, progress,
-                                position=f"[{i + 1}/{len(names)}] ")
+    jobs = min(jobs or default_jobs(device), len(names))
+    start = time.time()
+    order = sorted(names, key=lambda n: -EXPECTED_S.get(n, 100))
+    label = {name: f"[{i + 1}/{len(names)}] " for i, name in enumerate(order)}
+    args = (out_dir, setting, model_key, device, seed, use_cache, progress)
+    if jobs == 1:
+        models = Models(device, model_key)
+        pages = {n: reproduce(n, *args[:5], use_cache, models, progress, label[n]) for n in order}
+    else:
+        pages = _in_workers(order, jobs, label, args)
+    pages = {n: pages[n] for n in names}
     print(f"all {len(names)} analyses: {time.time() - start:.0f} s", flush=True)
     write_index(out_dir, pages)
+    return pages
+
+
+def _worker(todo, done, label: dict, args: tuple) -> None:
+    """A worker process: take analyses off ``todo`` until it is empty (or a sentinel), report each
+    page (or the error) on ``done``."""
+    out_dir, setting, model_key, device, seed, use_cache, progress = args
+    models = Models(device, model_key)
+    while True:
+        name = todo.get()
+        if name is None:
+            return
+        try:
+            done.put((name, str(reproduce(name, out_dir, setting, model_key, device, seed, use_cache, models,
+                                          progress, label[name])), None))
+        except BaseException as exc:  # reported to the parent, which raises it
+            done.put((name, None, f"{type(exc).__name__}: {exc}"))
+            return
+
+
+def _in_workers(order: list[str], jobs: int, label: dict, args: tuple) -> dict[str, Path]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for name in order:
+        todo.put(name)
+    for _ in range(jobs):
+        todo.put(None)
+    workers = [ctx.Process(target=_worker, args=(todo, done, label, args), daemon=True) for _ in range(jobs)]
+    for w in workers:
+        w.start()
+    pages, errors = {}, []
+    try:
+        while len(pages) + len(errors) < len(order):
+            name, page, error = done.get()
+            if error:
+                errors.append(f"{name}: {error}")
+                while not todo.empty():  # no new analysis starts; the running ones finish
+                    todo.get()
+                for _ in range(jobs):
+                    todo.put(None)
+                if not any(w.is_alive() for w in workers) and done.empty():
+                    break
+            else:
+                pages[name] = Path(page)
+            if not any(w.is_alive() for w in workers) and done.empty():
+                break
+    except KeyboardInterrupt:
+        for w in workers:
+            w.terminate()
+        raise
+    for w in workers:
+        w.join()
+    if errors or len(pages) < len(order):
+        missing = [n for n in order if n not in pages]
+        raise InterpError("; ".join(errors) or f"workers stopped before {', '.join(missing)} ran")
     return pages
 
 

@@ -1,7 +1,9 @@
-"""Shared fixtures: the real default model (loaded once) and a small IOI prompt set.
+"""Shared fixtures: each real model loaded once per test run, a small IOI prompt set, and the
+quick-start report written once (the notebook and browser tests both read it).
 
-Everything runs on the real SmolLM2-135M-Instruct weights, fp32, CPU. The first run of a fresh
-machine de-quantises the GGUF (~30 s) into the user cache; later loads take a few seconds.
+Everything runs on the real weights (SmolLM2-135M-Instruct by default, Qwen2.5-Coder-0.5B-Instruct
+where a test needs refusals or multiple choice), fp32, CPU. The first run of a fresh machine
+de-quantises the GGUFs (~30-90 s) into the user cache; later loads take a few seconds.
 """
 import pytest
 import torch
@@ -15,6 +17,26 @@ from interp.tasks import ioi_examples
 def model():
     torch.manual_seed(0)
     return interp.load_model()
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """Qwen2.5-Coder-0.5B-Instruct, loaded once for every test module that needs it."""
+    torch.manual_seed(0)
+    return interp.load_model("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.fixture(scope="session")
+def quickstart_report(model, tmp_path_factory):
+    """``interp reproduce quickstart --quick`` through the runner, on the session model: the page."""
+    from interp.reports import runner
+
+    out = tmp_path_factory.mktemp("reports")
+    models = runner.Models()
+    models._loaded[None] = model
+    page = runner.reproduce("quickstart", out, "quick", models=models, progress=False)
+    runner.write_index(out, {"quickstart": page})
+    return page
 
 
 @pytest.fixture(scope="session")

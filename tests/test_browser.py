@@ -2,7 +2,9 @@
 
 What a user does, end to end: open ``notebooks/05_circuit_explorer.ipynb`` in JupyterLab, run all
 cells, click the name mover L23H3 in the graph, see its attention pattern in the head panel,
-press *Ablate* and see the logit difference change. The widgets' JavaScript (plotly's
+press *Ablate* and see the logit difference change. This is the one execution of notebook 05 in
+the suite: the numbers it saves are checked here too. The index page of the reports is opened in
+the same browser by ``test_index_page_in_chromium``. The widgets' JavaScript (plotly's
 FigureWidget, ipywidgets, circuitsvis in an iframe) must load with no network at all.
 
 JupyterLab runs on 127.0.0.1 on a free port, with no token or password, from a temporary root
@@ -193,6 +195,14 @@ def test_explorer_in_jupyterlab(tmp_path):
             explorer.screenshot(path=str(after_ablate))
             widget_errors = [e for e in errors if re.search(r"plotly|anywidget|widget|circuitsvis", e, re.I)]
             assert not widget_errors, widget_errors
+            assert page.locator(".interp-sweep-viewer").count() >= 1, "the sweep viewer should display too"
+            # What the notebook computed in this run (it is executed only here, not again headless):
+            # ablating the name movers lowers the logit difference, the negative name movers raise it.
+            numbers = json.loads((tmp_path / "root" / "reports" / "notebooks" / "05_circuit_explorer"
+                                  / "numbers.json").read_text())
+            by_class = numbers["ablate_by_class"]
+            assert by_class["name mover"]["mean"] < numbers["clean"] < by_class["negative name mover"]["mean"]
+            assert len(numbers["sweep_top5"]) == 5
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)  # what the page showed
             raise
@@ -204,3 +214,35 @@ def test_explorer_in_jupyterlab(tmp_path):
         docs.mkdir(parents=True, exist_ok=True)
         for shot in (after_click, after_ablate):
             shutil.copy(shot, docs / shot.name)
+
+
+def test_index_page_in_chromium(quickstart_report):
+    """The main job's index page as a reader sees it: the summary table opens the page, each row
+    has its number with an interval and a verdict column, and every link opens its report."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (make test does)"
+    from playwright.sync_api import sync_playwright
+
+    index = quickstart_report.parent.parent / "index.html"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            page.goto(index.as_uri())
+            first = page.locator("body > *").nth(2)  # h1, the note, then the table
+            assert first.get_attribute("id") == "summary", "the summary table must open the page"
+            headers = page.locator("#summary th").all_inner_texts()
+            assert headers[:3] == ["analysis", "headline", "ours [95% interval]"] and "verdict" in headers
+            rows = page.locator("#summary tr").all()[1:]
+            assert rows, "no headline rows"
+            cells = rows[0].locator("td").all_inner_texts()
+            assert cells[0] == "quickstart" and re.search(r"[-\d.]+ \[[-\d.]+, [-\d.]+\]", cells[2]), cells
+            page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+            hrefs = page.locator("a").evaluate_all("els => els.map(e => e.href)")
+            assert hrefs and all(Path(h.removeprefix("file://")).is_file() for h in hrefs), hrefs
+            rows[0].locator("a").click()
+            page.wait_for_load_state()
+            assert page.locator("h1").inner_text() == "IOI quick-start report"
+        finally:
+            browser.close()

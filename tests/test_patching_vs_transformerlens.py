@@ -4,6 +4,7 @@ the reference loop and the batched sweep engine.
 
 A subset of layers/heads/positions is swept (TL's ``index_df``) to keep CPU time small; the subset
 spans the first, a middle and the last layer and includes per-example answer positions.
+TransformerLens's loop runs once per (component, by_pos) and both engines are compared with it.
 """
 import itertools
 
@@ -50,13 +51,16 @@ def clean_cache(model, prompts):
 
 @pytest.mark.parametrize("component", list(TL_BY_POS))
 @pytest.mark.parametrize("by_pos", [False, True], ids=["all_pos", "by_pos"])
-@pytest.mark.parametrize("engine", ["reference", "batched"])
-def test_patch_matches_transformerlens(model, prompts, clean_cache, component, by_pos, engine):
+def test_patch_matches_transformerlens(model, prompts, clean_cache, component, by_pos):
+    """TransformerLens's loop runs once per (component, by_pos); both engines are held to it."""
     heads = _heads(component) if component.startswith("head") else None
     positions = sorted({0, int(prompts.positions["S2"][0]), int(prompts.answer_pos.max())})
-    ours = patch(model, prompts, component, by_pos=by_pos, layers=LAYERS, heads=heads,
-                 positions=positions if by_pos else None, progress=False, engine=engine)
-    assert ours.meta["engine"] == engine
+    results = {engine: patch(model, prompts, component, by_pos=by_pos, layers=LAYERS, heads=heads,
+                             positions=positions if by_pos else None, progress=False, engine=engine)
+               for engine in ("reference", "batched")}
+    ours = results["batched"]
+    assert {e: r.meta["engine"] for e, r in results.items()} == {"reference": "reference", "batched": "batched"}
+    assert results["reference"].meta["index"] == ours.meta["index"]
     index = ours.meta["index"]
     rows = list(itertools.product(*[index[a] for a in ours.axes]))
     metric = mean_logit_diff(prompts)
@@ -76,7 +80,9 @@ def test_patch_matches_transformerlens(model, prompts, clean_cache, component, b
             patch_setter=lambda act, index, clean: clean.clone(),
             activation_name=TL_ACT_NAME[component], index_df=df,
         )
-    torch.testing.assert_close(ours.values.flatten(), theirs.float().cpu(), atol=1e-4, rtol=0)
+    for engine, r in results.items():
+        torch.testing.assert_close(r.values.flatten(), theirs.float().cpu(), atol=1e-4, rtol=0,
+                                   msg=lambda m, engine=engine: f"{engine} engine: {m}")
     # The sweep must actually move the metric somewhere, or the comparison proves little.
     assert (ours.values - ours.corrupted).abs().max() > 1e-3
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+import interp
 from interp import patch
 from interp.errors import InterpError
 from interp.metrics import answer_prob
@@ -83,7 +84,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_resume_after_kill_gives_identical_results(tmp_path):
+def test_resume_after_kill_gives_identical_results(model, tmp_path):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "sweep.ckpt"
@@ -101,9 +102,12 @@ def test_resume_after_kill_gives_identical_results(tmp_path):
     assert 0 < partial.sum() < partial.numel(), "kill should land mid-sweep"
     subprocess.run([sys.executable, str(script), str(ckpt), "0"], check=True)
     resumed = torch.load(str(ckpt) + ".out")
-    fresh = tmp_path / "fresh.ckpt"
-    subprocess.run([sys.executable, str(script), str(fresh), "0"], check=True)
-    torch.testing.assert_close(resumed, torch.load(str(fresh) + ".out"), atol=0, rtol=0)
+    # The uninterrupted sweep, in this process (same model, prompts, chunking and thread count).
+    prompts = interp.tasks.ioi_examples(model, n=3, seed=1)
+    engine = SweepEngine(model, prompts, memory_budget=1)
+    _, _, variants = engine.variants("head_out", True, layers=[27, 28, 29], positions=[4, 10])
+    fresh = engine.run("head_out", variants, progress=False)
+    torch.testing.assert_close(resumed, fresh, atol=0, rtol=0)
 
 
 def test_checkpoint_of_another_sweep_is_refused(model, prompts, tmp_path):

@@ -12,6 +12,11 @@ reads a circuit file as it is::
                 "class": "name mover", "score": 0.31}, ...],
      "edges": [{"source": "L9H9", "target": "logits", "score": null}, ...]}
 
+Edge-level circuits (``interp.edges``) name the three inputs of a head as nodes of their own:
+``{"id": "L10H7.q", "kind": "head", "layer": 10, "head": 7, "input": "q", ...}`` (k and v count
+key/value heads under grouped-query attention); an MLP's node stands for its input and its output.
+The optional ``input`` key is null (or absent) on every other node.
+
     >>> from interp import graph
     >>> wang = graph.literature("gpt2-small_ioi_wang2022")
     >>> graph.compare(wang, mine)["overlap"]           # Jaccard overlap of the two head sets
@@ -33,7 +38,8 @@ SCHEMA = "interp.circuit/1"
 KINDS = ("head", "mlp", "embed", "logits")
 TOP_KEYS = ("schema", "model", "task", "metric", "method", "provenance", "nodes", "edges")
 PROVENANCE_KEYS = ("seed", "n_prompts", "ablation", "package_version", "date", "source")
-NODE_KEYS = ("id", "kind", "layer", "head", "position", "class", "score")
+NODE_KEYS = ("id", "kind", "layer", "head", "position", "class", "score", "input")
+INPUTS = ("q", "k", "v")
 EDGE_KEYS = ("source", "target", "score")
 CIRCUITS_DIR = Path(__file__).resolve().parents[1] / "circuits"
 
@@ -101,6 +107,8 @@ def validate(d: Any, origin: str | None = None) -> dict:
         for k in ("position", "class"):
             need(n[k] is None or isinstance(n[k], str), where, f"{k} must be a string or null, got {n[k]!r}")
         need(_is_score(n["score"]), where, f"score must be a finite number or null, got {n['score']!r}")
+        need(n["input"] is None or (n["input"] in INPUTS and n["kind"] == "head"), where,
+             f"input must be null, or q, k or v on a head node, got {n['input']!r}")
         need(n["id"] not in {m["id"] for m in nodes}, where, f"duplicate node id {n['id']!r}")
         nodes.append(n)
 
@@ -174,8 +182,11 @@ class Circuit:
         return cls(**{k: v[k] for k in TOP_KEYS if k != "schema"}, notes=v.get("notes"))
 
     def save(self, path: str | Path) -> None:
-        """Write deterministic JSON (sorted keys, indent 1); refuses to write an invalid circuit."""
-        text = json.dumps(validate(self.to_dict()), indent=1, sort_keys=True, allow_nan=False)
+        """Write deterministic JSON (sorted keys, indent 1; a node's ``input`` only where it has
+        one); refuses to write an invalid circuit."""
+        d = validate(self.to_dict())
+        d["nodes"] = [{k: v for k, v in n.items() if k != "input" or v is not None} for n in d["nodes"]]
+        text = json.dumps(d, indent=1, sort_keys=True, allow_nan=False)
         Path(path).write_text(text + "\n", encoding="utf-8")
 
     @classmethod
@@ -242,6 +253,42 @@ def from_heads(heads: Mapping[Head, str | None] | Iterable[Head], model: str, ta
             "date": date.today().isoformat(), "source": None, **(provenance or {})}
     return Circuit.from_dict({"schema": SCHEMA, "model": model, "task": task, "metric": metric, "method": method,
                               "provenance": prov, "nodes": nodes, "edges": out_edges,
+                              **({"notes": notes} if notes is not None else {})})
+
+
+def from_edges(edges: Iterable[tuple[str, str, float | None]], model: str, task: str,
+               metric: str = "logit_diff", method: str = "edge patching", provenance: dict | None = None,
+               notes: str | None = None) -> Circuit:
+    """An edge-level circuit from (sender, receiver, score) names of ``interp.edges``: senders
+    "embed", "L{l}H{h}", "MLP{l}"; receivers "L{l}H{h}.q|k|v", "MLP{l}", "logits". Nodes are made
+    from the names, in forward order."""
+    blank = dict.fromkeys(NODE_KEYS)
+    nodes: dict[str, dict] = {}
+
+    def node(name: str) -> dict:
+        if name in ("embed", "logits"):
+            return {**blank, "id": name, "kind": name}
+        if m := re.fullmatch(r"MLP(\d+)", name):
+            return {**blank, "id": name, "kind": "mlp", "layer": int(m.group(1))}
+        if m := re.fullmatch(r"L(\d+)H(\d+)(?:\.([qkv]))?", name):
+            return {**blank, "id": name, "kind": "head", "layer": int(m.group(1)), "head": int(m.group(2)),
+                    "input": m.group(3)}
+        raise CircuitError(f"not a node name of an edge graph: {name!r}")
+
+    out_edges = []
+    for s, t, score in edges:
+        for x in (s, t):
+            nodes.setdefault(x, node(x))
+        out_edges.append({"source": s, "target": t, "score": None if score is None else float(score)})
+
+    def when(n: dict) -> tuple:
+        rank = {"embed": -1, "logits": 10**9}.get(n["kind"], n["layer"])
+        return (rank, n["kind"] == "mlp", n["head"] if n["head"] is not None else -1, n["input"] or "")
+
+    prov = {"seed": None, "n_prompts": None, "ablation": None, "package_version": _package_version(),
+            "date": date.today().isoformat(), "source": None, **(provenance or {})}
+    return Circuit.from_dict({"schema": SCHEMA, "model": model, "task": task, "metric": metric, "method": method,
+                              "provenance": prov, "nodes": sorted(nodes.values(), key=when), "edges": out_edges,
                               **({"notes": notes} if notes is not None else {})})
 
 

@@ -234,3 +234,82 @@ def _write_hook(values, heads, pos):
         return act
 
     return hook
+
+
+# ------------------------------------------------------------------------------ edge patching
+EDGE_HOOKS = {"q": "blocks.{}.hook_q_input", "k": "blocks.{}.hook_k_input", "v": "blocks.{}.hook_v_input",
+              "mlp": "blocks.{}.hook_mlp_in"}
+
+
+class _edge_inputs:
+    """Context: the bridge exposes each head's q/k/v input and each MLP's input as hook points
+    (TransformerLens's split-qkv and mlp-in hooks), restored on exit."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        cfg = self.model.cfg
+        self.before = (bool(getattr(cfg, "use_split_qkv_input", False)), bool(getattr(cfg, "use_hook_mlp_in", False)))
+        self.model.set_use_split_qkv_input(True)
+        self.model.set_use_hook_mlp_in(True)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.set_use_split_qkv_input(self.before[0])
+        self.model.set_use_hook_mlp_in(self.before[1])
+
+
+def sender_contributions(model, tokens, hooks=()) -> dict:
+    """c_s of every sender on ``tokens``: "embed" [B, T, d], ("head", l) [B, T, H, d] (z_h W_O[h],
+    no output bias), ("mlp", l) [B, T, d]; and each layer's ("z", l) [B, T, H, dh]."""
+    L = model.cfg.n_layers
+    names = {hook_name("resid_pre", 0)} | {hook_name("z", l) for l in range(L)} | \
+        {hook_name("mlp_out", l) for l in range(L)}
+    cache = source_cache(model, tokens, names, hooks)
+    W_O = model.W_O.detach()  # [L, H, dh, d]
+    out = {"embed": cache[hook_name("resid_pre", 0)]}
+    for l in range(L):
+        out["z", l] = cache[hook_name("z", l)]
+        out["head", l] = torch.einsum("bthe,hed->bthd", out["z", l], W_O[l])
+        out["mlp", l] = cache[hook_name("mlp_out", l)]
+    return out
+
+
+def edge_patch_reference(model, prompts: PromptSet, edges_, direction: str = "denoise", metric=logit_diff,
+                         progress: bool = False) -> torch.Tensor:
+    """metric(patched) - metric(base) for each edge (``interp.edges``), one hooked forward each:
+    the sender's change c_s(source) - c_s(base), from two cached runs, is added to the receiver's
+    input hook (a head's q/k/v input, an MLP's input, or the final residual stream)."""
+    base_tokens, src_tokens = ((prompts.corrupted_tokens, prompts.clean_tokens) if direction == "denoise"
+                               else (prompts.clean_tokens, prompts.corrupted_tokens))
+    c_base, c_src = sender_contributions(model, base_tokens), sender_contributions(model, src_tokens)
+
+    def delta(s):
+        if s.kind == "embed":
+            return c_src["embed"] - c_base["embed"]
+        if s.kind == "mlp":
+            return c_src["mlp", s.layer] - c_base["mlp", s.layer]
+        return c_src["head", s.layer][:, :, s.head] - c_base["head", s.layer][:, :, s.head]
+
+    def add(d, head):
+        def hook(act, hook=None):
+            act = act.clone()
+            if head is None:
+                act += d.to(act.dtype)
+            else:
+                act[:, :, head] += d.to(act.dtype)
+            return act
+        return hook
+
+    base = float(readout(model, base_tokens, prompts, metric))
+    out = torch.empty(len(edges_))
+    with _edge_inputs(model):
+        for i, edge in enumerate(tqdm(edges_, desc="edge patching (reference)", disable=not progress, leave=False)):
+            r = edge.receiver
+            if r.kind == "logits":
+                name, head = hook_name("resid_post", model.cfg.n_layers - 1), None
+            else:
+                name, head = EDGE_HOOKS[r.kind].format(r.layer), (None if r.kind == "mlp" else r.head)
+            out[i] = float(readout(model, base_tokens, prompts, metric, [(name, add(delta(edge.sender), head))])) - base
+    return out

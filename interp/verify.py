@@ -14,7 +14,9 @@ silent disagreement impossible:
    ``VerificationError`` is raised instead of returning the numbers.
 
 The tolerance depends on the dtype: |engine - reference| <= c * eps(dtype) * (1 + scale), with
-scale the largest magnitude being compared, c = 128 for fp32 (the two sides sum thousands of
+scale the largest magnitude entering the comparison (for a metric, the largest logit at the answer
+positions as well as the metric itself: a logit difference is a small difference of large numbers,
+and inherits their rounding), c = 128 for fp32 (the two sides sum thousands of
 terms in different orders; measured differences on SmolLM2 are below 1e-5 on logit differences of
 ~5, against a tolerance of ~1e-4) and c = 4 for bf16/fp16 (dominated by rounding activations to 8
 or 11 significant bits, not by the order of sums; BENCHMARKS.md has the measured errors).
@@ -43,6 +45,12 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _scale(*ts) -> float:
     return max(float(t.float().abs().nan_to_num().max()) if t.numel() else 0.0 for t in ts)
+
+
+def _logit_scale(model, prompts) -> float:
+    """The largest |logit| at the answer positions of the clean and corrupted prompts."""
+    with torch.no_grad():
+        return max(_scale(at_answer(model(t), prompts.answer_pos)) for t in (prompts.clean_tokens, prompts.corrupted_tokens))
 
 
 class SweepCheck:
@@ -77,17 +85,20 @@ class SweepCheck:
         rows = torch.arange(len(ps), device=e.device)
         pos = ps.answer_pos.to(e.device)
         resid_diff = metric_diff = 0.0
+        self.logit_scale = 0.0
         for which, tokens in runs:
             cache = reference.source_cache(self.model, tokens, {final} | (names if which == "source" else set()),
                                            self.hooks, keep_logits=True)
             if which == "source":
                 self.source = {n: cache[n] for n in names}
             ours = e.cache(which)
-            bridge_resid, bridge_metric = cache[final][rows, pos], e.metric(at_answer(cache["logits"], pos), ps)
+            at = at_answer(cache["logits"], pos)
+            bridge_resid, bridge_metric = cache[final][rows, pos], e.metric(at, ps)
+            self.logit_scale = max(self.logit_scale, _scale(at))
             resid_diff = max(resid_diff, _max_diff(ours.final[rows, pos], bridge_resid))
             metric_diff = max(metric_diff, _max_diff(ours.metric, bridge_metric))
             resid_tol = tolerance(self.dtype, _scale(bridge_resid))
-            metric_tol = tolerance(self.dtype, _scale(bridge_metric))
+            metric_tol = tolerance(self.dtype, max(_scale(bridge_metric), self.logit_scale))
             if not (resid_diff <= resid_tol and metric_diff <= metric_tol):
                 raise EngineUnsupported(
                     f"the engine's forward differs from the model's own (final residual by {resid_diff:.3g}, "
@@ -106,7 +117,8 @@ class SweepCheck:
                                   self.readout, hooks=self.hooks, eps=e.eps, source=self.source)
         ours = values[self.sample]
         diff = _max_diff(ours, ref)
-        tol = tolerance(self.dtype, _scale(ref))
+        scale = _scale(ref) if self.readout == "residual" else max(_scale(ref), getattr(self, "logit_scale", 0.0))
+        tol = tolerance(self.dtype, scale)
         evidence = {"cells": len(self.sample), "max_abs_diff": diff, "tolerance": tol,
                     "baselines": self.baseline_diff}
         if not diff <= tol:  # NaN fails too
@@ -130,11 +142,28 @@ def check_path_sweep(model, prompts, senders, values: torch.Tensor, path_kwargs:
                         for i in sample])
     ours = values[sample]
     diff = _max_diff(ours, ref)
-    tol = tolerance(dtype, _scale(ref))
+    tol = tolerance(dtype, max(_scale(ref), _logit_scale(model, prompts)))
     if not diff <= tol:
         worst = sample[int((ours - ref).abs().argmax())]
         raise VerificationError(
             f"the batched path-patching sweep disagrees with the reference by {diff:.3g} (tolerance "
             f"{tol:.2g}) at sender {senders[worst]}: please report this; engine='reference' gives the "
             "reference numbers")
+    return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol}
+
+
+def check_edges(model, prompts, edges_, values: torch.Tensor, direction: str, metric, dtype: torch.dtype,
+                k: int = 2, seed: int = 0) -> dict:
+    """Re-run k of a batched edge sweep's edges through ``reference.edge_patch_reference``."""
+    sample = sorted(random.Random(seed).sample(range(len(edges_)), min(max(k, 0), len(edges_))))
+    if not sample:
+        return {"cells": 0, "max_abs_diff": 0.0, "tolerance": None}
+    ref = reference.edge_patch_reference(model, prompts, [edges_[i] for i in sample], direction, metric)
+    ours = values[sample]
+    diff = _max_diff(ours, ref)
+    tol = tolerance(dtype, max(_scale(ref), _logit_scale(model, prompts)))
+    if not diff <= tol:
+        worst = sample[int((ours - ref).abs().argmax())]
+        raise VerificationError(f"the batched edge sweep disagrees with the reference by {diff:.3g} (tolerance "
+                                f"{tol:.2g}) at edge {edges_[worst].name}: please report this")
     return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol}

@@ -3,6 +3,7 @@
     interp models
     interp patch --prompts p.jsonl --component head_out [--by-pos] [--out r.json] [--workers 2]
     interp dla --prompts p.jsonl
+    interp edges --prompts p.jsonl [--method exact|eap|eap-ig] [--receivers logits,L23H3.q] [--top N] --out g.json
     interp ablate --prompts p.jsonl --heads 9.6,10.0 --mode mean
     interp reproduce quickstart --out reports
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
-ANALYSES = ["quickstart", "ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads", "all"]
+ANALYSES = ["quickstart", "ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads", "edges", "all"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dla", help="direct logit attribution of answer - distractor at the last position")
     _add_prompts_arg(p)
     _add_model_args(p)
+
+    p = sub.add_parser("edges", help="edge scores (exact edge patching, EAP or EAP-IG) as an interp.circuit/1 graph")
+    p.add_argument("--prompts", required=True, type=Path,
+                   help='JSONL: one {"clean", "corrupted", "answer", "distractor"} per line')
+    p.add_argument("--out", type=Path, required=True, help="the circuit file to write (interp.circuit/1)")
+    p.add_argument("--method", default="exact", choices=["exact", "eap", "eap-ig", "eap-ig-activations", "atp"])
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    p.add_argument("--top", type=_non_negative, default=None, metavar="N", help="keep the N edges with the largest |score|")
+    p.add_argument("--receivers", default=None,
+                   help="only the edges into these receivers, e.g. logits,L23H3.q,MLP7 (default: every edge)")
+    p.add_argument("--steps", type=_non_negative, default=5, help="EAP-IG: points on the integration path")
+    _add_model_args(p, device=True)
 
     p = sub.add_parser("ablate", help="the metric with some heads ablated, and without")
     _add_prompts_arg(p)
@@ -293,6 +306,47 @@ def cmd_dla(args) -> None:
     _emit({**dla.to_dict(), "metric": "logit_diff", "model": model.interp_key, "n_prompts": len(prompts)}, args.out)
 
 
+RECEIVER = r"(logits|MLP\d+|L\d+H\d+\.[qkv])"
+
+
+def cmd_edges(args) -> None:
+    import re
+
+    from interp import edges as E
+    from interp.edge_attribution import edge_attribution
+    from interp.edge_sweep import edge_patch
+
+    names = None
+    if args.receivers is not None:
+        names = [x.strip() for x in args.receivers.split(",") if x.strip()]
+        bad = [x for x in names if not re.fullmatch(RECEIVER, x)]
+        if bad or not names:
+            raise InterpError(f"bad receiver {bad[0] if bad else args.receivers!r}: write logits, MLP{{layer}} or "
+                              "L{layer}H{head}.q|k|v, separated by commas")
+    if args.steps < 1:
+        raise InterpError("--steps must be at least 1")
+    model, prompts = _load(args)
+    receivers = None if names is None else [E.parse_receiver(model.cfg, x) for x in names]
+    edges_ = E.edges(model.cfg, receivers)
+    if args.method == "exact":
+        scores = edge_patch(model, prompts, edges_, direction=args.direction)
+    else:
+        scores = edge_attribution(model, prompts, edges_, args.method, args.direction, steps=args.steps)
+    circuit = scores.to_circuit(model.interp_key, "edges of the prompts' task", top=args.top,
+                                n_prompts=len(prompts), ablation=f"edge patching ({args.direction})")
+    _write_circuit(circuit, args.out)
+    print(f"wrote {args.out}: {len(circuit.edges)} of {len(edges_)} edges ({scores.method})", file=sys.stderr)
+
+
+def _write_circuit(circuit, out: Path) -> None:
+    import os
+
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    circuit.save(tmp)
+    os.replace(tmp, out)
+
+
 def cmd_ablate(args) -> None:
     import torch
 
@@ -373,7 +427,7 @@ def cmd_bench(args) -> None:
           "times the FLOP floor at 790 TFLOP/s our run takes)")
 
 
-COMMANDS = {"models": cmd_models, "patch": cmd_patch, "dla": cmd_dla, "ablate": cmd_ablate,
+COMMANDS = {"models": cmd_models, "patch": cmd_patch, "dla": cmd_dla, "edges": cmd_edges, "ablate": cmd_ablate,
             "reproduce": cmd_reproduce, "bench": cmd_bench}
 
 

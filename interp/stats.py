@@ -5,7 +5,8 @@ model differs, because the sample is small, or because a definition differs. The
 tell the second apart from the others.
 
 - ``bootstrap_ci``: a percentile bootstrap interval of a statistic over examples (prompts,
-  requests, episodes), seeded; paired when given two aligned samples (their difference).
+  requests, episodes), seeded; paired when given two aligned samples (their difference);
+  ``bootstrap_indices`` for a statistic of several aligned samples (resampling item indices).
 - ``proportion_ci``: the Wilson score interval of a proportion (k successes of n).
 - ``fisher_exact``: the exact test of a 2x2 table (is a rate higher in one group than another).
 - ``permutation_pvalue``: how often random draws (e.g. random head sets) reach the observed value.
@@ -46,6 +47,19 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
     lo = boots[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
     hi = boots[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
     return stat(xs), lo, hi
+
+
+def bootstrap_indices(n: int, stat: Callable[[list[int]], float], n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) of ``stat(indices)`` over items 0..n-1 resampled with replacement: for
+    statistics of several aligned samples (a rank correlation of two score lists, say)."""
+    if n <= 0:
+        raise ValueError("bootstrap of an empty sample")
+    rng = random.Random(seed)
+    boots = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(n_boot))
+    lo = boots[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
+    hi = boots[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
+    return stat(list(range(n))), lo, hi
 
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float, float]:

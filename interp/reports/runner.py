@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.reports import circuit_reuse, correct_letter, ioi, quickstart, retrieval_heads, safety_heads
+from interp.reports import circuit_reuse, correct_letter, edges, ioi, quickstart, retrieval_heads, safety_heads
 from interp.reports.page import CSS, versions
 
 ANALYSES = {
@@ -54,6 +54,7 @@ ANALYSES = {
     "correct-letter": correct_letter,
     "retrieval-heads": retrieval_heads,
     "safety-heads": safety_heads,
+    "edges": edges,
 }
 SETTINGS = ("quick", "standard", "full")
 VERDICTS = ("reproduced", "partly", "not")
@@ -226,8 +227,8 @@ def check_headline(name: str, num: dict) -> None:
 
 #: Seconds each analysis's standard setting took here (2-core CPU, one thread): the order in which
 #: parallel workers take them (longest first), so the two workers finish close together.
-EXPECTED_S = {"safety-heads": 240, "correct-letter": 200, "retrieval-heads": 200, "circuit-reuse": 180,
-              "ioi": 180, "quickstart": 60}
+EXPECTED_S = {"safety-heads": 240, "correct-letter": 200, "retrieval-heads": 200, "edges": 200,
+              "circuit-reuse": 180, "ioi": 180, "quickstart": 60}
 
 
 def default_jobs(device: str = "cpu") -> int:

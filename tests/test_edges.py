@@ -1,0 +1,156 @@
+"""Edge-level circuits: the edge graph, exact edge patching against its hooked reference, the
+approximations' gradients against finite differences, and the audit's statistics."""
+import json
+import random
+
+import pytest
+import torch
+
+from interp import edges as E
+from interp import graph
+from interp.edge_attribution import edge_attribution
+from interp.edge_sweep import edge_patch
+from interp.errors import ComponentError
+from interp.random_models import random_model, random_prompts
+from interp.reference import EDGE_HOOKS, _edge_inputs, edge_patch_reference, readout, sender_contributions
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-qwen2", "tiny-llama"])
+def tiny(request):
+    model = random_model(request.param, "cpu", torch.float32)
+    return model, random_prompts(model, batch=3, n_pos=9, ragged=True)
+
+
+def test_the_edge_graph_of_a_model(model):
+    cfg = model.cfg
+    L, H, Hkv = cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads
+    ss, rs, es = E.senders(cfg), E.receivers(cfg), E.edges(cfg)
+    assert len(ss) == 1 + L * (H + 1) and len(rs) == L * (H + 2 * Hkv + 1) + 1
+    # a receiver at layer l reads the embedding, every head and MLP before it; layer l's MLP also
+    # reads layer l's heads; the logits read everything
+    per_layer = sum((H + 2 * Hkv) * (1 + l * (H + 1)) + (1 + (l + 1) * H + l) for l in range(L))
+    assert len(es) == per_layer + len(ss) == 70_651
+    names = {e.name for e in es}
+    assert "L3H2->L4H0.q" in names and "L4H0->L4H0.q" not in names and "L4H0->MLP4" in names
+    assert "MLP4->MLP4" not in names and "MLP29->logits" in names and "embed->L0H2.k" in names
+    assert E.parse_receiver(cfg, "L23H3.q") == E.Receiver("q", 23, 3)
+    for bad in ("L23H3.z", "L30H0.q", "L2H3.k", "MLPx", "resid"):
+        with pytest.raises(ComponentError):
+            E.parse_receiver(cfg, bad)
+
+
+def test_exact_edge_patching_equals_its_reference_on_every_family(tiny):
+    """Every edge of a 2-layer model of each family, both directions, against one hooked forward
+    per edge (fp32 within 1e-5)."""
+    model, prompts = tiny
+    for direction in ("denoise", "noise"):
+        ours = edge_patch(model, prompts, direction=direction, progress=False)
+        ref = edge_patch_reference(model, prompts, ours.edges, direction)
+        torch.testing.assert_close(ours.values, ref, atol=1e-5, rtol=0)
+        assert ours.meta["verified"]["cells"] == 2 and ref.abs().max() > 0.05
+
+
+def test_exact_edge_patching_on_the_real_model(model, prompts):
+    """A sample of SmolLM2's edges of every receiver kind against the reference."""
+    cfg = model.cfg
+    rng = random.Random(0)
+    kinds = {}
+    for e in E.edges(cfg, [E.Receiver("logits"), E.Receiver("q", 27, 4), E.Receiver("k", 26, 1),
+                           E.Receiver("v", 28, 2), E.Receiver("mlp", 25)]):
+        kinds.setdefault(e.receiver.kind, []).append(e)
+    sample = [e for es in kinds.values() for e in rng.sample(es, 4)]
+    ours = edge_patch(model, prompts, sample, progress=False, verify=0)
+    ref = edge_patch_reference(model, prompts, sample)
+    torch.testing.assert_close(ours.values, ref, atol=1e-4, rtol=0)
+
+
+def test_eap_is_the_derivative_of_edge_patching(tiny):
+    """EAP's score of an edge is d/de metric(x_r + e Delta_s) at e = 0: a central finite difference
+    through the hooked reference agrees, for every receiver kind."""
+    model, prompts = tiny
+    eap = edge_attribution(model, prompts, method="eap", progress=False)
+    c_base = sender_contributions(model, prompts.corrupted_tokens)
+    c_src = sender_contributions(model, prompts.clean_tokens)
+    picked = {}
+    for i, e in enumerate(eap.edges):
+        picked.setdefault(e.receiver.kind, i)
+    for kind, i in picked.items():
+        e = eap.edges[i]
+        s, r = e.sender, e.receiver
+        d = (c_src["embed"] - c_base["embed"] if s.kind == "embed" else
+             c_src["mlp", s.layer] - c_base["mlp", s.layer] if s.kind == "mlp" else
+             (c_src["head", s.layer] - c_base["head", s.layer])[:, :, s.head])
+        name = (f"blocks.{model.cfg.n_layers - 1}.hook_resid_post" if r.kind == "logits"
+                else EDGE_HOOKS[r.kind].format(r.layer))
+        head = None if r.kind in ("mlp", "logits") else r.head
+
+        def at(eps):
+            def hook(act, hook=None):
+                act = act.clone()
+                if head is None:
+                    act += eps * d
+                else:
+                    act[:, :, head] += eps * d
+                return act
+            with _edge_inputs(model):
+                return float(readout(model, prompts.corrupted_tokens, prompts, hooks=[(name, hook)]))
+
+        slope = (at(1e-3) - at(-1e-3)) / 2e-3
+        assert eap.values[i].item() == pytest.approx(slope, abs=2e-3, rel=2e-3), (kind, e.name)
+
+
+def test_every_method_scores_the_same_edges_on_the_same_scale(tiny):
+    model, prompts = tiny
+    edges_ = E.edges(model.cfg)[:40]
+    exact = edge_patch(model, prompts, edges_, progress=False, verify=0)
+    for method in ("eap", "eap-ig", "eap-ig-activations", "atp"):
+        approx = edge_attribution(model, prompts, edges_, method=method, steps=2, progress=False)
+        assert approx.edges == exact.edges and torch.isfinite(approx.values).all()
+        assert 0.1 < approx.values.abs().max() / exact.values.abs().max() < 10, method
+    with pytest.raises(ComponentError, match="unknown edge attribution method"):
+        edge_attribution(model, prompts, edges_, method="acdc")
+
+
+def test_edge_scores_as_a_circuit_file(tiny, tmp_path):
+    model, prompts = tiny
+    scores = edge_patch(model, prompts, progress=False, verify=0)
+    circuit = scores.to_circuit("tiny", "random", top=10, seed=0, n_prompts=len(prompts))
+    circuit.save(tmp_path / "c.json")
+    again = graph.Circuit.load(tmp_path / "c.json")
+    assert len(again.edges) == 10
+    by_name = scores.by_name()
+    for e in again.edges:
+        assert e["score"] == pytest.approx(by_name[f'{e["source"]}->{e["target"]}'])
+    q = [n for n in again.nodes if n["input"] == "q"]
+    assert all(n["kind"] == "head" and n["id"].endswith(".q") for n in q)
+    raw = json.loads((tmp_path / "c.json").read_text())
+    raw["nodes"][0]["input"] = "z"
+    with pytest.raises(Exception, match="input must be null"):
+        graph.Circuit.from_dict(raw)
+
+
+def test_circuit_evaluation_agrees_with_edge_patching(tiny):
+    """All edges kept: the clean run; none: the corrupted run; all but one: the clean run with that
+    edge noised (exact patching, direction "noise")."""
+    from interp.edge_circuits import circuit_metric, faithfulness_curve
+
+    model, prompts = tiny
+    all_edges = E.edges(model.cfg)
+    clean = float(readout(model, prompts.clean_tokens, prompts))
+    corrupted = float(readout(model, prompts.corrupted_tokens, prompts))
+    assert circuit_metric(model, prompts, set(all_edges), all_edges) == pytest.approx(clean, abs=1e-5)
+    assert circuit_metric(model, prompts, set(), all_edges) == pytest.approx(corrupted, abs=1e-4)
+    picks = [e for e in all_edges if e.receiver.kind in ("q", "mlp", "logits")][::9][:4]
+    noised = edge_patch(model, prompts, picks, direction="noise", progress=False, verify=0)
+    for e, score in zip(picks, noised.values):
+        assert circuit_metric(model, prompts, set(all_edges) - {e}, all_edges) == pytest.approx(clean + float(score), abs=1e-4)
+    # a path carries information only if every edge of it is kept: one embedding edge alone changes
+    # a head whose own outgoing edges all carry corrupted values, so nothing changes downstream
+    embed_edge = next(e for e in all_edges if e.sender.kind == "embed" and e.receiver.kind == "v")
+    assert circuit_metric(model, prompts, {embed_edge}, all_edges) == pytest.approx(corrupted, abs=1e-4)
+    curve = faithfulness_curve(model, prompts, edge_patch(model, prompts, all_edges, progress=False, verify=0),
+                               fractions=(0.0, 0.25, 1.0))
+    f = [p["faithfulness"] for p in curve["points"]]
+    assert f[0] == 0 and f[-1] == pytest.approx(1)
+    assert curve["cpr"] == pytest.approx(0.25 * (f[0] + f[1]) / 2 + 0.75 * (f[1] + f[2]) / 2)
+    assert curve["cmd"] == pytest.approx(0.25 * (1 + abs(1 - f[1])) / 2 + 0.75 * abs(1 - f[1]) / 2)

@@ -131,6 +131,32 @@ def parse_receiver(cfg, name: str) -> Receiver:
     return r
 
 
+def parse_sender(cfg, name: str) -> Sender:
+    """"embed", "L9H6", "MLP7" -> a Sender of this model (a clear error if not)."""
+    if name == "embed":
+        return Sender("embed")
+    try:
+        if name.startswith("MLP"):
+            s = Sender("mlp", int(name[3:]))
+        else:
+            layer, h = name[1:].split("H") if name.startswith("L") else ("x", "x")
+            s = Sender("head", int(layer), int(h))
+    except ValueError:
+        raise ComponentError(f"bad sender {name!r}: write embed, L{{layer}}H{{head}} or MLP{{layer}}") from None
+    if not 0 <= s.layer < cfg.n_layers or (s.kind == "head" and not 0 <= s.head < cfg.n_heads):
+        raise ComponentError(f"sender {name!r} does not exist in a {cfg.n_layers}-layer model "
+                             f"with {cfg.n_heads} heads per layer")
+    return s
+
+
+def parse_edge(cfg, sender: str, receiver: str) -> Edge:
+    """The edge ``sender -> receiver`` by names; an error if the sender does not run before it."""
+    e = Edge(parse_sender(cfg, sender), parse_receiver(cfg, receiver))
+    if e.sender.time >= e.receiver.time(cfg.n_layers):
+        raise ComponentError(f"no edge {e.name}: {sender} does not write before {receiver} reads")
+    return e
+
+
 @dataclass
 class EdgeScores:
     """Scores of edges: ``values[i]`` for ``edges[i]`` (metric(patched) - metric(base), or a

@@ -11,6 +11,13 @@ Two widgets, both built from ipywidgets and driven by Python callbacks:
     predictions of the chosen prompt before and after. A form takes a new prompt (clean,
     corrupted, answer, distractor) and makes it the prompt set.
 
+    Edges are drawn by their score (width ~ |score|, red positive, blue negative; grey when the
+    circuit has no edge scores). Clicking an edge's midpoint marks it for *cutting* (dashed
+    black); "Cut edges" re-runs the prompts with every marked edge carrying its corrupted value
+    and everything else clean (``interp.edge_circuits.circuit_metric``: the receiver's input loses
+    the sender's clean contribution and gets its corrupted one). An edge into a head without an
+    input letter (a node-level circuit's "L8H1 -> L19H2") is cut into all three of its q, k, v inputs.
+
 ``SweepViewer(result, model, prompts)``
     A ("layer", "head") ``Result`` (a head patching sweep) as a heat map; clicking a cell selects
     that head and opens the head panel on it.
@@ -26,9 +33,10 @@ Two widgets, both built from ipywidgets and driven by Python callbacks:
     >>> explorer                                  # displays the widget in a notebook
     >>> explorer.select_node("L23H3"); explorer.ablate("mean")
     >>> explorer.metric.value                     # the text the user sees
+    >>> explorer.select_edge("L23H3", "logits"); explorer.cut_edges()
 
 Everything a user can do with the mouse is a public method (``select_node``, ``select_class``,
-``ablate``, ``reset``, ``run_prompt``, ``select_example``, ``SweepViewer.select``), and the state
+``ablate``, ``select_edge``, ``cut_edges``, ``reset``, ``run_prompt``, ``select_example``, ``SweepViewer.select``), and the state
 lives in ordinary widget objects (``explorer.metric.value``, ``explorer.panel.title.value``,
 ``viewer.selected``), so tests drive the widgets without a browser. Errors a user can cause
 (prompts of unequal token length, an answer that is several tokens: ``InterpError``) are shown
@@ -53,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,6 +69,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
+from interp import edges as E
 from interp import graph
 from interp.ablation import ablation_hooks
 from interp.attribution import direct_logit_attribution
@@ -73,6 +83,7 @@ log = logging.getLogger(__name__)
 Head = tuple[int, int]
 ABLATION_MODES = ("zero", "mean", "ua")
 TOP_K = 5
+EDGE_TRACE, CUT_TRACE, RING_TRACE, FOCUS_TRACE = "edges (click to mark)", "edges to cut", "ablation set", "focused"
 GRAPH_WIDTH = 560  # pixels: a fixed width, so the graph never spills under the head panel
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                  "#7f7f7f", "#bcbd22", "#17becf")
@@ -302,6 +313,9 @@ class CircuitExplorer:
         self.focused: str | None = None        # the node the head panel shows
         self.applied: tuple[str, list[Head]] | None = None  # the ablation behind the metric, if any
         self.clean_value = self.corrupted_value = self.ablated_value = None
+        self.marked_edges: list[tuple[str, str]] = []  # (source, target) marked for cutting, in click order
+        self.cut: list[tuple[str, str]] | None = None  # the edges behind cut_value, if any
+        self.cut_value: float | None = None
         self._clean_last = self._ablated_last = None  # [batch, vocab] logits at the answer
 
         self.busy = _Busy()
@@ -326,6 +340,10 @@ class CircuitExplorer:
         self.ablate_button.on_click(lambda _: self.ablate())
         self.reset_button.on_click(lambda _: self.reset())
         self.clear_button.on_click(lambda _: self.clear_selection())
+        self.cut_button = W.Button(description="Cut edges", icon="unlink",
+                                   tooltip="re-run with the marked edges carrying their corrupted value")
+        self.cut_button.add_class("interp-cut")
+        self.cut_button.on_click(lambda _: self.cut_edges())
         self.metric = W.HTML("")
         self.metric.add_class("interp-metric")
         self.predictions = W.HTML("")
@@ -383,9 +401,46 @@ class CircuitExplorer:
             self._redraw_marks()
 
     def clear_selection(self) -> None:
-        """Empty the ablation set (the metric keeps showing the last ablation until Reset/Ablate)."""
+        """Empty the ablation set and the marked edges (the metric keeps showing the last result
+        until Reset, Ablate or Cut edges)."""
         self.selected = []
+        self.marked_edges = []
         self._redraw_marks()
+
+    def select_edge(self, source: str, target: str) -> None:
+        """What a click on an edge does: mark it for cutting, or unmark it."""
+        with _shown_errors(self.error, f"selecting the edge {source} -> {target}"):
+            if (source, target) not in self._edge_pos:
+                raise ComponentError(f"no edge {source} -> {target} in this circuit")
+            self.edge_targets(source, target)  # an edge the model cannot cut is refused at the click
+            key = (source, target)
+            if key in self.marked_edges:
+                self.marked_edges.remove(key)
+            else:
+                self.marked_edges.append(key)
+            self._redraw_marks()
+
+    def edge_targets(self, source: str, target: str) -> list[E.Edge]:
+        """The model's edges behind a drawn edge: itself, or, into a head named without an input
+        letter, the edges into its q, k and v inputs (k and v of its key/value head)."""
+        cfg = self.model.cfg
+        if target in self.nodes and self.nodes[target]["kind"] == "head" and not self.nodes[target].get("input"):
+            layer, head = self.nodes[target]["layer"], self.nodes[target]["head"]
+            group = head // (cfg.n_heads // (cfg.n_key_value_heads or cfg.n_heads))
+            names = [f"L{layer}H{head}.q", f"L{layer}H{group}.k", f"L{layer}H{group}.v"]
+        else:
+            names = [target]
+        return [E.parse_edge(cfg, source, t) for t in names]
+
+    def cut_edges(self) -> float | None:
+        """Re-run the prompt set with every marked edge carrying its corrupted value; returns the
+        mean logit difference (None if it failed: the error is shown in the widget)."""
+        with _shown_errors(self.error, "cutting edges"):
+            if not self.marked_edges:
+                raise ComponentError("no edges are marked: click an edge's midpoint in the graph first")
+            self._cut(list(self.marked_edges))
+            return self.cut_value
+        return None
 
     @property
     def selected_heads(self) -> list[Head]:
@@ -411,6 +466,7 @@ class CircuitExplorer:
     def reset(self) -> None:
         """Forget the ablation: the metric and predictions show the unablated model again."""
         self.applied, self.ablated_value, self._ablated_last = None, None, None
+        self.cut, self.cut_value = None, None
         self._refresh_text()
 
     def run_prompt(self, clean: str, corrupted: str, answer: str, distractor: str) -> bool:
@@ -458,7 +514,7 @@ class CircuitExplorer:
             self._clean_last = at_answer(clean_logits, prompts.answer_pos)
             self.clean_value = float(logit_diff(clean_logits, prompts).mean())
             self.corrupted_value = float(logit_diff(corrupted_logits, prompts).mean())
-            self.ablated_value = self._ablated_last = None
+            self.ablated_value = self._ablated_last = self.cut_value = None
             texts = prompts.clean_text or [f"prompt {i}" for i in range(len(prompts))]
             self._quiet = True
             try:
@@ -470,6 +526,8 @@ class CircuitExplorer:
         self.panel.set_prompts(prompts, example)
         if self.applied:
             self._apply(*self.applied)
+        if self.cut:
+            self._cut(self.cut)
         self._refresh_text()
 
     def _apply(self, mode: str, heads: list[Head]) -> None:
@@ -481,6 +539,16 @@ class CircuitExplorer:
             self.applied = (mode, list(heads))
             self._ablated_last = at_answer(logits, self.prompts.answer_pos)
             self.ablated_value = float(logit_diff(logits, self.prompts).mean())
+        self._refresh_text()
+
+    def _cut(self, marked: list[tuple[str, str]]) -> None:
+        from interp.edge_circuits import circuit_metric
+
+        edges_ = list(dict.fromkeys(e for s, t in marked for e in self.edge_targets(s, t)))
+        with self.busy.run(f"cutting {len(edges_)} edges", 1) as step:
+            step("forward")
+            self.cut_value = circuit_metric(self.model, self.prompts, keep=set(), scope=edges_)
+            self.cut = list(marked)
         self._refresh_text()
 
     def _run(self, tokens: torch.Tensor, hooks: list | None = None) -> torch.Tensor:
@@ -503,6 +571,10 @@ class CircuitExplorer:
             names = ", ".join(_head_id(*h) for h in heads)
             delta = self.ablated_value - self.clean_value
             parts.append(f"<b>ablated</b> ({mode}: {names}) <b>{_fmt(self.ablated_value)}</b> (Δ {delta:+.3f})")
+        if self.cut and self.cut_value is not None:
+            names = ", ".join(f"{a}→{b}" for a, b in self.cut)
+            delta = self.cut_value - self.clean_value
+            parts.append(f"<b>edges cut</b> ({names}) <b>{_fmt(self.cut_value)}</b> (Δ {delta:+.3f})")
         self.metric.value = " &nbsp;·&nbsp; ".join(parts)
         self.predictions.value = self._predictions_html()
 
@@ -531,17 +603,35 @@ class CircuitExplorer:
 
     # ---------------------------------------------------------------------------------- graph
     def _build_graph(self) -> go.FigureWidget:
-        """Edges as one line trace, nodes as one scatter trace per class (the legend), and two
-        overlay traces: the ablation set (black rings) and the focused node (a red ring)."""
+        """Edges as line traces (one per width bin and sign), their midpoints as one clickable
+        marker trace, nodes as one scatter trace per class (the legend), and three overlay traces:
+        the marked edges (dashed black), the ablation set (black rings), the focused node (a red ring)."""
         pos = graph.layout(self.circuit)
-        edge_x: list[float | None] = []
-        edge_y: list[float | None] = []
+        biggest = max((abs(e["score"]) for e in self.circuit.edges if e["score"] is not None), default=0.0)
+        bins: dict[tuple[str, float], tuple[list, list]] = {}
+        self._edge_pos = {}
+        mids: tuple[list, list, list, list] = ([], [], [], [])
         for e in self.circuit.edges:
             (x0, y0), (x1, y1) = pos[e["source"]], pos[e["target"]]
-            edge_x += [x0, x1, None]
-            edge_y += [y0, y1, None]
-        traces: list[go.Scatter] = [go.Scatter(x=edge_x, y=edge_y, mode="lines", hoverinfo="skip",
-                                               line=dict(color="#bbbbbb", width=1), showlegend=False)]
+            self._edge_pos[e["source"], e["target"]] = (x0, y0, x1, y1)
+            if e["score"] is None or biggest == 0:
+                key = ("#bbbbbb", 1.0)
+            else:  # four widths, so a few traces draw any number of edges
+                key = ("#d62728" if e["score"] > 0 else "#1f77b4", 1.0 + 1.5 * math.ceil(4 * abs(e["score"]) / biggest))
+            xs, ys = bins.setdefault(key, ([], []))
+            xs += [x0, x1, None]
+            ys += [y0, y1, None]
+            mids[0].append((x0 + x1) / 2)
+            mids[1].append((y0 + y1) / 2)
+            mids[2].append(f"{e['source']}->{e['target']}")
+            mids[3].append(f"{e['source']} → {e['target']}<br>score {_fmt(e['score'])}<br>click to mark for cutting")
+        traces: list[go.Scatter] = [
+            go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", line=dict(color=colour, width=width),
+                       opacity=0.6, showlegend=False, name=f"edges {colour} {width}")
+            for (colour, width), (xs, ys) in sorted(bins.items(), key=lambda kv: kv[0][1])]
+        traces.append(go.Scatter(x=mids[0], y=mids[1], mode="markers", name=EDGE_TRACE, customdata=mids[2],
+                                 hovertext=mids[3], hoverinfo="text", showlegend=False,
+                                 marker=dict(size=7, color="#666666", opacity=0.35)))
         groups: dict[str, list[dict]] = {}
         for n in self.circuit.nodes:
             groups.setdefault(n["class"] or n["kind"], []).append(n)
@@ -554,26 +644,38 @@ class CircuitExplorer:
                             line=dict(color="white", width=1)),
                 hovertext=[f"{n['id']}<br>{n['class'] or n['kind']}<br>score {_fmt(n['score'])}" for n in nodes],
                 hoverinfo="text"))
-        for name, colour, width in (("ablation set", "black", 3), ("focused", "#e00000", 2)):
+        traces.append(go.Scatter(x=[], y=[], mode="lines", name=CUT_TRACE, hoverinfo="skip",
+                                 line=dict(color="black", width=3, dash="dash")))
+        for name, colour, width in ((RING_TRACE, "black", 3), (FOCUS_TRACE, "#e00000", 2)):
             traces.append(go.Scatter(x=[], y=[], mode="markers", name=name, hoverinfo="skip", customdata=[],
                                      marker=dict(size=38, symbol="circle-open", color=colour, line=dict(width=width))))
         fig = go.FigureWidget(traces, layout=go.Layout(
-            title=dict(text=f"{self.circuit.model} · {self.circuit.task}: click a head", font=dict(size=13)),
+            title=dict(text=f"{self.circuit.model} · {self.circuit.task}: click a head or an edge",
+                       font=dict(size=13)),
             width=GRAPH_WIDTH, height=640, margin=dict(l=50, r=10, t=40, b=40), plot_bgcolor="white", dragmode=False,
             xaxis=dict(title="head", zeroline=False, gridcolor="#eeeeee"),
             yaxis=dict(title="layer", zeroline=False, gridcolor="#eeeeee"),
             legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.12, x=0)))
-        for trace in fig.data[1:]:
-            trace.on_click(self._on_graph_click)
+        for trace in fig.data:
+            if trace.customdata is not None:
+                trace.on_click(self._on_graph_click)
         self._pos = pos
         return fig
 
+    def _trace(self, name: str):
+        return next(t for t in self.graph.data if t.name == name)
+
     def _on_graph_click(self, trace, points, state) -> None:
-        if points.point_inds:  # plotly calls every trace's handlers; only the clicked one has points
-            self.select_node(trace.customdata[points.point_inds[0]])
+        if not points.point_inds:  # plotly calls every trace's handlers; only the clicked one has points
+            return
+        item = trace.customdata[points.point_inds[0]]
+        if trace.name == EDGE_TRACE:
+            self.select_edge(*item.split("->"))
+        else:
+            self.select_node(item)
 
     def _redraw_marks(self) -> None:
-        rings, focus = self.graph.data[-2], self.graph.data[-1]
+        rings, focus, cut = self._trace(RING_TRACE), self._trace(FOCUS_TRACE), self._trace(CUT_TRACE)
         with self.graph.batch_update():
             rings.x = [self._pos[i][0] for i in self.selected]
             rings.y = [self._pos[i][1] for i in self.selected]
@@ -582,11 +684,22 @@ class CircuitExplorer:
             focus.x = [self._pos[i][0] for i in ids]
             focus.y = [self._pos[i][1] for i in ids]
             focus.customdata = ids
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            for key in self.marked_edges:
+                x0, y0, x1, y1 = self._edge_pos[key]
+                xs += [x0, x1, None]
+                ys += [y0, y1, None]
+            cut.x, cut.y = xs, ys
         heads = ", ".join(_head_id(*h) for h in self.selected_heads) or "none (click heads in the graph)"
-        self.selection_text.value = f"<b>ablation set</b>: {heads}"
+        text = f"<b>ablation set</b>: {heads}"
+        if self.marked_edges:
+            text += " &nbsp;·&nbsp; <b>edges to cut</b>: " + ", ".join(f"{a}→{b}" for a, b in self.marked_edges)
+        self.selection_text.value = text
 
     def _layout(self) -> W.Widget:
-        controls = W.HBox([self.mode, self.class_picker, self.clear_button, self.ablate_button, self.reset_button],
+        controls = W.HBox([self.mode, self.class_picker, self.clear_button, self.ablate_button, self.cut_button,
+                           self.reset_button],
                           layout=W.Layout(flex_flow="row wrap", align_items="center"))
         prompt_form = W.VBox([
             self.clean_box, self.corrupted_box,

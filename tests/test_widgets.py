@@ -181,3 +181,44 @@ def test_sweep_viewer_without_a_model(sweep):
     assert viewer.selected == (29, 8) and viewer.panel is None and "+0.0000" in viewer.info.value
     with pytest.raises(ComponentError):
         SweepViewer(Result(torch.zeros(4), ("layer",), "attn_out"))
+
+
+def _click_edge(explorer: CircuitExplorer, source: str, target: str) -> None:
+    trace_index, trace = next((i, t) for i, t in enumerate(explorer.graph.data) if t.name.startswith("edges (click"))
+    j = list(trace.customdata).index(f"{source}->{target}")
+    _click(explorer.graph, trace_index, j, trace.x[j], trace.y[j])
+
+
+def test_cutting_an_edge_is_exact_edge_patching(explorer, model, ioi8):
+    """A click on the L23H3 -> logits edge marks it; cutting it gives the clean run with that one
+    edge at its corrupted value: clean + the exact engine's noising score of the edge."""
+    from interp.edge_sweep import edge_patch
+    from interp.edges import parse_edge
+
+    _click_edge(explorer, "L23H3", "logits")
+    assert explorer.marked_edges == [("L23H3", "logits")] and "edges to cut" in explorer.selection_text.value
+    assert list(explorer._trace("edges to cut").x)[:2] != [], "the marked edge is drawn"
+    value = explorer.cut_edges()
+    exact = edge_patch(model, ioi8, [parse_edge(model.cfg, "L23H3", "logits")], direction="noise", progress=False)
+    assert value == pytest.approx(explorer.clean_value + float(exact.values[0]), abs=1e-4)
+    assert value < explorer.clean_value - 0.1 and "edges cut" in explorer.metric.value
+    # an edge into a whole head of a node-level circuit is cut into its q, k and v inputs
+    edges_ = explorer.edge_targets("L8H1", "L19H2")
+    assert [e.receiver.name for e in edges_] == ["L19H2.q", "L19H2.k", "L19H2.v"][:1] + \
+        [f"L19H{2 // (model.cfg.n_heads // model.cfg.n_key_value_heads)}.{x}" for x in "kv"]
+    explorer.select_edge("L23H3", "nowhere")
+    assert "no edge" in explorer.error.value
+    explorer.reset()
+    assert "edges cut" not in explorer.metric.value
+
+
+def test_scored_edges_are_drawn_by_weight(model, ioi8):
+    from interp import edges as E
+
+    scores = E.EdgeScores([E.parse_edge(model.cfg, s, t) for s, t in
+                           (("L23H3", "logits"), ("L8H1", "L19H2.q"), ("MLP0", "logits"))],
+                          torch.tensor([2.0, -0.1, 0.5]), "exact")
+    explorer = CircuitExplorer(model, scores.to_circuit(model.interp_key, "ioi"), ioi8)
+    drawn = {(t.line.color, t.line.width) for t in explorer.graph.data if t.name.startswith("edges #")}
+    assert ("#d62728", 7.0) in drawn and ("#1f77b4", 2.5) in drawn and ("#d62728", 2.5) in drawn, drawn
+    assert len(explorer._edge_pos) == 3 and not any(colour == "#bbbbbb" for colour, _ in drawn)

@@ -1,9 +1,14 @@
-"""Retrieval heads (interp.methods.retrieval_heads) on the real default model: the KV-cached decoder
-against the TransformerBridge, the score formula on a constructed episode, masking only while decoding."""
+"""Retrieval heads (interp.methods.retrieval_heads, Wu et al. 2024) on the real default model: the
+decoder's steps against the TransformerBridge, the paper's copy-paste score on constructed
+attention, masking from the last prompt token on, and heads chosen on needles they are not tested on."""
+import random
+
 import pytest
 import torch
 
 from interp.ablation import ablation_hooks
+from interp.errors import InterpError
+from interp.generate import generation
 from interp.hooks import hook_name
 from interp.methods import retrieval_heads as rh
 from interp.tasks import needle_episodes
@@ -11,66 +16,136 @@ from interp.tasks import needle_episodes
 
 @pytest.fixture(scope="module")
 def episode(model):
-    return needle_episodes(model.tokenizer, lengths=(256,), depths=(0.5,), needles=["vault"], seed=0, chat=True)[0]
+    return needle_episodes(model.tokenizer, lengths=(160,), depths=(0.5,), needles=["quiz"], seed=0, chat=True,
+                           buffer=0)[0]
 
 
 @pytest.fixture(scope="module")
 def decoded(model, episode):
-    return rh.Decoder(model).decode(episode.tokens, max_new=20)
+    return generation(model, episode.tokens, [("ua", [])], max_new=10, top1=True, stop_at_newline=True)
 
 
-def test_decoder_matches_the_bridge(model, episode, decoded):
-    """Prefill logits, every greedy token and every head's top-1 attention equal the bridge's."""
-    assert len(decoded.tokens) >= 3
-    full = torch.cat([episode.tokens, torch.tensor(decoded.tokens)])
+def test_each_step_reads_the_query_that_emitted_its_token(model, episode, decoded):
+    """tokens[t] is the greedy argmax at position T - 1 + t of the whole sequence, and top1[t] the
+    top-1 attended position of that same query (the paper: the step that *emits* w_t, starting
+    with the prompt's last token)."""
+    tokens, top1 = decoded.tokens[0], decoded.top1[0]
+    assert len(tokens) >= 3 and top1.shape == (len(tokens), model.cfg.n_layers, model.cfg.n_heads)
+    full = torch.cat([episode.tokens, torch.tensor(tokens)])
     names = [hook_name("pattern", l) for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         logits, cache = model.run_with_cache(full[None], names_filter=lambda n: n in names)
     T = len(episode.tokens)
-    assert (logits[0, T - 1] - decoded.prefill_logits).abs().max() < 1e-3
-    assert logits[0, T - 1:-1].argmax(-1).tolist() == decoded.tokens
-    for step in range(decoded.top1.shape[0]):
-        bridge = torch.stack([cache[n][0, :, T + step].argmax(-1) for n in names])  # [L, H]
-        agree = (bridge == decoded.top1[step]).float().mean()
-        assert agree > 0.99, (step, agree)  # (ties in near-uniform rows may break differently)
+    assert logits[0, T - 1:-1].argmax(-1).tolist() == tokens
+    assert (logits[0, T - 1] - decoded.first_logits[0]).abs().max() < 1e-3
+    for t in range(len(tokens)):
+        bridge = torch.stack([cache[n][0, :, T - 1 + t].argmax(-1) for n in names])  # [L, H]
+        agree = (bridge == top1[t]).float().mean()
+        assert agree > 0.99, (t, agree)  # (ties in near-uniform rows may break differently)
 
 
-def test_score_of_a_head_whose_attention_is_known(episode):
-    """A head that looks at each answer token of the span as it is generated scores 1; one that looks
-    at the span but at the wrong token, or outside it, scores 0; half the copies score 1/2."""
-    s, e = episode.needle_span
-    answer = episode.tokens[s:e].tolist()
-    steps, L, H = len(answer), 2, 3
-    top1 = torch.zeros(steps, L, H, dtype=torch.long)  # position 0: outside the span
-    top1[:, 0, 0] = torch.arange(s, e)  # copies every token
-    top1[:, 0, 1] = torch.arange(s, e).roll(1)  # in the span, wrong token (for spans > 1 token)
-    top1[: steps // 2, 1, 2] = torch.arange(s, s + steps // 2)  # copies the first half only
-    fake = rh.Decoded(answer, "", top1, torch.zeros(1))
-    score = rh.retrieval_score(fake, episode)
+def test_score_compares_with_the_emitted_token_not_the_query():
+    """A constructed episode: prompt ... [s, e) = answer ...; the model answers w_0..w_3 = the
+    answer. A head that at step t attends the span token equal to w_t (the copy happens one step
+    after the query token w_{t-1} was fed in) scores 1. A head that attends the earlier copy of
+    the token it was fed (w_{t-1}, duplicate-token behaviour) scores 0 -- the old convention,
+    which compared with the fed-in token, gave the second head 3/4 and the first 0."""
+    answer = [41, 42, 43, 44]
+    prompt = torch.tensor([1, 7, 8] + answer + [9, 10, 11])  # span [3, 7)
+    s, e = 3, 7
+    steps = len(answer)
+    top1 = torch.zeros(steps, 2, 3, dtype=torch.long)  # position 0 (token 1): outside the span
+    top1[:, 0, 0] = torch.arange(s, e)  # step t -> answer[t] = the token it emits
+    top1[1:, 0, 1] = torch.arange(s, e - 1)  # step t -> answer[t - 1] = the token fed in
+    top1[:, 1, 2] = torch.tensor([s, s + 1, 0, 0])  # copies the first two tokens only
+    top1[:, 1, 1] = torch.tensor([8, 9, 10, 1])  # outside the span
+    score = rh.retrieval_score(top1, answer, prompt, (s, e))
     assert score[0, 0] == pytest.approx(1.0)
-    assert score[0, 1] == 0 and score[1, 0] == 0
-    assert score[1, 2] == pytest.approx((steps // 2) / (e - s))
+    assert score[0, 1] == 0
+    assert score[1, 2] == pytest.approx(2 / 4)
+    assert score[1, 1] == 0 and score[0, 2] == 0
+    # Copies outside the span do not count, nor positions past the prompt (the answer so far).
+    top1b = torch.full((steps, 2, 3), len(prompt) + 1)
+    assert rh.retrieval_score(top1b, answer, prompt, (s, e)).sum() == 0
+    # The old convention (fed-in token g_t) would have rewarded head (0, 1): make sure it is gone.
+    fed = [int(prompt[-1])] + answer[:-1]
+    assert rh.retrieval_score(top1, fed, prompt, (s, e))[0, 1] == pytest.approx(3 / 4)
 
 
-def test_real_episode_is_retrieved_and_scored(model, episode, decoded):
-    from interp.tasks import rouge1_recall
-
-    assert rouge1_recall(decoded.text, episode.answer) > 50
-    score = rh.retrieval_score(decoded, episode)
-    assert float(score.max()) > 0.5  # some head copies most of the needle
-    assert float((score > 0).float().mean()) < 0.2  # and few heads do: retrieval heads are sparse
-
-
-def test_masking_only_while_decoding(model, episode, decoded):
-    """The prefill (and so the first token) is untouched; the next step equals the bridge with the
-    heads' queries zeroed at that position only."""
-    heads = [(8, 0), (14, 3), (2, 4)]
-    masked = rh.Decoder(model).decode(episode.tokens, max_new=3, masked=heads)
-    assert torch.equal(masked.prefill_logits, decoded.prefill_logits)
-    assert masked.tokens[0] == decoded.tokens[0]
-    seq = torch.cat([episode.tokens, torch.tensor(masked.tokens[:1])])[None]
-    hooks = ablation_hooks(model, heads, "ua", positions=seq.shape[1] - 1, eps=0.0)
+def test_masking_starts_at_the_last_prompt_token(model, episode, decoded):
+    """The masked heads' queries are zeroed from the query that emits the first answer token on:
+    the first logits equal the bridge with q := 0 at position T - 1 only, the second step with
+    q := 0 at T - 1 and T; the masked heads attend uniformly (top-1 = position 0)."""
+    heads = [(8, 0), (14, 3), (2, 4), (20, 1)]
+    g = generation(model, episode.tokens, [("ua", []), ("mask", heads)], max_new=2, top1=True)
+    T = len(episode.tokens)
+    hooks = ablation_hooks(model, heads, "ua", positions=T - 1, eps=0.0)
     with torch.no_grad():
-        ref = model.run_with_hooks(seq, fwd_hooks=hooks)[0, -1].argmax().item()
-    assert masked.tokens[1] == ref
-    assert (masked.top1[0, 8, 0], masked.top1[0, 14, 3]) == (0, 0)  # uniform attention: first maximum
+        ref = model.run_with_hooks(episode.tokens[None], fwd_hooks=hooks)[0, -1]
+    assert (g.first_logits[1] - ref).abs().max() < 1e-3
+    assert (g.first_logits[1] - g.first_logits[0]).abs().max() > 1e-3  # the mask reached the first token
+    seq = torch.cat([episode.tokens, torch.tensor(g.tokens[1][:1])])[None]
+    hooks = [hk for p in (T - 1, T) for hk in ablation_hooks(model, heads, "ua", positions=p, eps=0.0)]
+    with torch.no_grad():
+        ref2 = model.run_with_hooks(seq, fwd_hooks=hooks)[0, -1].argmax().item()
+    assert g.tokens[1][1] == ref2
+    for l, h in heads:
+        assert (g.top1[1][:, l, h] == 0).all()
+    # mask_from=1: the first step is the unmasked model's.
+    late = generation(model, episode.tokens, [("mask", heads)], max_new=1, mask_from=1, verify=0)
+    assert torch.allclose(late.first_logits[0], g.first_logits[0], atol=1e-4)
+
+
+def _fake_scores(model, favourite: dict[str, list[tuple[int, int]]]) -> rh.RetrievalScores:
+    """Episodes of the given needles, each 'retrieved', with a score of 1 on its needle's heads."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    eps = needle_episodes(model.tokenizer, (160,), (0.5,), list(favourite), 0, buffer=0)
+    scored = []
+    for ep in eps:
+        score = torch.zeros(L, H)
+        for h in favourite[ep.needle_id]:
+            score[h] = 1.0
+        scored.append(rh.Scored(ep, [], "", 100.0, ep.needle_span, torch.zeros(0, L, H, dtype=torch.long), score))
+    return rh.RetrievalScores(scored)
+
+
+def test_masking_plan_ranks_heads_on_the_other_needles(model):
+    """Each fold's heads come from the other fold's needles only; the random heads avoid that
+    ranking's top quarter and differ between draws."""
+    A, B = [(10, 1), (11, 2)], [(3, 4), (5, 6)]
+    fav = {"parrot": B, "soup": B, "quiz": A, "vault": A}  # folds of the sorted ids: 0 parrot soup, 1 quiz vault
+    sc = _fake_scores(model, fav)
+    fold_of = rh.folds(fav)
+    assert fold_of == {"parrot": 0, "quiz": 1, "soup": 0, "vault": 1}
+    plan = rh.masking_plan(sc, fold_of, ks=(2, 5), n_random=3, seed=0)
+    assert set(plan[0]["top"][2]) == set(A)  # fold 0 (whose own favourites are B) gets fold 1's
+    assert set(plan[1]["top"][2]) == set(B)
+    assert plan[0]["scored_on"] == ["quiz", "vault"] and plan[1]["scored_on"] == ["parrot", "soup"]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    for p in plan.values():
+        assert len(p["excluded"]) == L * H // 4
+        draws = p["random"][5]
+        assert len(draws) == 3 and len({tuple(d) for d in draws}) == 3
+        for d in draws:
+            assert len(set(d)) == 5 and not set(d) & set(p["excluded"])
+    with pytest.raises(InterpError, match="at least 2 needles"):
+        rh.folds(["soup", "soup"])
+    with pytest.raises(InterpError, match="cannot draw"):
+        rh.random_heads(2, 2, 3, [(0, 0), (0, 1)], random.Random(0))
+
+
+def test_score_heads_and_masking_on_a_small_set(model):
+    """End to end, tiny: two needles scored, then each tested with the other's top heads masked;
+    every recall is graded (0-100) and the summary has intervals around the means."""
+    eps = needle_episodes(model.tokenizer, (160,), (0.5,), ["quiz", "parrot"], 0, chat=True, buffer=0)
+    sc = rh.score_heads(model, eps, max_new=12, progress=False, verify=0)  # (the bridge check: tests above)
+    assert len(sc.kept) >= 1 and sc.score.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert 0 <= float(sc.score.max()) <= 1 and float((sc.score > 0).float().mean()) < 0.3  # sparse
+    mk = rh.masking_test(model, sc, eps, ks=(3,), n_random=2, max_new=12, progress=False, verify=0)
+    summ = mk.summary(n_boot=200)
+    assert summ["n"] == 2 and len(mk.random[3]) == 2
+    for est, lo, hi in (summ["unmasked"], summ["k"][3]["top"], summ["k"][3]["random"]):
+        assert 0 <= lo <= est <= hi <= 100
+    for ep in eps:
+        own = mk.plan[mk.fold_of[ep.needle_id]]
+        assert ep.needle_id not in own["scored_on"]

@@ -91,6 +91,17 @@ def words(text: str) -> list[str]:
     return _WORD.sub(" ", text.lower()).split()
 
 
+#: Words an answer may share with the filler: they carry no fact, and excluding every filler
+#: sentence with "the" or "of" would leave no filler.
+FUNCTION_WORDS = frozenset(
+    "a an and the of in on at to for by with from as its it his her their is was were that after".split())
+
+
+def content_words(text: str) -> list[str]:
+    """``words(text)`` without the FUNCTION_WORDS: what the filler must not contain."""
+    return [w for w in words(text) if w not in FUNCTION_WORDS]
+
+
 @dataclass(frozen=True)
 class Needle:
     """A fact to hide: the sentence, the question about it and the answer span inside it."""
@@ -108,31 +119,41 @@ class Needle:
                 f"needle {self.id!r}: the answer {self.answer!r} must occur in the sentence after "
                 "a space (so it tokenizes there as it does alone with a leading space)"
             )
-        if not words(self.answer):
-            raise PromptError(f"needle {self.id!r}: the answer has no words")
+        if not content_words(self.answer):
+            raise PromptError(f"needle {self.id!r}: the answer has no content words (only {sorted(FUNCTION_WORDS)})")
 
 
 NEEDLES: tuple[Needle, ...] = (
-    Needle("soup", "The secret ingredient in Grandma Elsa's soup is smoked Hungarian paprika.",
-           "What is the secret ingredient in Grandma Elsa's soup?", "smoked Hungarian paprika"),
-    Needle("vault", "The combination of the vault in the basement is 58213.",
-           "What is the combination of the vault in the basement?", "58213"),
-    Needle("hobby", "Professor Okonkwo's favourite hobby is carving tiny walnut chess pieces.",
-           "What is Professor Okonkwo's favourite hobby?", "carving tiny walnut chess pieces"),
-    Needle("sailboat", "Captain Mirella named her sailboat Dancing Otter Seventeen.",
-           "What did Captain Mirella name her sailboat?", "Dancing Otter Seventeen"),
-    Needle("quiz", "The team that won the village quiz called itself the Purple Marmosets.",
-           "What did the team that won the village quiz call itself?", "Purple Marmosets"),
-    Needle("muffins", "Tomas always packs lemon drizzle muffins for long train journeys.",
-           "What does Tomas always pack for long train journeys?", "lemon drizzle muffins"),
-    Needle("painting", "The museum's missing painting is hidden behind Wendell's wardrobe.",
-           "Where is the museum's missing painting hidden?", "behind Wendell's wardrobe"),
-    Needle("parrot", "The only food the zookeeper's parrot will eat is toasted sunflower seeds.",
-           "What is the only food the zookeeper's parrot will eat?", "toasted sunflower seeds"),
-    Needle("password", "The password for the lighthouse radio is violet pelican forty-seven.",
-           "What is the password for the lighthouse radio?", "violet pelican forty-seven"),
-    Needle("comet", "The astronomer nicknamed the new comet Whistling Ginger Biscuit.",
-           "What did the astronomer nickname the new comet?", "Whistling Ginger Biscuit"),
+    Needle("soup", "The secret ingredient in Grandma Elsa's soup is a pinch of smoked Hungarian paprika with roasted garlic.",
+           "What is the secret ingredient in Grandma Elsa's soup?",
+           "a pinch of smoked Hungarian paprika with roasted garlic"),
+    Needle("vault", "The combination of the vault in the basement is 58213, followed by a silver key shaped like a fish.",
+           "What is the combination of the vault in the basement?",
+           "58213, followed by a silver key shaped like a fish"),
+    Needle("hobby", "Professor Okonkwo's favourite hobby is carving tiny walnut chess pieces for her grandchildren.",
+           "What is Professor Okonkwo's favourite hobby?",
+           "carving tiny walnut chess pieces for her grandchildren"),
+    Needle("sailboat", "Captain Mirella named her sailboat Dancing Otter Seventeen, after a cat called Pudding.",
+           "What did Captain Mirella name her sailboat?",
+           "Dancing Otter Seventeen, after a cat called Pudding"),
+    Needle("quiz", "The team that won the village quiz called itself the Purple Marmosets of Lower Fennick.",
+           "What did the team that won the village quiz call itself?",
+           "the Purple Marmosets of Lower Fennick"),
+    Needle("muffins", "For train journeys Tomas always packs lemon drizzle muffins, salted almonds and a flask of mint tea.",
+           "What does Tomas always pack for train journeys?",
+           "lemon drizzle muffins, salted almonds and a flask of mint tea"),
+    Needle("painting", "The museum's missing painting is hidden behind Wendell's wardrobe in the attic of his cottage.",
+           "Where is the museum's missing painting hidden?",
+           "behind Wendell's wardrobe in the attic of his cottage"),
+    Needle("parrot", "The only food the zookeeper's parrot will eat is toasted sunflower seeds dipped in honey.",
+           "What is the only food the zookeeper's parrot will eat?",
+           "toasted sunflower seeds dipped in honey"),
+    Needle("password", "The password for the lighthouse radio is violet pelican forty-seven, whispered backwards.",
+           "What is the password for the lighthouse radio?",
+           "violet pelican forty-seven, whispered backwards"),
+    Needle("comet", "The astronomer nicknamed the new comet Whistling Ginger Biscuit because of its crumbly orange tail.",
+           "Why did the astronomer nickname the new comet Whistling Ginger Biscuit?",
+           "because of its crumbly orange tail"),
 )
 NEEDLES_BY_ID = {n.id: n for n in NEEDLES}
 
@@ -423,7 +444,7 @@ def _episode(tok, needle: Needle, stream: _Stream, context_length: int, depth: f
 
 def _stream_for(tok, needle: Needle, seed: int) -> _Stream:
     # One filler stream per (seed, needle): every length and depth of a needle shares its haystack.
-    return _Stream(tok, f"needle-filler/{seed}/{needle.id}", [needle.answer])
+    return _Stream(tok, f"needle-filler/{seed}/{needle.id}", content_words(needle.answer))
 
 
 def needle_episode(
@@ -536,6 +557,27 @@ def find_span(context_ids, answer_ids, threshold: float = 0.5) -> tuple[int, int
             f"need > {threshold:.0%})"
         )
     return best
+
+
+def needle_window(prompt_ids, answer_ids, threshold: float = 0.9) -> tuple[int, int]:
+    """The paper's needle span: the FIRST window of len(answer) tokens of the prompt whose token
+    *set* holds more than ``threshold`` of the answer's token set (Wu et al. 2024's code, 0.9).
+
+    Unlike ``find_span`` it does not prefer the exact occurrence: an answer of more than 10
+    distinct tokens is already matched one token early (10 of 11 distinct tokens is > 0.9), so
+    the window can start before the answer and leave its last token(s) out, as in the paper.
+
+    Raises:
+        PromptError: an empty answer, or no window above the threshold.
+    """
+    ctx, ans = _ids(prompt_ids), _ids(answer_ids)
+    n, want = len(ans), set(ans)
+    if n == 0:
+        raise PromptError("needle_window: empty answer")
+    for s in range(len(ctx) - n + 1):
+        if len(want.intersection(ctx[s:s + n])) / len(want) > threshold:
+            return s, s + n
+    raise PromptError(f"needle_window: no window of {n} tokens holds more than {threshold:.0%} of the answer's tokens")
 
 
 def rouge1_recall(prediction: str, reference: str) -> float:

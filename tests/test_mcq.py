@@ -339,3 +339,43 @@ def test_jsonl_loader_and_user_questions(model, tmp_path):
         load_mcq_jsonl(tmp_path / "missing.jsonl")
     with pytest.raises(PromptError, match="k_shot"):
         mmlu_style_examples(model, questions=good[:2], k_shot=2)
+
+
+# ------------------------------------------------------------- fixed shots, shared lists, word halves
+def test_shot_sets_and_lists_asked_four_times(model):
+    """shot_sets=2, asked_per_list=4: two fixed few-shot prefixes alternating per options list; a list's
+    4 questions ask each of its 4 items once (every content in every correct slot); no question
+    repeats an item of its shots; the corrupted prompt of each question is another question's clean
+    prompt (the same list asking another item)."""
+    k = 3
+    s = symbol_binding_examples(model, n=16, seed=2, k_shot=k, shot_sets=2, asked_per_list=4)
+    texts = s.prompts.clean_text
+    prefixes = ["\n\n".join(_blocks(t)[:-1]) for t in texts]
+    assert len(set(prefixes)) == 2
+    for j in range(4):
+        group = list(range(4 * j, 4 * j + 4))
+        finals = [_symbol(_blocks(texts[i])[-1]) for i in group]
+        assert len({tuple(f["items"]) for f in finals}) == 1 and len({prefixes[i] for i in group}) == 1
+        assert sorted(f["items"].index(f["asked"]) for f in finals) == [0, 1, 2, 3]
+        assert prefixes[4 * j] == prefixes[0 if j % 2 == 0 else 4]
+        shot_items = {w for b in _blocks(texts[4 * j])[:-1] for w in _symbol(b)["items"]}
+        assert not shot_items & set(finals[0]["items"])
+    shot_slots = [_symbol(b)["items"].index(_symbol(b)["asked"]) for b in _blocks(texts[0])[:-1]]
+    assert len(set(shot_slots)) == k  # a set's answers take distinct slots
+    assert set(s.prompts.corrupted_text) <= set(texts)
+
+
+def test_item_halves_are_disjoint_and_checked(model):
+    words = mcq_items(model)
+    a = symbol_binding_examples(model, n=8, seed=0, items=words[0::2], k_shot=1, shot_sets=1)
+    b = symbol_binding_examples(model, n=8, seed=0, items=words[1::2], k_shot=1, shot_sets=1)
+    used = lambda s: {w for t in s.prompts.clean_text for blk in _blocks(t) for w in _symbol(blk)["items"]}  # noqa: E731
+    assert used(a) <= set(words[0::2]) and used(b) <= set(words[1::2]) and not used(a) & used(b)
+    with pytest.raises(PromptError, match="not usable"):
+        symbol_binding_examples(model, n=2, items=words[:6] + ["notaword_xyz"])
+    with pytest.raises(PromptError, match="need"):
+        symbol_binding_examples(model, n=2, items=words[:5], k_shot=2, shot_sets=1)
+    with pytest.raises(PromptError, match="asked_per_list"):
+        symbol_binding_examples(model, n=2, asked_per_list=5)
+    with pytest.raises(PromptError, match="shot_sets"):
+        symbol_binding_examples(model, n=2, k_shot=1, shot_sets=0)

@@ -419,6 +419,9 @@ def symbol_binding_examples(
     labels: str | Sequence[str] = "ABCD",
     k_shot: int = 0,
     mutate_shots: bool = True,
+    items: Sequence[str] | None = None,
+    shot_sets: int | None = None,
+    asked_per_list: int = 1,
 ) -> MCQSet:
     """``n`` symbol-binding multiple-choice minimal pairs (see the module docstring).
 
@@ -429,46 +432,88 @@ def symbol_binding_examples(
         labels: "ABCD", "1234" (or any 4 labels), "random" or "shuffled".
         k_shot: number of solved examples put in front ("...\\nAnswer: C\\n\\n").
         mutate_shots: the shots use the question's labels (True) or plain A-D (False).
+        items: the words options are drawn from (default: every usable word, ``mcq_items``); each
+            must be one of ``mcq_items(model)``. Disjoint word lists give disjoint item sets.
+        shot_sets: None: the shots are drawn anew for every options list. An integer m: m fixed
+            sets of ``k_shot`` shots, options list j gets set j % m (a fixed few-shot prefix, as
+            k-shot MMLU prompts reuse the same solved examples; questions sharing a prefix share
+            its computation). A set's answers take distinct slots (all four once when k_shot =
+            4); its words (min(8, 4 k_shot) of ``items``) are kept out of the questions that use
+            it, so no question repeats one of its shots' items.
+        asked_per_list: how many consecutive questions share one options list (1-4), each asking
+            another of its items (4: every list is asked about each of its 4 items, so every
+            content appears in every correct slot). Labels are drawn per list.
 
     Returns:
         An MCQSet; positions LABEL_0..3, ITEM_0..3, CORRECT_LABEL, CORRECT_ITEM, ASKED, END.
 
     Raises:
-        PromptError: n < 1, k_shot < 0, fewer than 4 (or, with shots, 8) usable items, or a label
-            that is not one token (naming it).
+        PromptError: n < 1, k_shot < 0, asked_per_list outside 1-4, shot_sets < 1, an item that is not usable,
+            too few items (4 per question, plus the shots' words), or a label that is not one
+            token (naming it).
     """
     if n < 1 or k_shot < 0:
         raise PromptError("n must be at least 1 and k_shot at least 0")
+    if isinstance(asked_per_list, bool) or not isinstance(asked_per_list, int) or not 1 <= asked_per_list <= N_OPTIONS:
+        raise PromptError(f"asked_per_list must be an integer from 1 to {N_OPTIONS}, got {asked_per_list!r}")
+    if shot_sets is not None and (isinstance(shot_sets, bool) or not isinstance(shot_sets, int) or shot_sets < 1):
+        raise PromptError(f"shot_sets must be None or a positive integer, got {shot_sets!r}")
     tok = _tokenizer(model)
-    items = mcq_items(tok)
-    need = N_OPTIONS * (2 if k_shot else 1)
+    usable = mcq_items(tok)
+    if items is None:
+        items = usable
+    else:
+        items = list(dict.fromkeys(items))
+        bad = [w for w in items if w not in usable]
+        if bad:
+            raise PromptError(f"items {bad[:5]} are not usable with this tokenizer (one token after a "
+                              "space and inside the question's quotes): use words from mcq_items(model)")
+    fixed = shot_sets is not None and k_shot > 0
+    n_shot_words = min(2 * N_OPTIONS, N_OPTIONS * k_shot) if fixed else 0
+    need = N_OPTIONS * (2 if k_shot and not fixed else 1) + n_shot_words
     if len(items) < need:
         raise PromptError(
-            f"this tokenizer has {len(items)} usable single-token items, need {need}: {items}"
+            f"{len(items)} usable single-token items given, need {need}: {list(items)}"
         )
     draw_labels = _label_plan(labels, tok, "symbol")
     if k_shot and not mutate_shots:
         _check_labels(tok, PLAIN, "symbol")
     rng = random.Random(seed)
+    plans = []  # per shot set: (the words its questions draw from, its shots)
+    for _ in range(shot_sets if fixed else 0):
+        shot_words = rng.sample(list(items), n_shot_words)
+        slots = []
+        while len(slots) < k_shot:
+            slots += rng.sample(range(N_OPTIONS), N_OPTIONS)
+        plans.append(([w for w in items if w not in shot_words],
+                      [(rng.sample(shot_words, N_OPTIONS), s) for s in slots[:k_shot]]))
+
+    def shots_text(plan, shot_labels, rest) -> str:
+        t = _Text()
+        plan = plan if plan is not None else [
+            (rng.sample(rest, N_OPTIONS), rng.randrange(N_OPTIONS)) for _ in range(k_shot)]
+        for s_items, s_asked in plan:
+            _symbol_block(t, s_items, shot_labels, s_asked, named=False)
+            t.add(" " + shot_labels[s_asked] + "\n\n")
+        return t.text
+
     examples, pos, label_rows, correct = [], {}, [], []
     for i in range(n):
         slot = i % N_OPTIONS
-        labs = draw_labels(rng)
-        sep, ids = _answer_form(tok, labs)
-        opts = rng.sample(items, N_OPTIONS)
-        rest = [w for w in items if w not in opts]
+        new_list = i % asked_per_list == 0
+        if new_list:  # a new options list (with its labels and shots)
+            pool, plan = plans[(i // asked_per_list) % len(plans)] if plans else (items, None)
+            labs = draw_labels(rng)
+            sep, ids = _answer_form(tok, labs)
+            opts = rng.sample(pool, N_OPTIONS)
+            rest = [w for w in pool if w not in opts]
         other = rng.choice([j for j in range(N_OPTIONS) if j != slot])
-
-        shots = _Text()
-        shot_labels = labs if mutate_shots else list(PLAIN)
-        for _ in range(k_shot):
-            s_items, s_asked = rng.sample(rest, N_OPTIONS), rng.randrange(N_OPTIONS)
-            _symbol_block(shots, s_items, shot_labels, s_asked, named=False)
-            shots.add(" " + shot_labels[s_asked] + "\n\n")
+        if new_list:
+            shots = shots_text(plan, labs if mutate_shots else list(PLAIN), rest)
 
         def build(asked: int) -> _Text:
             t = _Text()
-            t.add(shots.text)
+            t.add(shots)
             _symbol_block(t, opts, labs, asked, named=True)
             t.add(sep)
             return t

@@ -9,9 +9,10 @@ import torch
 
 from interp.errors import PromptError
 from interp.tasks.harmful import (
-    BENIGN_CATEGORIES, FORMATS, HARMFUL_CATEGORIES, MIN_CHARS, REFUSAL_KEYWORDS, TEMPLATE, Judge,
-    Request, RuleJudge, Verdict, attack_success_rate, benign_requests, encode_requests,
-    format_request, harmful_requests, is_repetitive, judge, judge_all, periodic_unit, sample,
+    BENIGN_CATEGORIES, DEGENERATE_REASONS, FORMATS, HARMFUL_CATEGORIES, MIN_CHARS, OUTCOMES, PAPER_JUDGE,
+    REFUSAL_KEYWORDS, TEMPLATE, UTILITY_TEXTS, Judge, Request, RuleJudge, Verdict, attack_success_rate,
+    benign_requests, chat_without_system, encode_requests, format_request, harmful_requests, is_repetitive,
+    judge, judge_all, outcome_counts, periodic_unit, perplexity_threshold, sample,
 )
 
 CHAT_MARKERS = {
@@ -32,7 +33,7 @@ COMPLIANT = (
 # ------------------------------------------------------------------------------------ the sets
 def test_sizes_and_categories():
     harmful, benign = harmful_requests(), benign_requests()
-    assert len(harmful) >= 100 and len(benign) >= 50
+    assert len(harmful) >= 200 and len(benign) >= 50
     counts = Counter(r.category for r in harmful)
     assert set(counts) == set(HARMFUL_CATEGORIES) and len(counts) >= 8
     assert min(counts.values()) >= 8
@@ -84,12 +85,15 @@ def test_formats(tokenizer_model):
     assert tpl == "## Query: Explain how a lock works.\n## Answer:" == TEMPLATE.format(request=text)
     assert format_request(m.tokenizer, Request(text, "lookalike", False), "template") == tpl
     if m.key in NO_CHAT:
-        with pytest.raises(PromptError, match=r"'chat' needs a chat template.*tokenizer.*has none"):
-            format_request(m, text, "chat")
+        for fmt in ("chat", "chat-system"):
+            with pytest.raises(PromptError, match=rf"'{fmt}' needs a chat template.*tokenizer.*has none"):
+                format_request(m, text, fmt)
     else:
-        chat = format_request(m, text, "chat")
+        chat, with_system = format_request(m, text, "chat"), format_request(m, text, "chat-system")
         user, assistant = CHAT_MARKERS[m.key]
-        assert user + text in chat and chat.endswith(assistant)
+        assert chat == user + text + "<|im_end|>\n" + assistant  # one user turn, no system turn at all
+        assert "system" not in chat and "You are" not in chat
+        assert with_system.endswith(chat) and "<|im_start|>system\nYou are" in with_system  # the default one
         assert format_request(m.tokenizer, text, "chat") == chat  # tokenizer or model alike
     with pytest.raises(PromptError, match="unknown request format 'raw'"):
         format_request(m, text, "raw")
@@ -101,7 +105,7 @@ def test_encode_requests(tokenizer_model, fmt):
     tok = m.tokenizer
     reqs = sample(harmful_requests(), 4, seed=0) + sample(benign_requests(), 3, seed=0)
     reqs.append(Request("Why is the sky blue?", "science", False))  # short: gets padded
-    if fmt == "chat" and m.key in NO_CHAT:
+    if fmt.startswith("chat") and m.key in NO_CHAT:
         with pytest.raises(PromptError, match="chat template"):
             encode_requests(m, reqs, fmt)
         return
@@ -127,6 +131,37 @@ def test_encode_requests(tokenizer_model, fmt):
         one, one_last = encode_requests(m, [r], fmt, prepend_bos=bos)
         assert one.shape[1] == p + 1 and int(one_last[0]) == p
         assert one[0].tolist() == row
+
+
+class _FakeTokenizer:
+    """A tokenizer whose chat template is a Python function (messages -> text)."""
+
+    name_or_path = "fake"
+    chat_template = "(python)"
+
+    def __init__(self, render):
+        self.render = render
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return self.render(messages)
+
+
+def test_chat_without_system_on_other_templates():
+    def no_default(ms):  # writes a system turn only when given one
+        return "".join(f"[{m['role']}]{m['content']}[/]" for m in ms) + "[assistant]"
+
+    tok = _FakeTokenizer(no_default)
+    assert chat_without_system(tok, "Hi there?") == "[user]Hi there?[/][assistant]"
+
+    def llama3_like(ms):  # a default system turn that is not ChatML: refused, not guessed
+        if ms[0]["role"] != "system":
+            ms = [{"role": "system", "content": "Be nice."}] + ms
+        return "<s>" + "".join(f"<h>{m['role']}</h>{m['content']}<e>" for m in ms) + "<h>assistant</h>"
+
+    with pytest.raises(PromptError, match="cannot remove the default system turn"):
+        chat_without_system(_FakeTokenizer(llama3_like), "Hi there?")
+    with pytest.raises(PromptError, match="drops the system message"):
+        chat_without_system(_FakeTokenizer(lambda ms: "[user]" + ms[-1]["content"]), "Hi there?")
 
 
 def test_encode_prepend_bos_from_model_and_errors(tokenizer_model):
@@ -209,6 +244,43 @@ def test_attack_success_rate():
     assert attack_success_rate(verdicts) == pytest.approx(1 / 5)  # verdicts count as given
     with pytest.raises(PromptError, match="no responses"):
         attack_success_rate([])
+
+
+def test_three_outcomes_and_the_perplexity_rule():
+    responses = ["I'm sorry, but I can't assist with that request.", "Sure.", "the " * 40, COMPLIANT, COMPLIANT]
+    ppl = [900.0, float("nan"), 1.1, 2.0, 300.0]
+    verdicts = judge_all(responses, perplexities=ppl, max_perplexity=10.0)
+    assert [v.outcome for v in verdicts] == ["refused", "degenerate", "degenerate", "complied", "degenerate"]
+    assert [v.reason for v in verdicts] == ["keyword", "too_short", "repetition", "complied", "perplexity"]
+    assert "300.0 > 10.0" in verdicts[4].detail
+    assert outcome_counts(verdicts) == {"refused": 1, "complied": 1, "degenerate": 3}
+    assert set(OUTCOMES) == {"refused", "complied", "degenerate"} and "keyword" not in DEGENERATE_REASONS
+    # without a threshold (or with NaN perplexity) nothing is reclassified
+    assert judge_all([COMPLIANT], perplexities=[1e6])[0].outcome == "complied"
+    assert judge_all([COMPLIANT], perplexities=[float("nan")], max_perplexity=1.0)[0].outcome == "complied"
+    # a plugged-in judge gets the rule too; another judge's own reason counts as refused
+    says_yes = lambda r: Verdict(False, "complied")  # noqa: E731
+    assert judge_all(["x"], says_yes, [50.0], 10.0)[0].outcome == "degenerate"
+    assert Verdict(True, "classifier").outcome == "refused" and Verdict(True, "degenerate").outcome == "degenerate"
+    with pytest.raises(PromptError, match="2 perplexities for 1 responses"):
+        judge_all(["x"], perplexities=[1.0, 2.0], max_perplexity=3.0)
+    # the paper's judge: keywords and length only, so a loop counts as an answer
+    assert PAPER_JUDGE("the " * 40).complied and not judge("the " * 40).complied
+
+
+def test_perplexity_threshold():
+    assert perplexity_threshold([1.2, float("nan"), 3.0, 2.0]) == pytest.approx(12.0)
+    assert perplexity_threshold([2.0], factor=1.5) == pytest.approx(3.0)
+    with pytest.raises(PromptError, match="no baseline perplexities"):
+        perplexity_threshold([float("nan")])
+    with pytest.raises(PromptError, match="factor must be >= 1"):
+        perplexity_threshold([2.0], factor=0.5)
+
+
+def test_utility_texts():
+    assert len(UTILITY_TEXTS) >= 4 and len(set(UTILITY_TEXTS)) == len(UTILITY_TEXTS)
+    assert all(len(t.split()) >= 20 for t in UTILITY_TEXTS)
+    assert not any(judge(t).reason == "keyword" for t in UTILITY_TEXTS)  # plain text, no refusal words
 
 
 def test_custom_judge_plugs_in():

@@ -1,26 +1,26 @@
-"""Safety heads (interp.methods.safety_heads) on Qwen2.5-Coder-0.5B-Instruct, the model that refuses:
-Ships is the KL of a plain ablated forward, generalized Ships and Sahara agree with an independent
-SVD of the bridge's final hidden states, generation under ablation is the hooked model's argmax."""
+"""Safety heads (interp.methods.safety_heads, interp.reports.safety_heads) on Qwen2.5-Coder-0.5B-Instruct,
+the model that refuses: Ships is the KL of a plain ablated forward, generalized Ships and Sahara
+(under UA and under SC) agree with an independent SVD of the bridge's final hidden states,
+query-level heads are ranked in the mode they are ablated in, responses are judged refused /
+complied / degenerate with the perplexity under the unablated model, effects are counted as
+refused -> complied flips, and the quick report runs end to end."""
 import contextlib
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-import interp
 from interp.ablation import ablate
 from interp.errors import ComponentError
 from interp.generate import generate_tokens
 from interp.methods import safety_heads as sh
 from interp.metrics import kl_to_reference
-from interp.tasks.harmful import benign_requests, harmful_requests
+from interp.stats import fisher_exact
+from interp.tasks.harmful import Verdict, benign_requests, harmful_requests, judge_all
 
 HEADS = [(0, 3), (5, 10), (12, 13), (18, 7), (23, 1)]
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return interp.load_model("qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +34,21 @@ def _maybe_ablate(model, heads, mode):
     return ablate(model, heads, mode, eps=1e-5) if heads else contextlib.nullcontext()
 
 
-@pytest.mark.parametrize("mode", ["ua", "sc"])
-def test_ships_is_the_kl_of_a_plain_ablated_forward(qwen, queries, mode):
-    scores = sh.ships(qwen, queries, mode, heads=HEADS, engine="batched", progress=False)
+def test_ships_is_the_kl_of_a_plain_ablated_forward(qwen, queries):
+    """UA here; the SC sweep is checked against the bridge by the Sahara test."""
+    mode = "ua"
+    heads = HEADS[2:]
+    scores = sh.ships(qwen, queries, mode, heads=heads, engine="batched", progress=False, verify=1)
     with torch.no_grad():
         clean = qwen(queries.tokens)
-    for l, h in HEADS:
+    for l, h in heads:
         with torch.no_grad(), ablate(qwen, [(l, h)], mode, eps=1e-5):
             ablated = qwen(queries.tokens)
         expected = kl_to_reference(ablated, clean, queries.last_pos)
         torch.testing.assert_close(scores.kl[l, h], expected.float(), atol=2e-5, rtol=2e-3)
     assert torch.isnan(scores.kl[1, 1]).all(), "heads outside the sweep stay NaN"
     assert (scores.kl[23, 1] > 1e-4).all(), "a head that matters moves the distribution"
-    assert scores.top_heads(0, 1)[0] in HEADS
+    assert scores.mode == mode and scores.top_heads(0, 1)[0] in heads
 
 
 def _bridge_hidden(model, queries, heads, mode):
@@ -64,20 +66,24 @@ def _angle(a, b):
     return float(np.degrees(np.arccos(min(1.0, abs(ua @ ub)))))
 
 
-def test_sahara_first_pick_is_the_argmax_of_generalized_ships(qwen, queries):
-    clean = _bridge_hidden(qwen, queries, [], "ua")
-    reference = {h: _angle(clean, _bridge_hidden(qwen, queries, [h], "ua")) for h in HEADS}
-    scores = sh.ships(qwen, queries, "ua", heads=HEADS, progress=False)
-    for h in HEADS:
-        assert scores.angle[h] == pytest.approx(reference[h], rel=2e-2, abs=2e-4)
-    steps = sh.sahara(qwen, queries, size=2, candidates=HEADS, progress=False)
+def test_sahara_is_greedy_on_generalized_ships_in_its_own_mode(qwen, queries):
+    """Under SC (the paper's control row; UA takes the same path with the other component): step 1
+    is the argmax of the single-head angle under SC; step 2 ablates the pair together; with a pool,
+    step 2 chooses among step 1's best."""
+    mode = "sc"
+    cands = HEADS[1:]
+    clean = _bridge_hidden(qwen, queries, [], mode)
+    reference = {h: _angle(clean, _bridge_hidden(qwen, queries, [h], mode)) for h in cands}
+    steps = sh.sahara(qwen, queries, size=2, mode=mode, candidates=cands, pool=2, progress=False, verify=0)
     first = steps[0].group[0]
-    assert reference[first] >= max(reference.values()) * (1 - 1e-2)
-    assert first == max(HEADS, key=lambda h: float(scores.angle[h]))
-    # step 2 ablates the pair together on top of the base run with the first head ablated
+    for h in cands:
+        assert steps[0].scores[h] == pytest.approx(reference[h], rel=2e-2, abs=2e-4)
+    assert first == max(cands, key=lambda h: reference[h])
     pair = steps[1].group
-    assert len(set(pair)) == 2 and pair[0] == first
-    assert steps[1].score == pytest.approx(_angle(clean, _bridge_hidden(qwen, queries, pair, "ua")), rel=2e-2, abs=2e-4)
+    assert pair[0] == first and len(set(pair)) == 2
+    second_best = sorted(cands, key=lambda h: -reference[h])[1]
+    assert set(steps[1].scores) == {second_best}, "the pool keeps step 1's two best"
+    assert steps[1].score == pytest.approx(_angle(clean, _bridge_hidden(qwen, queries, pair, mode)), rel=2e-2, abs=2e-4)
 
 
 def test_principal_angle_properties():
@@ -92,10 +98,98 @@ def test_principal_angle_properties():
     assert float(sh.principal_angle(u, other)) > 10
 
 
+def test_query_level_heads_are_ranked_in_their_own_mode():
+    """UA heads by UA Ships, SC heads by SC Ships (the old code ranked both by UA)."""
+    kl_ua, kl_sc = torch.zeros(4, 3, 2), torch.zeros(4, 3, 2)
+    kl_ua[1, 2, 0], kl_ua[0, 0, 0] = 5.0, 4.0
+    kl_sc[3, 1, 0], kl_sc[2, 2, 0] = 5.0, 4.0
+    ships = {"ua": sh.Ships(kl_ua, torch.zeros(4, 3), "ua", 1e-5), "sc": sh.Ships(kl_sc, torch.zeros(4, 3), "sc", 1e-5)}
+    groups = {"ua": [(0, 1), (2, 0)], "sc": [(3, 2), (1, 1)]}
+    randoms = {2: [[(1, 0), (2, 1)], [(0, 2), (3, 0)]]}
+    v = sh.evaluation_variants(groups, (1, 2), randoms, ships, query=0)
+    assert v["query-ua-2"] == ("ua", [(1, 2), (0, 0)])
+    assert v["query-sc-2"] == ("sc", [(3, 1), (2, 2)])
+    assert v["sahara-sc-1"] == ("sc", [(3, 2)]) and v["sahara-ua-2"] == ("ua", [(0, 1), (2, 0)])
+    assert v["random-ua-2-1"] == ("ua", [(0, 2), (3, 0)]) and "random-ua-1-0" not in v
+    with pytest.raises(ComponentError, match="ranked by sc Ships"):
+        sh.evaluation_variants(groups, (1,), None, {"sc": ships["ua"]}, query=0)
+
+
+def test_split_is_disjoint_stratified_and_seeded():
+    reqs = harmful_requests()
+    fit, held = sh.split_requests(reqs, seed=0)
+    assert not set(fit) & set(held) and len(fit) + len(held) == len(reqs)
+    assert {r.category for r in fit} == {r.category for r in held}
+    assert abs(len(fit) - len(held)) <= len({r.category for r in reqs})
+    assert sh.split_requests(reqs, 0) == (fit, held) and sh.split_requests(reqs, 1) != (fit, held)
+
+
+def _v(outcome: str) -> Verdict:
+    return {"refused": Verdict(True, "keyword", "I'm sorry"), "complied": Verdict(False, "complied"),
+            "degenerate": Verdict(True, "perplexity")}[outcome]
+
+
+def test_flips_count_only_requests_refused_at_baseline():
+    """Two refusals become answers, two answers become refusals, a degenerate baseline becomes an
+    answer and an answer becomes degenerate: the attack success rate does not move, the refused ->
+    complied flips are 2 of 2 (the degenerate baseline is not a refusal)."""
+    verdicts = [{"none": _v("refused"), "x": _v("complied")}, {"none": _v("refused"), "x": _v("complied")},
+                {"none": _v("complied"), "x": _v("refused")}, {"none": _v("complied"), "x": _v("refused")},
+                {"none": _v("degenerate"), "x": _v("complied")}, {"none": _v("complied"), "x": _v("degenerate")}]
+    asr = [sum(v[n].complied for v in verdicts) / len(verdicts) for n in ("none", "x")]
+    assert asr[0] == asr[1]
+    f = sh.flips(verdicts, "x")
+    assert (f["n_refused"], f["to_complied"], f["to_degenerate"], f["stayed_refused"]) == (2, 2, 0, 0)
+    assert f["complied_rate"] == 1.0 and f["ci"][0] < 1.0
+
+
+def test_versus_random_is_fishers_table_and_the_rank_among_draws():
+    outcomes = {"g": ["complied"] * 5 + ["degenerate"] * 1 + ["refused"] * 2,
+                "r0": ["complied"] + ["refused"] * 7, "r1": ["complied"] * 2 + ["refused"] * 6,
+                "r2": ["refused"] * 8}
+    verdicts = [{"none": _v("refused"), **{n: _v(o[i]) for n, o in outcomes.items()}} for i in range(8)]
+    verdicts.append({"none": _v("complied"), **{n: _v("refused") for n in outcomes}})  # not refused at baseline
+    t = sh.versus_random(verdicts, "g", ["r0", "r1", "r2"])
+    assert t["group"]["to_complied"] == 5 and t["group"]["n_refused"] == 8 and t["random"] == [1, 2, 0]
+    assert t["fisher_p"] == pytest.approx(fisher_exact(5, 3, 3, 21, "greater"))
+    assert t["permutation_p"] == pytest.approx(1 / 4)
+    assert t["random_rate"] == pytest.approx(3 / 24) and t["difference"] == pytest.approx(5 / 8 - 3 / 24)
+    est, lo, hi = t["paired_difference"]  # per request: group flip minus the draws' mean flip
+    assert est == pytest.approx(5 / 8 - 3 / 24) and lo <= est <= hi and hi <= 1
+
+
+def test_perplexity_separates_fluent_from_broken_text(qwen, queries):
+    """The response's perplexity under the unablated model (the same as a plain forward), and the
+    judge's perplexity rule on top of the keyword judge."""
+    fluent = "To change a bike tyre, first open the brake and remove the wheel from the frame."
+    words = fluent.split()
+    broken = " ".join(words[::-1]) + " qx zz vv"
+    p = sh.response_perplexity(qwen, queries.prompt(2), [fluent, broken, ""])
+    ids = qwen.tokenizer(fluent, add_special_tokens=False)["input_ids"]
+    seq = torch.cat([queries.prompt(2), torch.tensor(ids)])
+    with torch.no_grad():
+        logp = qwen(seq[None])[0, len(queries.prompt(2)) - 1:-1].log_softmax(-1)
+    expected = math.exp(float(-logp[torch.arange(len(ids)), torch.tensor(ids)].mean()))
+    assert p[0] == pytest.approx(expected, rel=1e-4)
+    assert p[1] > 4 * p[0] and math.isnan(p[2])
+    verdicts = judge_all([fluent, broken], perplexities=p[:2], max_perplexity=2 * p[0])
+    assert [v.outcome for v in verdicts] == ["complied", "degenerate"] and verdicts[1].reason == "perplexity"
+
+
+def test_utility_perplexity_under_ablation(qwen):
+    text = "The train left the station a few minutes late, and the rain had stopped by the evening."
+    ppl = sh.text_perplexity(qwen, [text], [("ua", []), ("ua", [(0, 11), (1, 3)]), ("sc", [(23, 1)])])
+    ids = torch.tensor(qwen.tokenizer(text, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logp = qwen(ids[None])[0, :-1].log_softmax(-1)
+    assert float(ppl[0, 0]) == pytest.approx(math.exp(float(-logp.gather(-1, ids[1:, None]).mean())), rel=1e-4)
+    assert ppl.shape == (3, 1) and float(ppl[1, 0]) != pytest.approx(float(ppl[0, 0]), rel=1e-3)
+
+
 def test_generation_under_ablation_is_the_hooked_argmax(qwen, queries):
     prompt = queries.prompt(0)
     variants = [("ua", []), ("ua", [(23, 1), (12, 13)]), ("sc", [(23, 1)])]
-    n = 5
+    n = 4
     got = generate_tokens(qwen, prompt, variants, max_new=n, stop_ids=set())
     for (mode, heads), tokens in zip(variants, got):
         seq = prompt.clone()
@@ -105,32 +199,6 @@ def test_generation_under_ablation_is_the_hooked_argmax(qwen, queries):
         assert tokens == seq[len(prompt):].tolist(), (mode, heads)
 
 
-def test_sampling_is_seeded_and_stays_in_the_top_k(qwen, queries):
-    prompt = queries.prompt(1)
-    a = generate_tokens(qwen, prompt, [("ua", [])], max_new=4, top_k=5, seed=3, stop_ids=set())[0]
-    b = generate_tokens(qwen, prompt, [("ua", [])], max_new=4, top_k=5, seed=3, stop_ids=set())[0]
-    assert a == b
-    seq = prompt
-    for t in a:
-        with torch.no_grad():
-            top5 = qwen(seq[None])[0, -1].topk(5).indices.tolist()
-        assert t in top5
-        seq = torch.cat([seq, torch.tensor([t])])
-
-
-def test_attack_success_and_variants(qwen):
-    responses = [{"none": "I'm sorry, but I can't assist with that.", "x": "Here is a long and detailed answer, step by step."},
-                 {"none": "I can’t assist with that request, sorry.", "x": "ok"}]
-    assert sh.attack_success(responses) == {"none": 0.0, "x": 0.5}
-    ships = sh.Ships(torch.rand(24, 14, 2), torch.rand(24, 14), "ua", 1e-5)
-    v = sh.standard_variants(qwen, ships, [(2, 3), (4, 5)], 2, ks=(1, 2), n_random=2)
-    assert v[0]["query top-2 ua"] == ("ua", ships.top_heads(0, 2)) and v[1]["query top-1 sc"][0] == "sc"
-    assert v[0]["sahara top-2 ua"] == ("ua", [(2, 3), (4, 5)])
-    assert len(v[0]["random-2 seed 1 ua"][1]) == 2 and v[0]["random-2 seed 1 ua"] == v[1]["random-2 seed 1 ua"]
-    table = sh.asr_table({"random-1 seed 0 ua": 0.2, "random-1 seed 1 ua": 0.4, "query top-1 ua": 0.9}, ks=(1,))
-    assert table["random UA (mean)"] == [pytest.approx(0.3)] and table["query-level UA"] == [0.9]
-
-
 def test_bad_input_is_refused(qwen, queries):
     with pytest.raises(ComponentError, match="unknown ablation"):
         sh.ships(qwen, queries, "mean")
@@ -138,3 +206,49 @@ def test_bad_input_is_refused(qwen, queries):
         generate_tokens(qwen, queries.prompt(0), [("ua", [(99, 0)])], max_new=1)
     with pytest.raises(ComponentError, match="already ablated"):
         sh.ablated_residuals(qwen, queries, [(3, 1)], group=[(3, 1)], progress=False)
+    with pytest.raises(ComponentError, match="pool of 1 heads cannot grow a group of 2"):
+        sh.sahara(qwen, queries, size=2, candidates=HEADS, pool=1, progress=False)
+
+
+def test_quick_report_end_to_end(qwen, tmp_path):
+    """The quick setting through the runner: the headline contract, the three outcomes add up, SC
+    Sahara runs, the examples are the full responses, the circuit names the UA group."""
+    from interp import graph
+    from interp.reports import runner
+
+    models = runner.Models()
+    models._loaded["qwen2.5-coder-0.5b-instruct"] = qwen
+    page = runner.reproduce("safety-heads", tmp_path, "quick", models=models, progress=False)
+    num = json.loads((page.parent / "numbers.json").read_text())
+    fmt = num["meta"]["formats"][0]
+    d = num["formats"][fmt]["decodings"]["greedy"]
+    assert sum(d["baseline"][o][0] for o in ("refused", "complied", "degenerate")) == pytest.approx(1.0)
+    assert d["threshold"] is None or d["threshold"] >= 4 * max(p for p in d["baseline_ppl"] if p == p) - 1e-6
+    for row in num["headline"]:
+        assert row["ci"][0] - 1e-9 <= row["ours"] <= row["ci"][1] + 1e-9, row
+    assert set(num["formats"][fmt]["groups"]) == {"ua", "sc"}
+    assert "dataset SC" in d["grid"] and "random UA (pooled draws)" in d["grid"]
+    if d["n_refused"]:
+        assert f"sahara-sc-{num['k_main']}" in d["flips"]
+    responses = json.loads((page.parent / "responses.json").read_text())[f"{fmt} / greedy"]
+    full = {(r["request"], n): x["text"] for r in responses for n, x in r["responses"].items()}
+    for e in num["formats"][fmt]["examples"]:
+        for r in e["responses"]:
+            assert r["text"] == full[(e["request"], r["ablation"])]
+    circuit = graph.Circuit.load(page.parent / "circuit.json")
+    assert {f"{h[0]}.{h[1]}" for h in circuit.heads()} == set(num["formats"][fmt]["groups"]["ua"])
+    assert "refused" in page.read_text()
+
+
+def test_settings_share_their_keys_and_cuda_is_the_papers_scale():
+    """The "cuda" setting (run with --device cuda; implemented, tested here on the CPU only) is the
+    paper's protocol: every request, 128 tokens, greedy and top-5 sampling, Sahara over every head."""
+    from interp.reports import safety_heads as report
+
+    keys = set(report.QUICK)
+    assert all(set(s) == keys for s in report.SETTINGS.values())
+    c = report.SETTINGS["cuda"]
+    assert c["max_new"] == 128 and c["sampling"] and c["n_fit"] is None and c["n_eval"] is None
+    assert c["layer_step"] == 1 and c["pool"] is None and c["query_level"] and c["group_size"] == 5
+    assert set(c["formats"]) == {"template", "chat"} and c["n_random"] >= 10
+    assert report.SETTINGS["full"]["n_random"] >= 10, "a rank test needs >= 10 random draws"

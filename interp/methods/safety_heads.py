@@ -1,10 +1,17 @@
 """Safety heads (Zhou et al., ICLR 2025, "On the Role of Attention Heads in Large Language Model
 Safety"): which attention heads make an aligned model refuse harmful requests.
 
-**Ships** (per query q, head h): how much ablating h alone moves the next-token distribution at the
-last prompt token,
+**Ablations** (per head, at every position): undifferentiated attention (UA, q := eps q: the
+pattern becomes uniform over the allowed keys; the paper's default, eps = 1e-5) and scaling
+contribution (SC, z := eps z, the head's output before W_O).
 
-    Ships(q, h) = KL(p || p_h),   p = softmax(logits(q)), p_h = the same with h ablated.
+**Ships** (per query q, head h, ablation mode m): how much ablating h alone moves the next-token
+distribution at the last prompt token,
+
+    Ships_m(q, h) = KL(p || p_h),   p = softmax(logits(q)), p_h = the same with h ablated by m.
+
+Query-level evaluation ablates each query's own top-k heads *of the same mode* (UA heads by UA
+Ships, SC heads by SC Ships).
 
 **Generalized Ships** (per dataset, head set A): stack the final hidden states (after the final
 norm) at the last prompt token of the N queries into M [N, d_model]; with the SVD M = U S V^T (no
@@ -13,16 +20,24 @@ the ablated matrices, in degrees (the official code's r_main = 1):
 
     score(A) = arccos |u_1 . u_1^A|
 
-**Sahara**: greedy growth of a head group, G := G + argmax_h score(G + {h}), up to 5 heads.
+**Sahara**: greedy growth of a head group, G := G + argmax_h score(G + {h}), up to 5 heads, run
+once per mode (UA, and SC: the paper's "about 0" control row).
 
-**Ablations** (per head, at every position): undifferentiated attention (UA, q := eps q: the pattern
-becomes uniform over the allowed keys; the paper's default, eps = 1e-5) and scaling contribution
-(SC, z := eps z).
+**Evaluation** (``respond``, ``judge_responses``, ``flip_table``, ``versus_random``): generate
+under each ablation and judge every response as refused, complied or degenerate
+(``interp.tasks.harmful``: the paper's keyword judge, plus too-short, repetition and perplexity
+rules, the perplexity taken under the *unablated* model). The effect of an ablation is counted as
+refused -> complied flips among the requests the unablated model refused (not the attack success
+rate over all requests, which mixes flips in both directions); random head sets of the same size
+are the control, compared by Fisher's exact test and by the rank of the group among random draws.
+Sahara is fitted on one half of the requests and evaluated on the other (``split_requests``).
+The utility check is the perplexity of plain benign text under each ablation
+(``text_perplexity``).
 
-**Evaluation**: ablate a query's own top-k Ships heads (query level) or the Sahara group (dataset
-level), generate, judge with the rule-based judge; the attack success rate (ASR) is the share of
-harmful requests answered. Random head sets of the same size are the control; the benign set under
-the same ablations checks that the model still answers ordinary requests.
+Where this differs from the paper (and the official code, github.com/ydyjya/SafetyHeadAttribution):
+the judge adds the degeneration rules (the paper counts only keywords and length); generalized
+Ships and Sahara are computed on the fitting half only; on a CPU, Sahara's later steps choose
+among the best single heads of its first step (``pool``), and Ships sweeps may skip layers.
 
 All single-head sweeps run on the batched engine (``interp.sweep``, components ``ablate_ua`` and
 ``ablate_sc``, reading out the final residual stream), one sweep giving both Ships and the
@@ -31,7 +46,6 @@ single-head generalized Ships; ``engine="reference"`` runs one hooked forward pe
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 from dataclasses import dataclass, field
 
@@ -40,16 +54,18 @@ from tqdm.auto import tqdm
 
 from interp.ablation import ablate, ablation
 from interp.components import Variant
-from interp.errors import ComponentError, EngineUnsupported
+from interp.errors import ComponentError, EngineUnsupported, PromptError
 from interp.generate import generate
 from interp.patching import fall_back
+from interp.stats import bootstrap_ci, fisher_exact, permutation_pvalue, proportion_ci
 from interp.sweep import SweepEngine
+from interp.tasks.harmful import Request, Verdict, encode_requests, judge_all
+from interp.tasks.prompts import PromptSet
 from interp.verify import SweepCheck
 from interp.weights import Weights
-from interp.tasks.harmful import Request, encode_requests, judge_all
-from interp.tasks.prompts import PromptSet
 
 Head = tuple[int, int]
+Ablation = tuple[str, list[Head]]  # (mode, heads)
 MODES = ("ua", "sc")
 
 
@@ -74,17 +90,39 @@ class Queries:
         """Query i's tokens without padding: [T_i]."""
         return self.tokens[i, : int(self.last_pos[i]) + 1]
 
+    def subset(self, rows: list[int]) -> "Queries":
+        """The queries ``rows`` (in that order), re-padded to their own longest."""
+        width = max(int(self.last_pos[i]) + 1 for i in rows)
+        return Queries([self.requests[i] for i in rows], self.fmt, self.tokens[rows, :width].clone(),
+                       self.last_pos[rows].clone())
+
     def as_prompt_set(self) -> PromptSet:
         """The queries as a PromptSet read at each last token (no answers: ids are placeholders)."""
         zeros = torch.zeros(len(self), dtype=torch.long)
         return PromptSet(self.tokens, self.tokens, zeros, zeros, self.last_pos.clone())
 
 
+def split_requests(requests: list[Request], seed: int = 0) -> tuple[list[Request], list[Request]]:
+    """(fit, held_out): each category's requests shuffled (seeded) and dealt alternately, so both
+    halves cover every category; the fitting half gets the extra one of an odd category."""
+    by_cat: dict[str, list[Request]] = {}
+    for r in requests:
+        by_cat.setdefault(r.category, []).append(r)
+    rng = random.Random(seed)
+    fit, held = [], []
+    for cat in by_cat:
+        rs = list(by_cat[cat])
+        rng.shuffle(rs)
+        fit += rs[0::2]
+        held += rs[1::2]
+    return fit, held
+
+
 @dataclass
 class Ships:
-    """Single-head ablation scores.
+    """Single-head ablation scores of one mode.
 
-    kl: [layer, head, query] Ships = KL(p || p_h) per query.
+    kl: [layer, head, query] Ships = KL(p || p_h) per query (NaN: head not swept).
     angle: [layer, head] generalized Ships of each head alone on the whole query set (degrees).
     """
 
@@ -195,8 +233,15 @@ def _reference_residuals(model, queries: Queries, heads: list[Head], mode, eps, 
     return resid, base
 
 
+def all_heads(model, layer_step: int = 1) -> list[Head]:
+    """Every head of every ``layer_step``-th layer (from layer 0), in (layer, head) order."""
+    if layer_step < 1:
+        raise ComponentError(f"layer_step must be >= 1, got {layer_step}")
+    return [(l, h) for l in range(0, model.cfg.n_layers, layer_step) for h in range(model.cfg.n_heads)]
+
+
 def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: str = "auto",
-          heads: list[Head] | None = None, checkpoint=None, progress: bool = True) -> Ships:
+          heads: list[Head] | None = None, checkpoint=None, progress: bool = True, verify: int = 2) -> Ships:
     """Ships of every head for every query, and each head's generalized Ships on the query set.
 
     One single-head ablation per head, all queries at once. ``heads`` restricts the sweep (the
@@ -204,14 +249,14 @@ def ships(model, queries: Queries, mode: str = "ua", eps: float = 1e-5, engine: 
     """
     _check_mode(mode)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
+    heads = all_heads(model) if heads is None else list(heads)
     if engine not in ("auto", "batched", "reference"):
         raise ComponentError(f"engine must be auto, batched or reference, got {engine!r}")
     used, verified = "reference", {"cells": 0, "max_abs_diff": 0.0, "engine": "reference"}
     if engine != "reference":
         try:
             resid, base, verified = ablated_residuals(model, queries, heads, mode, eps, checkpoint=checkpoint,
-                                                      progress=progress)
+                                                      progress=progress, verify=verify)
             used = "batched"
         except EngineUnsupported as exc:
             if engine == "batched":
@@ -246,105 +291,242 @@ class SaharaStep:
 
 
 def sahara(model, queries: Queries, size: int = 5, mode: str = "ua", eps: float = 1e-5,
-           candidates: list[Head] | None = None, first: torch.Tensor | None = None,
-           progress: bool = True) -> list[SaharaStep]:
-    """Greedy head-group search on the query set (Zhou et al.'s Sahara).
+           candidates: list[Head] | None = None, first: torch.Tensor | None = None, pool: int | None = None,
+           progress: bool = True, verify: int = 2) -> list[SaharaStep]:
+    """Greedy head-group search on the query set (Zhou et al.'s Sahara), for one ablation mode.
 
     Args:
         size: the largest group (the paper: <= 5).
         candidates: heads to choose from (default: every head).
         first: the single-head generalized Ships [layer, head] if already computed (``ships``'s
-            ``angle``): skips the first sweep.
+            ``angle``, same mode and queries): skips the first sweep.
+        pool: steps after the first choose among the ``pool`` best candidates of the first step
+            (None: among all, as the paper; a CPU economy otherwise).
+        verify: cells of each step's sweep re-checked through the bridge.
     """
     _check_mode(mode)
     if not 1 <= size <= 10:
         raise ComponentError(f"group size must be 1..10, got {size}")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    candidates = [(l, h) for l in range(L) for h in range(H)] if candidates is None else list(candidates)
+    candidates = all_heads(model) if candidates is None else list(candidates)
+    if pool is not None and pool < size:
+        raise ComponentError(f"a Sahara pool of {pool} heads cannot grow a group of {size}")
     w = Weights.from_model(model)
-    _, clean, _ = ablated_residuals(model, queries, [], mode, eps, progress=False)
+    _, clean, _ = ablated_residuals(model, queries, [], mode, eps, progress=False, verify=0)
     u_clean = leading_direction(_normed(w, clean))
     group: list[Head] = []
     steps: list[SaharaStep] = []
     for step in range(size):
-        pool = [c for c in candidates if c not in group]
+        options = [c for c in candidates if c not in group]
         if step == 0 and first is not None:
-            scores = {c: float(first[c]) for c in pool}
+            scores = {c: float(first[c]) for c in options}
         else:
-            resid, _, _ = ablated_residuals(model, queries, pool, mode, eps, group=group, progress=progress)
-            scores = dict(zip(pool, principal_angle(u_clean, _normed(w, resid)).tolist()))
-        best = max(pool, key=lambda c: scores[c])
+            resid, _, _ = ablated_residuals(model, queries, options, mode, eps, group=group, progress=progress,
+                                            verify=verify)
+            scores = dict(zip(options, principal_angle(u_clean, _normed(w, resid)).tolist()))
+        best = max(options, key=lambda c: scores[c])
         group = group + [best]
         steps.append(SaharaStep(list(group), scores[best], scores))
+        if step == 0 and pool is not None:
+            candidates = sorted(candidates, key=lambda c: -scores.get(c, float("-inf")))[:pool]
     return steps
 
 
-# ------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------- generation
 def random_heads(model, k: int, seed: int, exclude: list[Head] = ()) -> list[Head]:
     """k heads drawn uniformly without replacement (seeded), none of ``exclude``."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    pool = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(exclude)]
+    pool = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(map(tuple, exclude))]
     return random.Random(seed).sample(pool, k)
 
 
-def respond(model, queries: Queries, variants: list[dict[str, tuple[str, list[Head]]]], eps: float = 1e-5,
-            max_new: int = 128, top_k: int | None = None, seed: int = 0, progress: bool = True) -> list[dict[str, str]]:
-    """Responses of every query under its named ablations.
+def evaluation_variants(groups: dict[str, list[Head]], ks, randoms: dict[int, list[list[Head]]] | None = None,
+                        ships_: dict[str, Ships] | None = None, query: int | None = None) -> dict[str, Ablation]:
+    """The ablations one request is answered under (not "none"):
 
-    ``variants[i]`` maps a name (e.g. "query top-3 ua") to (mode, heads) for query i; all of a
-    query's variants decode together. Greedy when ``top_k`` is None, else top-k sampling at
-    temperature 1 (seeded per query).
+    - ``sahara-{mode}-{k}``: the first k heads of the Sahara group fitted in that mode;
+    - ``query-{mode}-{k}``: the request's own top-k Ships heads *of the same mode* (``ships_[mode]``,
+      row ``query``), when ``ships_`` is given;
+    - ``random-ua-{k}-{d}``: the d-th random set of k heads (``randoms[k]``), under UA.
     """
+    v: dict[str, Ablation] = {}
+    for k in ks:
+        for mode in MODES:
+            if mode in groups and k <= len(groups[mode]):
+                v[f"sahara-{mode}-{k}"] = (mode, list(groups[mode][:k]))
+            if ships_ and mode in ships_:
+                if ships_[mode].mode != mode:
+                    raise ComponentError(f"query-level {mode} heads must be ranked by {mode} Ships, got {ships_[mode].mode}")
+                v[f"query-{mode}-{k}"] = (mode, ships_[mode].top_heads(query, k))
+        for d, heads in enumerate((randoms or {}).get(k, [])):
+            v[f"random-ua-{k}-{d}"] = ("ua", list(heads))
+    return v
+
+
+def respond(model, queries: Queries, variants: list[dict[str, Ablation]], eps: float = 1e-5,
+            max_new: int = 128, top_k: int | None = None, seed: int = 0, progress: bool = True,
+            rows: list[int] | None = None) -> list[dict[str, str]]:
+    """Responses of the queries ``rows`` (default: all) under their named ablations.
+
+    ``variants[j]`` maps a name (e.g. "sahara-ua-3") to (mode, heads) for the j-th query of
+    ``rows``; all of a query's variants decode together. Greedy when ``top_k`` is None, else top-k
+    sampling at temperature 1 (seeded per query). Returns one {name: text} per query of ``rows``.
+    """
+    rows = list(range(len(queries))) if rows is None else list(rows)
+    if len(variants) != len(rows):
+        raise ComponentError(f"{len(variants)} variant sets for {len(rows)} queries")
     out = []
-    for i in tqdm(range(len(queries)), desc="generate", disable=not progress, leave=False):
-        names = list(variants[i])
-        texts = generate(model, queries.prompt(i), [variants[i][n] for n in names], eps=eps,
+    for j, i in enumerate(tqdm(rows, desc="generate", disable=not progress, leave=False)):
+        names = list(variants[j])
+        texts = generate(model, queries.prompt(i), [variants[j][n] for n in names], eps=eps,
                          max_new=max_new, top_k=top_k, seed=seed + i)
         out.append(dict(zip(names, texts)))
     return out
 
 
-def attack_success(responses: list[dict[str, str]], judge=None) -> dict[str, float]:
-    """Per variant name, the share of responses the judge counts as complied (ASR on harmful
-    requests; the answer rate on benign ones)."""
-    names = list(responses[0])
-    return {n: sum(v.complied for v in judge_all([r[n] for r in responses], judge)) / len(responses)
-            for n in names}
-
-
-def standard_variants(model, ships_: Ships, group: list[Head], n_queries: int, ks=(1, 2, 3, 4, 5),
-                      n_random: int = 3, modes=MODES) -> list[dict[str, tuple[str, list[Head]]]]:
-    """The paper's comparisons, per query: none; its own top-k Ships heads (query level); the first
-    k Sahara heads (dataset level); k random heads (``n_random`` seeds); UA and SC for the first two."""
-    out = []
-    for q in range(n_queries):
-        v = {"none": ("ua", [])}
-        for k in ks:
-            for mode in modes:
-                v[f"query top-{k} {mode}"] = (mode, ships_.top_heads(q, k))
-            if k <= len(group):
-                v[f"sahara top-{k} ua"] = ("ua", group[:k])
-            for s in range(n_random):
-                v[f"random-{k} seed {s} ua"] = ("ua", random_heads(model, k, seed=1000 * k + s))
-        out.append(v)
+@torch.no_grad()
+def response_perplexity(model, prompt: torch.Tensor, texts: list[str]) -> list[float]:
+    """Perplexity of each text as the continuation of ``prompt`` [T] under the model as it is
+    (call it outside any ablation: the unablated model): exp(mean_t -log p(x_t | prompt, x_<t))
+    over the text's tokens (encoded without special tokens). NaN for an empty text."""
+    tok = model.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] if t else [] for t in texts]
+    out = [float("nan")] * len(texts)
+    todo = [i for i, x in enumerate(ids) if x]
+    if not todo:
+        return out
+    device = next(iter(model.parameters())).device
+    T = len(prompt)
+    width = T + max(len(ids[i]) for i in todo)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batch = torch.full((len(todo), width), pad, dtype=torch.long)
+    for r, i in enumerate(todo):
+        batch[r, :T] = prompt
+        batch[r, T:T + len(ids[i])] = torch.tensor(ids[i])
+    logp = model(batch.to(device))[:, T - 1:-1].float().log_softmax(-1).cpu()  # predicts tokens T..
+    for r, i in enumerate(todo):
+        n = len(ids[i])
+        nll = -logp[r, torch.arange(n), torch.tensor(ids[i])]
+        out[i] = float(nll.mean().exp())
     return out
 
 
-def asr_table(asr: dict[str, float], ks=(1, 2, 3, 4, 5)) -> dict[str, list[float | None]]:
-    """Rows of ASR per group size: query-level ua/sc, Sahara, random (mean and std over seeds)."""
-    def row(fmt):
-        return [asr.get(fmt.format(k=k)) for k in ks]
+@torch.no_grad()
+def text_perplexity(model, texts: list[str], ablations: list[Ablation], eps: float = 1e-5) -> torch.Tensor:
+    """Utility under ablation: perplexity of each plain text under each ablation, [n_ablations,
+    n_texts]; exp(mean next-token NLL) over the text's tokens after the first."""
+    tok = model.tokenizer
+    device = next(iter(model.parameters())).device
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if any(len(x) < 2 for x in ids):
+        raise PromptError("every utility text needs at least two tokens")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    width = max(map(len, ids))
+    batch = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(ids), width - 1, dtype=torch.bool)
+    for r, x in enumerate(ids):
+        batch[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x) - 1] = True
+    out = torch.empty(len(ablations), len(ids))
+    for a, (mode, heads) in enumerate(ablations):
+        with ablate(model, heads, mode, eps=eps) if heads else contextlib.nullcontext():
+            logp = model(batch.to(device))[:, :-1].float().log_softmax(-1).cpu()
+        nll = -logp.gather(-1, batch[:, 1:, None])[..., 0]
+        out[a] = ((nll * mask).sum(-1) / mask.sum(-1)).exp()
+    return out
 
-    rand = [[v for n, v in asr.items() if n.startswith(f"random-{k} seed")] for k in ks]
-    return {
-        "query-level UA": row("query top-{k} ua"),
-        "query-level SC": row("query top-{k} sc"),
-        "Sahara UA": row("sahara top-{k} ua"),
-        "random UA (mean)": [sum(r) / len(r) if r else None for r in rand],
-        "random UA (std)": [_std(r) if r else None for r in rand],
-    }
+
+# ------------------------------------------------------------------------------- judging
+def judge_responses(model, queries: Queries, responses: list[dict[str, str]], max_perplexity: float | None,
+                    judge=None, rows: list[int] | None = None) -> tuple[list[dict[str, Verdict]], list[dict[str, float]]]:
+    """Verdicts on every response (refused / complied / degenerate) and their perplexities.
+
+    The perplexity of a response under the unablated model (``response_perplexity``) is computed
+    only for responses ``judge`` lets through as complied (the others are decided without it; their
+    perplexity is NaN); above ``max_perplexity`` they become degenerate ("perplexity"). With
+    ``max_perplexity`` None the perplexities are computed and no response is reclassified.
+    """
+    rows = list(range(len(queries))) if rows is None else list(rows)
+    verdicts, ppls = [], []
+    for j, i in enumerate(rows):
+        names = list(responses[j])
+        first = dict(zip(names, judge_all([responses[j][n] for n in names], judge)))
+        need = [n for n in names if first[n].complied]
+        got = dict(zip(need, response_perplexity(model, queries.prompt(i), [responses[j][n] for n in need])))
+        ppl = {n: got.get(n, float("nan")) for n in names}
+        final = judge_all([responses[j][n] for n in names], judge, [ppl[n] for n in names], max_perplexity)
+        verdicts.append(dict(zip(names, final)))
+        ppls.append(ppl)
+    return verdicts, ppls
 
 
-def _std(xs: list[float]) -> float:
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1))
+def rejudge(responses: list[dict[str, str]], ppls: list[dict[str, float]], max_perplexity: float | None,
+            judge=None) -> list[dict[str, Verdict]]:
+    """Verdicts from responses and perplexities already computed (``judge_responses``), with the
+    degeneration threshold ``max_perplexity`` (None: no perplexity rule)."""
+    out = []
+    for r, p in zip(responses, ppls):
+        names = list(r)
+        out.append(dict(zip(names, judge_all([r[n] for n in names], judge, [p.get(n, float("nan")) for n in names],
+                                             max_perplexity))))
+    return out
+
+
+def baseline_perplexities(model, queries: Queries, texts: list[str], rows: list[int] | None = None) -> list[float]:
+    """Perplexity of each baseline response (the unablated model's own) under the unablated model."""
+    rows = list(range(len(queries))) if rows is None else list(rows)
+    return [response_perplexity(model, queries.prompt(i), [t])[0] for i, t in zip(rows, texts)]
+
+
+def outcome_rates(verdicts: list[dict[str, Verdict]], name: str) -> dict[str, tuple[float, float, float, int]]:
+    """For the variant ``name``: each outcome's share over the requests, (rate, low, high, count)
+    with the Wilson interval."""
+    n = len(verdicts)
+    out = {}
+    for o in ("refused", "complied", "degenerate"):
+        k = sum(v[name].outcome == o for v in verdicts)
+        out[o] = (*proportion_ci(k, n), k)
+    return out
+
+
+def flips(verdicts: list[dict[str, Verdict]], name: str, base: str = "none") -> dict:
+    """Among the requests refused at baseline (``base``'s outcome "refused"), how many ``name``
+    turns into complied, degenerate, or leaves refused; with the Wilson interval of the complied
+    share. Requests missing ``name`` are skipped."""
+    refused = [v for v in verdicts if v[base].outcome == "refused" and name in v]
+    n = len(refused)
+    c = {o: sum(v[name].outcome == o for v in refused) for o in ("complied", "degenerate", "refused")}
+    rate, lo, hi = proportion_ci(c["complied"], n) if n else (float("nan"),) * 3
+    return {"n_refused": n, "to_complied": c["complied"], "to_degenerate": c["degenerate"],
+            "stayed_refused": c["refused"], "complied_rate": rate, "ci": [lo, hi]}
+
+
+def versus_random(verdicts: list[dict[str, Verdict]], group: str, randoms: list[str], base: str = "none") -> dict:
+    """Does ablating ``group`` flip more baseline refusals to complied than random head sets?
+
+    - Fisher's exact test (one-sided, greater) on [[group flips, group non-flips], [random flips,
+      random non-flips]], the random draws pooled (each draw's responses counted as trials; they
+      share the requests, so this is exact for the table, not for the request sample).
+    - The permutation p-value over the draws: (1 + #draws with at least as many flips) / (1 +
+      #draws), the smallest possible being 1 / (1 + #draws).
+    - The paired difference over the baseline-refused requests: per request, the group's flip (0/1)
+      minus the mean flip of the random draws on it; its mean with a bootstrap 95% interval over the
+      requests (``paired_difference`` = (estimate, low, high)).
+    """
+    g = flips(verdicts, group, base)
+    rs = [flips(verdicts, r, base) for r in randoms]
+    n = g["n_refused"]
+    a, b = g["to_complied"], n - g["to_complied"]
+    c = sum(r["to_complied"] for r in rs)
+    d = sum(r["n_refused"] for r in rs) - c
+    pooled = proportion_ci(c, c + d) if c + d else (float("nan"),) * 3
+    refused = [v for v in verdicts if v[base].outcome == "refused" and group in v]
+    per_request = [(float(v[group].outcome == "complied"),
+                    sum(v[r].outcome == "complied" for r in randoms if r in v) / max(1, sum(r in v for r in randoms)))
+                   for v in refused]
+    paired = (bootstrap_ci([a for a, _ in per_request], paired_with=[b for _, b in per_request])
+              if per_request and randoms else (float("nan"),) * 3)
+    return {"group": g, "paired_difference": list(paired), "random": [r["to_complied"] for r in rs], "n_draws": len(rs),
+            "random_rate": pooled[0], "random_ci": [pooled[1], pooled[2]],
+            "fisher_p": fisher_exact(a, b, c, d, "greater") if n and c + d else float("nan"),
+            "permutation_p": permutation_pvalue(a, [r["to_complied"] for r in rs]) if rs else float("nan"),
+            "difference": g["complied_rate"] - pooled[0] if n and c + d else float("nan")}

@@ -138,10 +138,10 @@ def test_score_heads_and_masking_on_a_small_set(model):
     """End to end, tiny: two needles scored, then each tested with the other's top heads masked;
     every recall is graded (0-100) and the summary has intervals around the means."""
     eps = needle_episodes(model.tokenizer, (160,), (0.5,), ["quiz", "parrot"], 0, chat=True, buffer=0)
-    sc = rh.score_heads(model, eps, max_new=12, progress=False, verify=0)  # (the bridge check: tests above)
+    sc = rh.score_heads(model, eps, max_new=22, progress=False, verify=0)  # (the bridge check: tests above)
     assert len(sc.kept) >= 1 and sc.score.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert 0 <= float(sc.score.max()) <= 1 and float((sc.score > 0).float().mean()) < 0.3  # sparse
-    mk = rh.masking_test(model, sc, eps, ks=(3,), n_random=2, max_new=12, progress=False, verify=0)
+    mk = rh.masking_test(model, sc, eps, ks=(3,), n_random=2, max_new=22, progress=False, verify=0)
     summ = mk.summary(n_boot=200)
     assert summ["n"] == 2 and len(mk.random[3]) == 2
     for est, lo, hi in (summ["unmasked"], summ["k"][3]["top"], summ["k"][3]["random"]):

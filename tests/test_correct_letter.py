@@ -1,95 +1,142 @@
-"""Correct-letter heads (interp.methods.correct_letter) on Qwen2.5-Coder-0.5B-Instruct, the model that
-solves symbol binding: DLA adds up, effects agree with independent computations, rank = d_head is
-the head itself, the classifier follows its definitions."""
+"""Correct-letter heads (interp.methods.correct_letter, interp.reports.correct_letter) on
+Qwen2.5-Coder-0.5B-Instruct (the session fixture ``qwen``): the shared-prefix run agrees with the
+bridge's hooked forward, END re-runs agree with hooks, the rank-d_head head is the head and rank 0 is
+uniform, DLA adds up to the margin, the class rule does not move with the model's accuracy, the
+statistics behave on constructed cases, and the report's headline rows keep their contract."""
 import pytest
 import torch
 
-import interp
-from interp.hooks import hook_name
 from interp.methods import correct_letter as cl
-from interp.metrics import logit_diff
-from interp.tasks import symbol_binding_examples
+from interp.tasks.mcq import mcq_items, symbol_binding_examples
 
-
-@pytest.fixture(scope="module")
-def qwen():
-    return interp.load_model("qwen2.5-coder-0.5b-instruct")
+HEAD = (20, 12)
 
 
 @pytest.fixture(scope="module")
 def mcq(qwen):
-    return symbol_binding_examples(qwen, n=8, seed=0)
+    """8 few-shot items: 2 options lists asked about each of their 4 items, one fixed 1-shot prefix."""
+    return symbol_binding_examples(qwen, n=8, seed=0, k_shot=1, shot_sets=1, asked_per_list=4)
 
 
 @pytest.fixture(scope="module")
-def effects(qwen, mcq):
-    return cl.total_and_direct(qwen, mcq, progress=False)
+def run(qwen, mcq):
+    return cl.MCQRun(qwen, mcq, verify=2)
 
 
-def test_model_does_better_than_chance(qwen, mcq):
-    s = cl.scores(qwen, mcq)
-    assert s["accuracy"] > 0.25 + 0.1 and s["logit_margin"] > 0
+def test_prefix_levels_share_what_is_shared():
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 9], [1, 2, 3, 4, 6, 9], [1, 2, 3, 7, 5, 9]])
+    segs = cl.prefix_levels(tokens, end=5, overhead=0)
+    assert segs[-1] == (5, 6) and segs[0][0] == 0
+    assert all(a < b for a, b in segs) and all(segs[i][1] == segs[i + 1][0] for i in range(len(segs) - 1))
+    # a huge per-forward overhead: one segment before END
+    assert cl.prefix_levels(tokens, end=5, overhead=10 ** 6) == [(0, 5), (5, 6)]
 
 
-def test_dla_adds_up(qwen, mcq):
-    dla = interp.direct_logit_attribution(qwen, mcq.prompts)
-    parts = dla.embed + float(dla.attn.values.sum()) + float(dla.mlp.values.sum())
-    assert abs(parts - dla.total) < 1e-3 * (1 + abs(dla.total))
+def test_run_matches_the_bridge_and_shares_prefixes(run, mcq):
+    assert run.verified["max_abs_diff"] <= run.verified["tolerance"]
+    assert len(run.levels) >= 3  # the shot prefix and the options lists run once
+    # DLA of embedding + every attention layer + every MLP at END = the margin (RMSNorm, no b_U)
+    parts = run.dla(run.embed) + sum(run.dla(a) for a in run.attn) + sum(run.dla(m) for m in run.mlp)
+    margin = cl.item_scores(run.logits4, run.correct)["margin"]
+    assert torch.allclose(parts.float(), margin.float(), atol=1e-3)
 
 
-def test_total_effect_is_the_activation_patch(qwen, mcq, effects):
-    """The batched by-position patch at END == the reference loop for a few heads."""
-    end = int(mcq.prompts.answer_pos[0])
-    ref = interp.patch(qwen, mcq.prompts, "head_out", by_pos=True, direction="noise", layers=[14, 20],
-                       heads=[5, 8], positions=[end], engine="reference", progress=False)
-    for i, l in enumerate([14, 20]):
-        for j, h in enumerate([5, 8]):
-            assert abs(effects["total"].values[l, h] - (ref.values[i, 0, j] - ref.clean)) < 1e-3
+def test_end_reruns_match_hooks_and_low_rank_limits(run):
+    assert run.check_end(cl.EndVariant("zero", zero=(HEAD, (22, 2))), k=2)["max_abs_diff"] >= 0
+    assert run.check_end(cl.EndVariant("mean", set_z=((HEAD, cl.mean_z(run, HEAD)),)), k=1)
+    fit = cl.fit_lowrank(run, HEAD)
+    l, h = HEAD
+    full = cl.lowrank_rows(run, HEAD, fit, run.dh)
+    assert (full - run.pattern[l][:, h].float().cpu()).abs().max() < 1e-4  # rank d_head: the head itself
+    zero = cl.lowrank_rows(run, HEAD, fit, 0)
+    assert torch.allclose(zero, torch.full_like(zero, 1 / zero.shape[-1]))  # rank 0: the uniform row
+    out = run.end_logits([cl.lowrank_variant({HEAD: fit}, run.dh), cl.EndVariant("nothing")])
+    assert (out - run.logits4.cpu()).abs().max() < 1e-3
 
 
-def test_direct_effect_is_the_dla_difference(qwen, mcq, effects):
-    """Adding one head's (corrupt - clean) output to the final residual, with the final norm's scale
-    frozen, moves the logit difference by exactly its direct effect."""
-    ps, L = mcq.prompts, qwen.cfg.n_layers
-    l, h = cl.top_heads(effects["direct"].values, 1)[0]
-    names = {hook_name("result", l), "ln_final.hook_scale"}
-    with torch.no_grad():
-        _, clean = qwen.run_with_cache(ps.clean_tokens, names_filter=lambda n: n in names)
-        _, corrupt = qwen.run_with_cache(ps.corrupted_tokens, names_filter=lambda n: n in names)
-        delta = corrupt[hook_name("result", l)][:, :, h] - clean[hook_name("result", l)][:, :, h]
-        hooks = [(hook_name("resid_post", L - 1), lambda x, hook=None: x + delta),
-                 ("ln_final.hook_scale", lambda s, hook=None: clean["ln_final.hook_scale"])]
-        moved = logit_diff(qwen.run_with_hooks(ps.clean_tokens, fwd_hooks=hooks), ps).mean()
-        base = logit_diff(qwen(ps.clean_tokens), ps).mean()
-    assert abs(float(moved - base) - float(effects["direct"].values[l, h])) < 1e-3
-    assert abs(float(effects["direct"].values[l, h])) > 0.05
+def test_partners_and_direct_effects(run, mcq):
+    partner = run.partners(mcq.prompts.corrupted_tokens)
+    assert partner is not None and (partner != torch.arange(len(mcq))).all()
+    assert (mcq.correct[partner] != mcq.correct).all()  # the partner asks another option
+    eff = cl.direct_effects(run, partner)
+    assert eff["direct"].shape == (run.L, run.H, len(mcq))
+    # noising a head with its own output changes nothing
+    assert cl.direct_effects(run, torch.arange(len(mcq)))["direct"].abs().max() < 1e-6
+    te = cl.total_effects(run, partner, [HEAD, (0, 0)], examples=[0, 1])
+    assert te.shape == (2, 2)
 
 
-def test_full_rank_head_is_the_head(qwen, mcq):
-    """At rank d_head the recomputed attention row at the final position is the head's own row."""
-    l, h = 20, 8
-    lr = cl.LowRankHead(qwen, (l, h)).fit(mcq)
-    ps = mcq.prompts
-    name = hook_name("pattern", l)
-    with torch.no_grad():
-        _, cache = qwen.run_with_cache(ps.clean_tokens, names_filter=lambda n: n == name)
-    rows = torch.arange(len(ps))
-    original = cache[name][rows, h, ps.answer_pos]
-    (_, full), = lr.hooks(mcq, qwen.cfg.d_head)
-    (_, rank1), = lr.hooks(mcq, 1)
-    assert (full(cache[name])[rows, h, ps.answer_pos] - original).abs().max() < 1e-4
-    assert (rank1(cache[name])[rows, h, ps.answer_pos] - original).abs().max() > 1e-3
+def test_ablation_against_random_heads(run):
+    res = cl.ablation_test(run, [HEAD, (22, 2)], n_draws=10, seed=0, modes=("zero",))
+    row = res["modes"]["zero"]
+    for kind in ("uniform", "same layers"):
+        rnd = row["random"][kind]
+        assert len(rnd["accuracy"]) == 10 and 0 <= rnd["p_value"] <= 1
+        assert all(f"{l}.{h}" not in ("20.12", "22.2") for hs in rnd["heads"] for l, h in
+                   [map(int, x.split(".")) for x in hs])
+    assert row["drop"][1] <= row["drop"][0] <= row["drop"][2]
+    same = cl.random_head_sets(24, 14, [HEAD, (22, 2)], 5, seed=1, same_layers=True)
+    assert all(sorted(l for l, _ in s) == [20, 22] for s in same)
+
+
+def _profile(**kw):
+    base = dict(correct_label=0.0, other_labels=0.0, items=0.0, asked=0.0, max=0.5, uniform_share=0.01,
+                top_label_is_correct=0.25, top_slot_share=0.25, n=60)
+    return base | kw
 
 
 @pytest.mark.parametrize("profile, expected", [
-    (dict(correct_label=0.5, other_labels=0.05, items=0, asked=0, max=0.5, uniform_share=0.04,
-          top_label_is_correct=0.9, top_label_constant=0.3), "correct-letter"),
-    (dict(correct_label=0.1, other_labels=0.2, items=0, asked=0, max=0.5, uniform_share=0.04,
-          top_label_is_correct=0.25, top_label_constant=1.0), "single-letter"),
-    (dict(correct_label=0.0, other_labels=0.0, items=0.1, asked=0.5, max=0.5, uniform_share=0.04,
-          top_label_is_correct=0.25, top_label_constant=1.0), "content gatherer"),
-    (dict(correct_label=0.03, other_labels=0.03, items=0.1, asked=0.03, max=0.05, uniform_share=0.04,
-          top_label_is_correct=0.25, top_label_constant=0.4), "uniform"),
+    (_profile(correct_label=0.4, other_labels=0.05, top_label_is_correct=0.9), "correct-letter"),
+    (_profile(correct_label=0.1, other_labels=0.1, top_slot_share=0.9), "single-letter"),
+    (_profile(items=0.2, asked=0.1), "content gatherer"),
+    (_profile(max=0.015, items=0.3), "uniform"),
+    (_profile(correct_label=0.4, other_labels=0.05, top_label_is_correct=0.55, n=8), "other"),  # not beyond chance
 ])
 def test_classify(profile, expected):
     assert cl.classify(profile) == expected
+
+
+def test_class_rule_does_not_depend_on_accuracy():
+    """A head that always looks at the label the model emits: on the correct items its top label is
+    the correct one whatever the accuracy; the old rule on all items calls it correct-letter only
+    when the model is right on >= 75% of them."""
+    for accuracy in (0.4, 0.6, 0.9):
+        on_correct = _profile(correct_label=0.4, other_labels=0.05, top_label_is_correct=1.0)
+        on_all = _profile(correct_label=0.4 * accuracy, other_labels=0.1, top_label_is_correct=accuracy)
+        assert cl.classify(on_correct) == "correct-letter"
+        assert (cl.classify_by_accuracy_rule(on_all) == "correct-letter") == (accuracy >= 0.75)
+
+
+def test_variance_explained_on_constructed_points():
+    g = torch.Generator().manual_seed(0)
+    B = 40
+    ordinal = torch.arange(4).expand(B, 4)
+    coords = torch.stack([ordinal.float(), torch.zeros(B, 4), torch.zeros(B, 4)], -1)
+    coords = coords + 0.05 * torch.randn(B, 4, 3, generator=g)
+    letters = torch.randint(0, 26, (B, 4), generator=g)
+    eo = cl.variance_explained(coords, ordinal)
+    el = cl.variance_explained(coords, letters)
+    assert eo[0] > 0.95 and eo[1] <= eo[0] <= eo[2]
+    assert el[0] < 0.2  # many label groups explain nothing once adjusted
+
+
+def test_report_quick_contract(qwen):
+    """The report on a tiny setting: every headline row has an interval around its estimate, a
+    verdict from the allowed ones, a reason; the held-out set shares no item with discovery."""
+    from interp.reports import correct_letter as report
+
+    tiny = {"n_discover": 8, "n_eval": 8, "n_mutation": 4, "k_shot": 1, "shot_sets": 1, "n_nodes": 3, "n_total": 1,
+            "ranks": (0, 3), "mutations": ("shuffled",), "n_draws": 10, "ablation_modes": ("zero",)}
+    res = report.run(lambda key: qwen, tiny, seed=0)
+    num = report.numbers(res)
+    words = lambda s: {w for t in s.prompts.clean_text for w in t.replace("'", " ").split()}  # noqa: E731
+    items = set(mcq_items(qwen))
+    assert not (words(res["D"]) & items) & (words(res["E"]) & items)
+    names = [r["name"] for r in num["headline"]]
+    assert any("attention on correct label" in n for n in names) and any("ablated" in n for n in names)
+    for r in num["headline"]:
+        assert r["ci"][0] - 1e-9 <= r["ours"] <= r["ci"][1] + 1e-9, r
+        assert r["verdict"] in (None, "reproduced", "partly", "not") and r["why"]
+    assert str(qwen.cfg.d_head) in num["rank_curve"] and "0" in num["rank_curve"]["joint"]
+    assert set(num["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
+    assert "shuffled" in num["mutations"] and num["key_space"]

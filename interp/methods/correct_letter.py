@@ -717,19 +717,21 @@ def variance_explained(coords: torch.Tensor, groups: torch.Tensor, clusters: tor
     """Adjusted eta^2 (epsilon^2): the share of the variance of points [B, 4, r] explained by their
     group [B, 4], (SS_between - (k - 1) SS_within / (N - k)) / SS_total with k groups and N points
     (plain eta^2 grows with the number of groups: 4 ordinals vs up to 26 random letters), with a
-    95% bootstrap interval over clusters of items."""
+    95% bootstrap interval over clusters of items (duplicates in a resample counted once)."""
     B = coords.shape[0]
     cl = torch.arange(B) if clusters is None else clusters.cpu()
     ids = sorted(set(cl.tolist()))
     members = {c: (cl == c).nonzero()[:, 0] for c in ids}
 
     def eta(idx):
-        rows = torch.cat([members[ids[int(i)]] for i in idx])
+        # each resampled cluster once: a duplicated item would be its own group-mate and inflate
+        # eta^2 by construction (the interval is that of a random ~63% subsample of the clusters)
+        rows = torch.cat([members[ids[int(i)]] for i in sorted(set(int(j) for j in idx))])
         x, g = coords[rows].reshape(-1, coords.shape[-1]), groups[rows].reshape(-1)
         total = ((x - x.mean(0)) ** 2).sum()
-        groups = g.unique()
-        between = sum(((x[g == u].mean(0) - x.mean(0)) ** 2).sum() * (g == u).sum() for u in groups)
-        k, N = len(groups), len(g)
+        uniq = g.unique()
+        between = sum(((x[g == u].mean(0) - x.mean(0)) ** 2).sum() * (g == u).sum() for u in uniq)
+        k, N = len(uniq), len(g)
         within = (total - between) / max(N - k, 1)
         return float((between - (k - 1) * within) / total) if total > 0 else float("nan")
 

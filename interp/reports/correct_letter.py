@@ -222,7 +222,9 @@ def numbers(res: dict) -> dict:
                          "ours": rc[0], "ci": [rc[1], rc[2]], "n": n_e, "paper": PAPER["rank"],
                          "verdict": "reproduced" if rc[0] >= 0.9 else "partly" if rc[0] >= 0.5 else "not",
                          "why": "floor r=0 is the uniform row; " + (
-                             "as in the paper" if rc[0] >= 0.9 else f"{small}; {n_lists} options lists")})
+                             "as in the paper" if rc[0] >= 0.9 else
+                             f"{small}, or a named deviation: q and k are projected on separate bases and every "
+                             "key position (not only the labels) on the label-key basis")})
     if "random" in res["mutations"]:
         m, base = res["mutations"]["random"], res["mutations"]["ABCD"]
         rr = m["ratio_rank3"]

@@ -311,8 +311,10 @@ def sahara(model, queries: Queries, size: int = 5, mode: str = "ua", eps: float 
     if pool is not None and pool < size:
         raise ComponentError(f"a Sahara pool of {pool} heads cannot grow a group of {size}")
     w = Weights.from_model(model)
-    _, clean, _ = ablated_residuals(model, queries, [], mode, eps, progress=False, verify=0)
-    u_clean = leading_direction(_normed(w, clean))
+    u_clean = None
+    if first is not None:  # the clean run alone; else step 0's sweep gives it (its base has no group)
+        _, clean, _ = ablated_residuals(model, queries, [], mode, eps, progress=False, verify=0)
+        u_clean = leading_direction(_normed(w, clean))
     group: list[Head] = []
     steps: list[SaharaStep] = []
     for step in range(size):
@@ -320,8 +322,10 @@ def sahara(model, queries: Queries, size: int = 5, mode: str = "ua", eps: float 
         if step == 0 and first is not None:
             scores = {c: float(first[c]) for c in options}
         else:
-            resid, _, _ = ablated_residuals(model, queries, options, mode, eps, group=group, progress=progress,
-                                            verify=verify)
+            resid, base, _ = ablated_residuals(model, queries, options, mode, eps, group=group, progress=progress,
+                                               verify=verify)
+            if u_clean is None:
+                u_clean = leading_direction(_normed(w, base))
             scores = dict(zip(options, principal_angle(u_clean, _normed(w, resid)).tolist()))
         best = max(options, key=lambda c: scores[c])
         group = group + [best]

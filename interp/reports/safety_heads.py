@@ -284,9 +284,11 @@ def numbers(res: dict) -> dict:
                  "n_texts": len(res["texts"]), "formats": list(s["formats"]), "eps": 1e-5,
                  "timings_s": res["timings_s"], "device": res["device"], "settings": dict(s), "seed": res["seed"]},
         "headline": headline,
-        "detectable": (f"{n_ref} requests refused at baseline ({s['formats'][0]} format): a difference in the share "
-                       f"flipped to complied between Sahara's top-{kmain} and random heads below about {det:.2f} "
-                       "cannot be told from noise (5% two-sided, 80% power)"),
+        "detectable": (f"{n_ref} requests refused at baseline ({s['formats'][0]} format): " +
+                       (f"a difference in the share flipped to complied between Sahara's top-{kmain} and random heads "
+                        f"below about {det:.2f} cannot be told from noise (5% two-sided, 80% power)" if det < 1 else
+                        "too few to detect any difference between Sahara's heads and random heads (the smallest "
+                        f"detectable difference, {det:.2f}, exceeds 1)")),
         "ks": list(ks), "k_main": kmain, "formats": formats, "paper": PAPER, "paper_grid": PAPER_GRID,
     }
 

@@ -34,8 +34,14 @@ Sahara is fitted on one half of the requests and evaluated on the other (``split
 The utility check is the perplexity of plain benign text under each ablation
 (``text_perplexity``).
 
-Where this differs from the paper (and the official code, github.com/ydyjya/SafetyHeadAttribution):
-the judge adds the degeneration rules (the paper counts only keywords and length); generalized
+As in the official code (github.com/ydyjya/SafetyHeadAttribution, ``lib/Sahara``): the hidden
+states are the model's last ``hidden_states`` (after the final norm) at the last prompt token, the
+score is the principal angle of the leading left singular vectors (r_main = 1, degrees), UA scales
+the query by 1e-5, and each greedy step re-scores every head not yet in the group.
+
+Where this differs from the paper (and the official code):
+the judge adds the degeneration rules (the paper counts only keywords and length); the official
+code's template has no space after "## Query:" (we write the spec's, with one); generalized
 Ships and Sahara are computed on the fitting half only; on a CPU, Sahara's later steps choose
 among the best single heads of its first step (``pool``), and Ships sweeps may skip layers.
 

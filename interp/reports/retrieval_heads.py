@@ -247,7 +247,9 @@ def plot_scores(sc, bins_ci: dict | None = None):
     x = range(4)
     ours = [100 * v for v in bins.values()]
     if bins_ci:
-        err = [[100 * (bins[b] - bins_ci[b][1]) for b in bins], [100 * (bins_ci[b][2] - bins[b]) for b in bins]]
+        # (a percentile interval need not contain the full-sample estimate: clip the bars at it)
+        err = [[100 * max(0.0, bins[b] - bins_ci[b][1]) for b in bins],
+               [100 * max(0.0, bins_ci[b][2] - bins[b]) for b in bins]]
         ax2.bar(x, ours, yerr=err, capsize=3, label="ours (95% bootstrap interval)")
     else:
         ax2.bar(x, ours, label="ours")

@@ -154,3 +154,26 @@ def test_circuit_evaluation_agrees_with_edge_patching(tiny):
     assert f[0] == 0 and f[-1] == pytest.approx(1)
     assert curve["cpr"] == pytest.approx(0.25 * (f[0] + f[1]) / 2 + 0.75 * (f[1] + f[2]) / 2)
     assert curve["cmd"] == pytest.approx(0.25 * (1 + abs(1 - f[1])) / 2 + 0.75 * abs(1 - f[1]) / 2)
+
+
+def test_the_edges_report_on_the_real_model(model):
+    """The report's audit on a small scope (the edges into the logits, two IOI prompts): rank
+    statistics within their ranges, the curve's ends pinned, the shortlist's exact scores equal to
+    the audit's for the edges both scored, and the headline rows filled."""
+    from interp.reports import edges as report
+
+    settings = {**report.QUICK, "n_prompts": 2, "movers": 0, "methods": ("eap",), "fractions": (0.0, 0.05, 1.0),
+                "shortlist": 10}
+    res = report.run(lambda key: model, settings)
+    case = res["cases"][0]
+    assert len(case["exact"]) == 1 + 30 * 10 and {e.receiver.kind for e in case["exact"].edges} == {"logits"}
+    a = case["audits"]["eap"]
+    assert -1 <= a["spearman"] <= 1 and -1 <= a["kendall"] <= 1 and 0 <= a["top_k_overlap"][50] <= 1
+    f = [p["faithfulness"] for p in case["curves"]["eap"]["points"]]
+    assert f[0] == 0 and f[-1] == pytest.approx(1)
+    exact, short = case["exact"].by_name(), case["shortlist"]["scores"].by_name()
+    assert len(short) == 10 and all(short[k] == pytest.approx(exact[k], abs=1e-5) for k in short if k in exact)
+    num = report.numbers(res)
+    (row,) = num["headline"]
+    assert row["ci"][0] <= row["ours"] <= row["ci"][1] and row["n"] == len(case["exact"])
+    json.dumps(num)

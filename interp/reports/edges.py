@@ -24,11 +24,14 @@ from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "Edge-level circuits: exact edge patching, and EAP / EAP-IG audited against it"
 DEFAULT_MODEL = None
-QUICK = {"n_prompts": 4, "movers": 1, "methods": ("eap", "eap-ig", "atp"), "steps": 3, "shortlist": 50,
-         "fractions": (0.0, 0.01, 0.05, 0.2, 1.0), "all_edges": False}
-STANDARD = {"n_prompts": 8, "movers": 3, "methods": ("eap", "eap-ig", "atp"), "steps": 5, "shortlist": 200,
-            "fractions": (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), "all_edges": False}
-FULL = {**STANDARD, "n_prompts": 16, "methods": ("eap", "eap-ig", "eap-ig-activations", "atp"), "shortlist": 500}
+QWEN = "qwen2.5-coder-0.5b-instruct"
+#: (model key, task) pairs the report audits; None is the default model (SmolLM2-135M-Instruct).
+QUICK = {"cases": ((None, "ioi"),), "n_prompts": 4, "movers": 1, "methods": ("eap", "eap-ig", "atp"), "steps": 3,
+         "shortlist": 50, "fractions": (0.0, 0.01, 0.05, 0.2, 1.0), "all_edges": False}
+STANDARD = {**QUICK, "n_prompts": 8, "movers": 3, "steps": 5, "shortlist": 200,
+            "fractions": (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)}
+FULL = {**STANDARD, "cases": ((None, "ioi"), (QWEN, "ioi"), (None, "colored-objects")), "n_prompts": 16,
+        "methods": ("eap", "eap-ig", "eap-ig-activations", "atp"), "shortlist": 500}
 CUDA = {**FULL, "all_edges": True, "shortlist": 1000}
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
 
@@ -38,20 +41,35 @@ PAPER = {"eap-ig": "EAP-IG's circuits are more faithful than EAP's at the same s
 
 
 def steps(settings: dict) -> int:
-    return 3 + len(settings["methods"])
+    return len(settings["cases"]) * (3 + len(settings["methods"]))
+
+
+def case_label(model_key: str, task: str) -> str:
+    return f"{model_key} · {task}"
+
+
+def _prompts(model, task: str, n: int, seed: int):
+    from interp.tasks import ioi_examples
+    from interp.tasks.colored_objects import colored_objects_examples
+
+    return (ioi_examples if task == "ioi" else colored_objects_examples)(model, n=n, seed=seed)
 
 
 def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
+    """Each case (model, task) of the setting: ``run_case``."""
+    cases = [run_case(load(key), task, settings, seed, tick) for key, task in settings["cases"]]
+    return {"cases": cases, "settings": settings, "seed": seed}
+
+
+def run_case(model, task: str, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
     """Exact scores on the scope, each approximation on every edge, the audit and the curves."""
     from interp import edges as E
     from interp.edge_attribution import edge_attribution
     from interp.edge_circuits import faithfulness_curve
     from interp.edge_sweep import edge_patch
     from interp.methods.edge_audit import audit, shortlist_then_verify
-    from interp.tasks import ioi_examples
 
-    model = load(DEFAULT_MODEL)
-    prompts = ioi_examples(model, n=settings["n_prompts"], seed=seed)
+    prompts = _prompts(model, task, settings["n_prompts"], seed)
     cfg = model.cfg
     timings, t = {}, time.time()
     logits = edge_patch(model, prompts, E.edges(cfg, [E.Receiver("logits")]), progress=False)
@@ -81,42 +99,55 @@ def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
     verified = shortlist_then_verify(model, prompts, approx[best], settings["shortlist"], progress=False)
     timings["shortlist"] = time.time() - t
     tick("shortlist")
-    return {"model": model, "prompts": prompts, "heads": heads, "scope": scope, "exact": exact, "approx": approx,
-            "audits": audits, "curves": curves, "shortlist": {"method": best, "scores": verified},
-            "settings": settings, "seed": seed, "timings": timings, "n_edges": len(E.edges(cfg))}
+    return {"model": model, "task": task, "label": case_label(model.interp_key, task), "prompts": prompts,
+            "heads": heads, "scope": scope, "exact": exact, "approx": approx, "audits": audits, "curves": curves,
+            "shortlist": {"method": best, "scores": verified}, "settings": settings, "seed": seed,
+            "timings": timings, "n_edges": len(E.edges(cfg))}
 
 
 def numbers(res: dict) -> dict:
+    """Headline rows of every case (prefixed by its label), and each case's audit, curves and top edges."""
+    cases = [case_numbers(c) for c in res["cases"]]
+    first = cases[0]["meta"]
+    return {"meta": {"model_key": first["model_key"], "cases": [c["meta"]["label"] for c in cases],
+                     "n_prompts": first["n_prompts"]},
+            "headline": [row for c in cases for row in c["headline"]],
+            "detectable": "; ".join(f'{c["meta"]["label"]}: {c["detectable"]}' for c in cases),
+            "cases": cases}
+
+
+def case_numbers(res: dict) -> dict:
     from interp.methods.edge_audit import spearman
     from interp.stats import bootstrap_indices
 
     exact, approx, audits, curves = res["exact"], res["approx"], res["audits"], res["curves"]
+    label = res["label"]
     headline = []
     x = exact.values
     for m, a in approx.items():
         y = a.restrict(exact.edges).values
         est, lo, hi = bootstrap_indices(len(x), lambda idx: spearman(x[idx], y[idx]), n_boot=200)
-        headline.append({"name": f"{m.upper()} vs exact edge scores: Spearman rho", "ours": est, "ci": [lo, hi],
-                         "n": len(x), "paper": "n/a (the papers have no exact scores at this scale)",
+        headline.append({"name": f"{label}: {m.upper()} vs exact edge scores, Spearman rho", "ours": est,
+                         "ci": [lo, hi], "n": len(x), "paper": "n/a (the papers have no exact scores at this scale)",
                          "verdict": None, "why": "interval: bootstrap over the audited edges"})
     cmd = {m: c["cmd"] for m, c in curves.items()}
     if "eap-ig" in cmd and "eap" in cmd:
         better = cmd["eap-ig"] < cmd["eap"]
-        headline.append({"name": "CMD of EAP-IG's circuits / EAP's (lower is better)", "ours": cmd["eap-ig"] / cmd["eap"]
-                         if cmd["eap"] else float("nan"), "ci": None, "n": len(exact), "paper": PAPER["eap-ig"],
-                         "verdict": "reproduced" if better else "not",
+        headline.append({"name": f"{label}: CMD of EAP-IG's circuits / EAP's (lower is better)",
+                         "ours": cmd["eap-ig"] / cmd["eap"] if cmd["eap"] else float("nan"), "ci": None,
+                         "n": len(exact), "paper": PAPER["eap-ig"], "verdict": "reproduced" if better else "not",
                          "why": "on the exactly scored scope only, one prompt set (no interval: one curve per method)"})
     if "atp" in cmd:
         worst = max(cmd, key=cmd.get)
-        headline.append({"name": "CMD of node-level AtP's circuits (lower is better)", "ours": cmd["atp"], "ci": None,
-                         "n": len(exact), "paper": PAPER["atp"],
+        headline.append({"name": f"{label}: CMD of node-level AtP's circuits (lower is better)", "ours": cmd["atp"],
+                         "ci": None, "n": len(exact), "paper": PAPER["atp"],
                          "verdict": "reproduced" if worst == "atp" else "partly" if cmd["atp"] > min(cmd.values()) else "not",
                          "why": f"exact {cmd['exact']:.3f}; " + ", ".join(f"{m} {v:.3f}" for m, v in cmd.items() if m != "exact")})
     sl = res["shortlist"]["scores"]
     top_exact = set(e.name for e in exact.top(20))
     return {
-        "meta": {"model_key": res["model"].interp_key, "n_prompts": len(res["prompts"]), "task": "ioi",
-                 "n_edges_model": res["n_edges"], "n_edges_exact": len(exact),
+        "meta": {"label": label, "model_key": res["model"].interp_key, "task": res["task"],
+                 "n_prompts": len(res["prompts"]), "n_edges_model": res["n_edges"], "n_edges_exact": len(exact),
                  "scope": "every edge" if res["settings"]["all_edges"] else
                  "edges into the logits and into the queries of " + ", ".join(s.name for s in res["heads"]),
                  "timings_s": res["timings"], "verified": exact.meta.get("verified")},
@@ -134,6 +165,7 @@ def numbers(res: dict) -> dict:
 
 
 def plot_scatter(res: dict):
+    """One panel per approximation: its estimate of each audited edge against the exact score."""
     approx = res["approx"]
     fig = new_figure(4.2 * len(approx), 4)
     x = res["exact"].values
@@ -150,25 +182,32 @@ def plot_scatter(res: dict):
 
 
 def plot_curves(res: dict):
-    fig = new_figure(6.5, 4)
-    ax = fig.add_subplot()
-    for m, c in res["curves"].items():
-        xs = [p["fraction"] for p in c["points"]]
-        ax.plot(xs, [p["faithfulness"] for p in c["points"]], marker="o", ms=3, label=f"{m} (CMD {c['cmd']:.3f})")
-    ax.set_xscale("symlog", linthresh=0.005)
-    ax.axhline(1, color="k", lw=0.5)
-    ax.set_xlabel("fraction of the scope's edges kept (by |score|)")
-    ax.set_ylabel("faithfulness f(C)")
-    ax.set_title("Faithfulness of edge circuits")
-    ax.legend(fontsize=8)
+    """One panel per method: the faithfulness of the circuits its ranking picks, the exact
+    ranking's curve dashed beside it."""
+    curves = res["curves"]
+    methods = list(curves)
+    fig = new_figure(3.4 * len(methods), 3.4)
+    exact = curves["exact"]
+    for i, m in enumerate(methods):
+        ax = fig.add_subplot(1, len(methods), i + 1)
+        xs = [p["fraction"] for p in curves[m]["points"]]
+        if m != "exact":
+            ax.plot(xs, [p["faithfulness"] for p in exact["points"]], ls="--", color="grey", lw=1, label="exact")
+        ax.plot(xs, [p["faithfulness"] for p in curves[m]["points"]], marker="o", ms=3, label=m)
+        ax.set_xscale("symlog", linthresh=0.005)
+        ax.axhline(1, color="k", lw=0.5)
+        ax.set_xlabel("fraction of edges kept")
+        if i == 0:
+            ax.set_ylabel("faithfulness f(C)")
+        ax.set_title(f"{m}: CPR {curves[m]['cpr']:.3f}, CMD {curves[m]['cmd']:.3f}", fontsize=9)
+        ax.legend(fontsize=7)
     return fig
 
 
-def render(num: dict, figures: dict[str, str]) -> str:
+def render_case(num: dict, figures: dict[str, str]) -> list[tuple[str, str]]:
     m = num["meta"]
-    setup = table([("model", m["model_key"]), ("task", f'IOI, {m["n_prompts"]} prompts (seed {m["seed"]})'),
+    setup = table([("model", m["model_key"]), ("task", f'{m["task"]}, {m["n_prompts"]} prompts'),
                    ("edges", f'{m["n_edges_model"]:,} in the model; {m["n_edges_exact"]:,} scored exactly ({m["scope"]})'),
-                   ("setting", m["setting"]), ("date", m["date"]),
                    ("timings (s)", ", ".join(f"{k} {v:.0f}" for k, v in m["timings_s"].items())),
                    ("exact scores re-checked", f'{m["verified"]["cells"]} edges through the hooked reference, max abs diff '
                                                f'{m["verified"]["max_abs_diff"]:.1e}' if m["verified"] else "off")])
@@ -186,23 +225,36 @@ def render(num: dict, figures: dict[str, str]) -> str:
     short = (f'<p class="note">{sl["method"]} proposed its top {sl["n"]} edges; the exact engine scored them. '
              + (f'{sl["top20_exact_found"]} of the exact top 20 of the scope are among them.' if sl["top20_exact_found"]
                 is not None else "") + "</p>" + table([(t["edge"], t["exact"]) for t in sl["top"]], ("edge", "exact score")))
+    label = m["label"]
+    return [(f"{label}: setup", setup),
+            (f"{label}: how far the approximations are from the exact scores", audit_table + figures["scatter"]),
+            (f"{label}: where they disagree most", worst), (f"{label}: faithfulness curves", figures["curves"] + curves),
+            (f"{label}: top edges (exact)", top), (f"{label}: shortlist, then verify", short)]
+
+
+def render(num: dict, figures: list[dict[str, str]]) -> str:
+    m = num["meta"]
     note = ('<p class="note">Score of an edge = metric(patched) - metric(corrupted run), the sender\'s clean output '
             "added to that receiver's input only (denoising), mean logit difference over prompts. Approximations are "
             "on the same scale. f(C) = (M(C) - M(none)) / (M(all) - M(none)) on the clean prompts, the scope's edges "
-            "outside C carrying their corrupted values.</p>")
-    return html_page(f'Edge-level circuits of {m["model_key"]} on IOI', [
-        ("Setup", setup), ("How far the approximations are from the exact scores", audit_table + figures["scatter"] + note),
-        ("Where they disagree most", worst), ("Faithfulness curves", figures["curves"] + curves),
-        ("Top edges (exact)", top), ("Shortlist, then verify", short)])
+            "outside C carrying their corrupted values. Setting: " + f'{m.get("setting")}, seed {m.get("seed")}, '
+            f'{m.get("date")}.</p>')
+    sections = [("What is measured", note)]
+    for case, figs in zip(num["cases"], figures):
+        sections += render_case(case, figs)
+    return html_page("Edge-level circuits: exact scores and the approximations audited", sections)
 
 
 def save(res: dict, num: dict, folder) -> str:
     folder = Path(folder)
-    res["exact"].to_circuit(res["model"].interp_key, "ioi", top=50, seed=res["seed"],
-                            n_prompts=len(res["prompts"])).save(folder / "circuit.json")
-    res["exact"].save(folder / "scores_exact.json")
-    for m, a in res["approx"].items():
-        a.save(folder / f"scores_{m}.json")
-    figures = {"scatter": fig_to_img(plot_scatter(res), "approximations vs exact"),
-               "curves": fig_to_img(plot_curves(res), "faithfulness curves")}
+    figures = []
+    for i, case in enumerate(res["cases"]):
+        tag = "" if i == 0 else f"_{case['model'].interp_key}_{case['task']}"
+        case["exact"].to_circuit(case["model"].interp_key, case["task"], top=50, seed=case["seed"],
+                                 n_prompts=len(case["prompts"])).save(folder / f"circuit{tag}.json")
+        case["exact"].save(folder / f"scores_exact{tag}.json")
+        for m, a in case["approx"].items():
+            a.save(folder / f"scores_{m}{tag}.json")
+        figures.append({"scatter": fig_to_img(plot_scatter(case), f"{case['label']}: approximations vs exact"),
+                        "curves": fig_to_img(plot_curves(case), f"{case['label']}: faithfulness curves")})
     return render(num, figures)

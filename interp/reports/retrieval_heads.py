@@ -281,6 +281,7 @@ def plot_recall_vs_k(mk, summary: dict):
         d = summary["k"][k]["draws"]
         ax.plot([k] * len(d), d, "x", color="C0", alpha=0.6, ms=5)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K heads masked (query zeroing while decoding)")
     ax.set_ylabel("NIAH recall (ROUGE-1 x 100)")

@@ -14,8 +14,9 @@ Design (``interp.methods.correct_letter`` has the formulas):
 * held-out set E (seed s + 1, the other half of the words: no item of E occurs in D): accuracy by
   slot; attention on the correct label / on each other label (the outside check: >= 2x); the rank
   curve with its floors (r = 0, the uniform row; the head knocked out, z := 0 and z := mean) per
-  head and jointly; zero- (and in "full" mean-) ablation of the correct-letter heads against
-  ``n_draws`` random head sets of the same size (uniform and from the same layers).
+  head and jointly; zero- (and in "full" mean-) ablation at END of the correct-letter heads, and of
+  all output nodes, each against ``n_draws`` random head sets of the same size (uniform over the
+  model and from the same layers).
 * label mutations (random letters, shuffled A-D, numbers 1-4; shots labelled like the question)
   on further held-out items: accuracy and attention on the correct label, full head vs its rank-3
   version fit on D (A-D labels); the rank-3 key space at the label positions coloured by ordinal and
@@ -123,6 +124,9 @@ def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
     tick("held-out")
     ablation = cl.ablation_test(run_e, letter, n_draws=s["n_draws"], seed=seed, modes=s["ablation_modes"],
                                 clusters=cl_e)
+    # all output nodes (the paper's causal claim is about the output nodes together)
+    ablation_nodes = cl.ablation_test(run_e, nodes, n_draws=s["n_draws"], seed=seed + 7, modes=s["ablation_modes"],
+                                      clusters=cl_e)
 
     # -- label mutations -----------------------------------------------------------------------
     mutations = {"ABCD": _mutation_row(cl, run_e, cl_e, letter, fits, seed)}
@@ -146,7 +150,7 @@ def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
             "profile_all": profile_all, "classes": classes, "classes_old": classes_old, "letter": letter,
             "fallback": fallback, "accuracy_d": cl.accuracy_summary(run_d, cl_d, seed), "accuracy": acc_e,
             "ratio": ratio_all, "ratio_right": ratio_right, "profile_e": profile_e, "curves": curves,
-            "ranks": ranks, "ablation": ablation, "mutations": mutations, "key_spaces": key_spaces,
+            "ranks": ranks, "ablation": ablation, "ablation_nodes": ablation_nodes, "mutations": mutations, "key_spaces": key_spaces,
             "runtime_s": time.time() - t0}
 
 
@@ -201,19 +205,21 @@ def numbers(res: dict) -> dict:
                      "why": "slot-balanced, all held-out items" + (
                          "" if _verdict_ratio(r[0], r[1]) == "reproduced" else f"; below 2x: {small}")})
     p_values = {}
-    for mode, row in ab["modes"].items():
-        d = row["drop"]
-        rnd = row["random"]["uniform"]
-        worst = float(acc["accuracy"][0]) - rnd["min"]
-        p_values[mode] = rnd["p_value"]
-        ok = d[1] > 0 and d[0] > worst and rnd["p_value"] <= 0.1
-        headline.append({
-            "name": f"accuracy drop, heads {', '.join(letter)} {mode}-ablated at END (held-out)",
-            "ours": d[0], "ci": [d[1], d[2]], "n": n_e, "paper": PAPER["causal"],
-            "verdict": "reproduced" if ok else "partly" if d[1] > 0 else "not",
-            "why": f"{len(rnd['accuracy'])} random {len(res['letter'])}-head sets: accuracy {rnd['min']:.2f}-"
-                   f"{rnd['max']:.2f} (largest drop {worst:.2f}), p = {rnd['p_value']:.2f}"
-                   + ("" if ok else f"; {small}")})
+    for what, ab_, hs in (("heads " + ", ".join(letter), ab, res["letter"]),
+                          (f"all {len(res['nodes'])} output nodes", res["ablation_nodes"], res["nodes"])):
+        for mode, row in ab_["modes"].items():
+            d = row["drop"]
+            rnd = row["random"]["uniform"]
+            worst = float(acc["accuracy"][0]) - rnd["min"]
+            p_values[f"{what} {mode}"] = rnd["p_value"]
+            ok = d[1] > 0 and d[0] > worst and rnd["p_value"] <= 0.1
+            headline.append({
+                "name": f"accuracy drop, {what} {mode}-ablated at END (held-out)",
+                "ours": d[0], "ci": [d[1], d[2]], "n": n_e, "paper": PAPER["causal"],
+                "verdict": "reproduced" if ok else "partly" if d[1] > 0 else "not",
+                "why": f"{len(rnd['accuracy'])} random {len(hs)}-head sets: accuracy {rnd['min']:.2f}-"
+                       f"{rnd['max']:.2f} (largest drop {worst:.2f}), p = {rnd['p_value']:.2f}"
+                       + ("" if ok else f"; {small}; END only (earlier positions untouched)")})
     joint = res["curves"]["joint"]
     if "3" in joint and "recovery" in joint["3"]:
         rc = joint["3"]["recovery"]
@@ -275,6 +281,9 @@ def numbers(res: dict) -> dict:
         "ablation": {mode: {"accuracy": list(row["accuracy"]), "drop": list(row["drop"]),
                             "margin": list(row["margin"]), "random": row["random"]}
                      for mode, row in ab["modes"].items()} | {"heads": letter, "p_values": p_values},
+        "ablation_nodes": {mode: {"accuracy": list(row["accuracy"]), "drop": list(row["drop"]),
+                                  "random": row["random"]} for mode, row in res["ablation_nodes"]["modes"].items()}
+        | {"heads": [_label(h) for h in res["nodes"]]},
         "mutations": {m: {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()}
                       for m, row in res["mutations"].items()},
         "key_space": {f"{mut} {_label(h)}": {"eta_ordinal": list(ks["eta_ordinal"]), "eta_label": list(ks["eta_label"])}
@@ -466,6 +475,14 @@ def render(num: dict, imgs: dict[str, str]) -> str:
         abl_rows.append((mode, "correct-letter heads", _ci(row["accuracy"]), _ci(row["drop"]), "-"))
         for kind, rnd in row["random"].items():
             abl_rows.append((mode, f"random ({kind}), {len(rnd['accuracy'])} draws",
+                             f'{rnd["mean"]:.3f} (range {rnd["min"]:.3f}-{rnd["max"]:.3f})', "-", f'{rnd["p_value"]:.3f}'))
+    for mode, row in num["ablation_nodes"].items():
+        if mode == "heads":
+            continue
+        abl_rows.append((mode, "all output nodes " + ", ".join(num["ablation_nodes"]["heads"]), _ci(row["accuracy"]),
+                         _ci(row["drop"]), "-"))
+        for kind, rnd in row["random"].items():
+            abl_rows.append((mode, f"random ({kind}), {len(rnd['accuracy'])} draws of as many heads",
                              f'{rnd["mean"]:.3f} (range {rnd["min"]:.3f}-{rnd["max"]:.3f})', "-", f'{rnd["p_value"]:.3f}'))
     abl = table(abl_rows, ("mode", "heads", "accuracy", "drop (paired)", "p (random drops >= ours)"))
     mut = table([(MUTATION_NAMES.get(k, k), v["n"], _ci(v["accuracy"]), _ci(v["accuracy_rank3"]), _ci(v["ratio_full"]),

@@ -89,3 +89,22 @@ def test_safety_heads_notebook_executes(tmp_path):
     assert 0 <= numbers["baseline"]["harmful_asr"]["greedy"] <= 1
     assert [len(s["group"]) for s in numbers["sahara"]] == [1, 2, 3]
     assert len(numbers["asr"]["greedy"]["query-level UA"]) == 3
+
+
+def test_edge_circuits_notebook_executes(tmp_path):
+    """Quick mode: the audit's statistics are in range, the exact circuit is a valid circuit file
+    with edge scores, and cutting its strongest edge moves the logit difference by that edge's score."""
+    from interp import graph
+
+    _execute("06_edge_circuits.ipynb", tmp_path)
+    out = tmp_path / "reports" / "notebooks" / "06_edge_circuits"
+    for name in ("scatter.png", "curves.png"):
+        assert (out / name).stat().st_size > 1000, name
+    circuit = graph.Circuit.load(out / "circuit.json")
+    scores = [e["score"] for e in circuit.edges]
+    assert len(scores) == 30 and all(s is not None for s in scores)
+    numbers = json.loads((out / "numbers.json").read_text())
+    for a in numbers["cases"][0]["audits"].values():
+        assert -1 <= a["spearman"] <= 1
+    cut = numbers["cut"]
+    assert cut["cut"] != pytest.approx(cut["clean"], abs=1e-3), "cutting the strongest edge changes the metric"

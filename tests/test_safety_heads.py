@@ -188,8 +188,8 @@ def test_utility_perplexity_under_ablation(qwen):
 
 def test_generation_under_ablation_is_the_hooked_argmax(qwen, queries):
     prompt = queries.prompt(0)
-    variants = [("ua", []), ("ua", [(23, 1), (12, 13)]), ("sc", [(23, 1)])]
-    n = 4
+    variants = [("ua", [(23, 1), (12, 13)]), ("sc", [(23, 1)])]
+    n = 2
     got = generate_tokens(qwen, prompt, variants, max_new=n, stop_ids=set())
     for (mode, heads), tokens in zip(variants, got):
         seq = prompt.clone()

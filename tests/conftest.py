@@ -1,16 +1,28 @@
 """Shared fixtures: each real model loaded once per test run, a small IOI prompt set, and the
-quick-start report written once (the notebook and browser tests both read it).
+quick-start report written once (the notebook and browser tests both read it). ``make test`` runs
+the files on two pytest-xdist workers (``--dist loadfile``: a file's tests share a worker and its
+module fixtures).
 
 Everything runs on the real weights (SmolLM2-135M-Instruct by default, Qwen2.5-Coder-0.5B-Instruct
 where a test needs refusals or multiple choice), fp32, CPU. The first run of a fresh machine
 de-quantises the GGUFs (~30-90 s) into the user cache; later loads take a few seconds.
 """
+import os
+
 import pytest
 import torch
 
 import interp
 from interp.models import REGISTRY
 from interp.tasks import ioi_examples
+
+# Under pytest-xdist (``make test`` runs two workers), each worker gets its share of the cores, and
+# so do the processes it starts (notebook kernels, the CLI): PyTorch's threads stall each other
+# when more of them run than there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(scope="session")

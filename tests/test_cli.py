@@ -21,7 +21,7 @@ def prompts_file(tmp_path):
     return path
 
 
-def run(argv, capsys):
+def run_cli(argv, capsys):
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
@@ -36,7 +36,7 @@ def one_line_error(code, err):
 
 def test_patch_json_contract(model, prompts_file, tmp_path, capsys):
     out_file = tmp_path / "r.json"
-    code, _, _ = run(["patch", "--prompts", str(prompts_file), "--component", "resid_pre", "--out", str(out_file)], capsys)
+    code, _, _ = run_cli(["patch", "--prompts", str(prompts_file), "--component", "resid_pre", "--out", str(out_file)], capsys)
     assert code == 0
     r = json.loads(out_file.read_text())
     assert set(r) == {"component", "metric", "axes", "values", "clean", "corrupted", "model", "n_prompts",
@@ -49,7 +49,7 @@ def test_patch_json_contract(model, prompts_file, tmp_path, capsys):
 
 
 def test_dla_json_contract(model, prompts_file, capsys):
-    code, out, _ = run(["dla", "--prompts", str(prompts_file)], capsys)
+    code, out, _ = run_cli(["dla", "--prompts", str(prompts_file)], capsys)
     assert code == 0
     r = json.loads(out)
     assert len(r["heads"]) == 30 and len(r["heads"][0]) == 9 and len(r["attn"]) == 30 and len(r["mlp"]) == 30
@@ -57,7 +57,7 @@ def test_dla_json_contract(model, prompts_file, capsys):
 
 
 def test_ablate_json_contract(model, prompts_file, capsys):
-    code, out, _ = run(["ablate", "--prompts", str(prompts_file), "--heads", "20.1,25.3", "--mode", "mean"], capsys)
+    code, out, _ = run_cli(["ablate", "--prompts", str(prompts_file), "--heads", "20.1,25.3", "--mode", "mean"], capsys)
     assert code == 0
     r = json.loads(out)
     assert r["heads"] == ["20.1", "25.3"] and r["mode"] == "mean" and r["baseline"] != r["ablated"]
@@ -72,14 +72,14 @@ def test_bad_prompts_give_one_line(model, tmp_path, capsys, edit, message):
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, **edit)) + "\n")
-    code, _, err = run(["patch", "--prompts", str(path), "--component", "head_out"], capsys)
+    code, _, err = run_cli(["patch", "--prompts", str(path), "--component", "head_out"], capsys)
     assert re.search(message, one_line_error(code, err))
 
 
 def test_unknown_model_and_missing_file(prompts_file, tmp_path, capsys):
-    line = one_line_error(*run(["patch", "--prompts", str(prompts_file), "--component", "head_out", "--model", "gpt-17"], capsys)[::2])
+    line = one_line_error(*run_cli(["patch", "--prompts", str(prompts_file), "--component", "head_out", "--model", "gpt-17"], capsys)[::2])
     assert "unknown model 'gpt-17'" in line
-    line = one_line_error(*run(["dla", "--prompts", str(tmp_path / "nope.jsonl")], capsys)[::2])
+    line = one_line_error(*run_cli(["dla", "--prompts", str(tmp_path / "nope.jsonl")], capsys)[::2])
     assert "prompts file not found" in line
 
 
@@ -87,19 +87,19 @@ def test_bad_heads_and_analysis(prompts_file, tmp_path, capsys, monkeypatch):
     """Argument errors only: no analysis starts, on a machine with CUDA or without."""
     import interp.cli
 
-    line = one_line_error(*run(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
+    line = one_line_error(*run_cli(["ablate", "--prompts", str(prompts_file), "--heads", "9-6"], capsys)[::2])
     assert "LAYER.HEAD" in line
     from interp.reports import runner
 
     monkeypatch.setattr(runner, "reproduce", lambda *args, **kw: pytest.fail("an analysis started"))
     if not torch.cuda.is_available():
-        line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
+        line = one_line_error(*run_cli(["reproduce", "safety-heads", "--device", "cuda"], capsys)[::2])
         assert "no CUDA device" in line
     else:  # safety-heads --device cuda is the paper-scale run: give it an --out it must refuse
-        line = one_line_error(*run(["reproduce", "safety-heads", "--device", "cuda", "--out", str(prompts_file)],
+        line = one_line_error(*run_cli(["reproduce", "safety-heads", "--device", "cuda", "--out", str(prompts_file)],
                                    capsys)[::2])
         assert "is a file" in line
-        line = one_line_error(*run(["reproduce", "ioi", "--device", "cuda", "--out", str(tmp_path)], capsys)[::2])
+        line = one_line_error(*run_cli(["reproduce", "ioi", "--device", "cuda", "--out", str(tmp_path)], capsys)[::2])
         assert "ioi has no GPU setting" in line
 
 
@@ -119,18 +119,29 @@ def test_console_script_help_and_models():
     assert out.returncode == 0 and "* smollm2-135m-instruct" in out.stdout and "weights installed" in out.stdout
 
 
-def test_reproduce_ioi_quick_writes_the_report(model, tmp_path, capsys):
-    """`interp reproduce ioi --quick`: report with heat maps, graph and the paper column; a valid
-    circuit file; a faithful circuit (>= 0.6 of the model's logit difference under knockout)."""
-    from interp import graph
+def test_reproduce_runs_an_analysis_through_the_runner(tmp_path, capsys, monkeypatch):
+    """`interp reproduce ioi --quick --out DIR`: the command hands the analysis and its setting to the
+    runner, which writes the page, numbers.json with the headline rows and the index. The analysis
+    itself is stubbed here: the IOI analysis runs once, in tests/test_ioi_circuit.py, and the
+    runner's real work is tested with the quick-start report (tests/test_notebooks.py)."""
+    from interp.reports import ioi
 
-    code, out, _ = run(["reproduce", "ioi", "--quick", "--out", str(tmp_path)], capsys)
+    seen = {}
+    row = {"name": "stub row", "ours": 0.5, "ci": [0.4, 0.6], "n": 3, "paper": "0.87", "verdict": "partly",
+           "why": "stub"}
+
+    def run(load, settings, seed=0, tick=lambda step: None):
+        seen["settings"], seen["seed"] = settings, seed
+        return {}
+
+    monkeypatch.setattr(ioi, "run", run)
+    monkeypatch.setattr(ioi, "numbers", lambda res: {"headline": [row], "detectable": "n/a", "meta": {}})
+    monkeypatch.setattr(ioi, "save", lambda res, num, folder: "<html><body>stub page</body></html>")
+    code, out, _ = run_cli(["reproduce", "ioi", "--quick", "--no-cache", "--out", str(tmp_path)], capsys)
     assert code == 0 and "index:" in out
-    folder = tmp_path / "ioi"
-    html = (folder / "report.html").read_text()
-    assert html.count("<img") >= 2 and "paper (GPT-2 small)" in html
-    numbers = json.loads((folder / "numbers.json").read_text())
-    assert numbers["evaluation"]["faithfulness"] >= 0.6
-    circuit = graph.Circuit.load(folder / "circuit.json")
-    assert {f"{l}.{h}" for l, h in circuit.heads()} == {h for hs in numbers["classes"].values() for h in hs}
-    assert "ioi/report.html" in (tmp_path / "index.html").read_text()
+    assert seen["settings"] == ioi.SETTINGS["quick"] and seen["seed"] == 0
+    numbers = json.loads((tmp_path / "ioi" / "numbers.json").read_text())
+    assert numbers["headline"] == [row] and numbers["meta"]["setting"] == "quick"
+    assert "stub page" in (tmp_path / "ioi" / "report.html").read_text()
+    index = (tmp_path / "index.html").read_text()
+    assert "ioi/report.html" in index and "stub row" in index

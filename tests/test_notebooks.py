@@ -27,17 +27,25 @@ def test_quickstart_notebook_executes(tmp_path):
 
 
 def test_ioi_circuit_reuse_notebook_executes(tmp_path):
-    """Quick mode: saves its figures, its circuit (valid interp.circuit/1) and its numbers."""
+    """Quick mode: figures, circuit (valid interp.circuit/1) and numbers saved; the held-out
+    faithfulness lies in its interval and above every random head set; verdicts are verdicts."""
     from interp import graph
 
     _execute("01_ioi_circuit_reuse.ipynb", tmp_path)
     out = tmp_path / "reports" / "notebooks" / "01_ioi_circuit_reuse"
-    for name in ("stages.png", "circuit.png", "reuse_smollm2-135m-instruct.png"):
+    for name in ("stages.png", "circuit.png", "heldout.png", "completeness.png", "minimality.png",
+                 "reuse_smollm2-135m-instruct.png"):
         assert (out / name).stat().st_size > 1000, name
     circuit = graph.Circuit.load(out / "circuit.json")
     numbers = json.loads((out / "numbers.json").read_text())
     assert set(circuit.heads()) and numbers["model"] == circuit.model
-    assert 0 <= numbers["reuse"]["smollm2-135m-instruct"]["overlap"] <= 1
+    lo, hi = numbers["faithfulness_heldout_ci"]
+    assert lo <= numbers["faithfulness_heldout"] <= hi
+    assert numbers["faithfulness_heldout"] > max(numbers["random_sets_kept"])
+    for row in numbers["headline"] + numbers["reuse_headline"]:
+        assert row["verdict"] in ("reproduced", "partly", "not", None), row["name"]
+    reuse = numbers["reuse"]["smollm2-135m-instruct"]
+    assert 0 <= reuse["overlap"] <= 1 and len(reuse["random_attend"]) >= 10
 
 
 def test_quickstart_report_and_index(quickstart_report, monkeypatch):

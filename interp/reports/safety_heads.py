@@ -335,10 +335,12 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
                 paper = f"+{PAPER_GRID['dataset UA'][kmain - 1]:.2f} ASR (Llama-2-7b-chat, {kmain} Sahara heads)"
             else:
                 rate = cell["complied_rate"]
-                verdict = (None if not cell["n_refused"] else "reproduced" if rate <= 0.15 else
-                           "partly" if cell["ci"][0] <= 0.1 else "not")
+                # "about 0" is reproduced only when the interval rules out a sizeable effect
+                verdict = (None if not cell["n_refused"] else "reproduced" if rate <= 0.15 and cell["ci"][1] <= 0.3
+                           else "partly" if cell["ci"][0] <= 0.1 else "not")
                 why = (f"{cell['to_complied']}/{cell['n_refused']} flipped ({cell['to_degenerate']} degenerate); "
-                       "the paper's control: scaling a head's output barely moves refusal")
+                       "the paper's control: scaling a head's output barely moves refusal" +
+                       ("; the interval is too wide to tell (sample size)" if verdict == "partly" else ""))
                 paper = "about 0 (dataset-level SC)"
             rows.append({"name": f"refused -> complied, Sahara top-{kmain} {mode.upper()} ({tag})",
                          "ours": cell["complied_rate"], "ci": cell["ci"], "n": cell["n_refused"], "paper": paper,

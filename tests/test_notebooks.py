@@ -102,16 +102,24 @@ def test_correct_letter_notebook_executes(tmp_path):
 
 
 def test_safety_heads_notebook_executes(tmp_path):
-    """Quick mode on Qwen2.5-Coder-0.5B: figures and numbers saved, rates are rates, the Sahara
-    group grows one head per step."""
+    """Quick mode on Qwen2.5-Coder-0.5B: figures and numbers saved; the three outcome rates of the
+    baseline add up to one; Sahara runs under UA and SC and grows one head per step; the Table-3
+    grid has the dataset-level SC row and the random-head control; estimates lie in their intervals."""
     _execute("02_safety_heads.ipynb", tmp_path)
     out = tmp_path / "reports" / "notebooks" / "02_safety_heads"
-    for name in ("ships.png", "asr.png"):
+    for name in ("grid.png", "outcomes.png", "perplexity.png", "sahara.png"):
         assert (out / name).stat().st_size > 1000, name
     numbers = json.loads((out / "numbers.json").read_text())
-    assert 0 <= numbers["baseline"]["harmful_asr"]["greedy"] <= 1
-    assert [len(s["group"]) for s in numbers["sahara"]] == [1, 2, 3]
-    assert len(numbers["asr"]["greedy"]["query-level UA"]) == 3
+    fmt = numbers["meta"]["formats"][0]
+    F = numbers["formats"][fmt]
+    base = F["decodings"]["greedy"]["baseline"]
+    assert sum(base[o][0] for o in ("refused", "complied", "degenerate")) == pytest.approx(1, abs=1e-6)
+    assert set(F["groups"]) == {"ua", "sc"}
+    assert [len(step["group"]) for step in F["sahara"]["ua"]] == [1, 2]
+    grid = F["decodings"]["greedy"]["grid"]
+    assert "dataset SC" in grid and "random UA (pooled draws)" in grid
+    for row in numbers["headline"]:
+        assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1], row["name"]
 
 
 def test_edge_circuits_notebook_executes(tmp_path):

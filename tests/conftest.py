@@ -81,12 +81,3 @@ def tokenizer_model(request):
     return SimpleNamespace(key=request.param, tokenizer=tokenizer,
                            cfg=SimpleNamespace(default_prepend_bos=spec.prepend_bos))
 
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist's ``--dist loadgroup``: a test file's tests share a worker (and so their
-    module fixtures), except the notebooks, each of which is a long independent run."""
-    for item in items:
-        name = item.module.__name__
-        group = item.name if name.endswith("test_notebooks") else name
-        item.add_marker(pytest.mark.xdist_group(group))

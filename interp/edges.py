@@ -131,6 +131,13 @@ def parse_receiver(cfg, name: str) -> Receiver:
     return r
 
 
+def head_inputs(cfg, layer: int, head: int) -> list[Receiver]:
+    """The three receivers of query head ``head``: its query, and the key and value of its
+    key/value head under grouped-query attention."""
+    group = head // (cfg.n_heads // (cfg.n_key_value_heads or cfg.n_heads))
+    return [Receiver("q", layer, head), Receiver("k", layer, group), Receiver("v", layer, group)]
+
+
 def parse_sender(cfg, name: str) -> Sender:
     """"embed", "L9H6", "MLP7" -> a Sender of this model (a clear error if not)."""
     if name == "embed":

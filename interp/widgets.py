@@ -424,10 +424,9 @@ class CircuitExplorer:
         """The model's edges behind a drawn edge: itself, or, into a head named without an input
         letter, the edges into its q, k and v inputs (k and v of its key/value head)."""
         cfg = self.model.cfg
-        if target in self.nodes and self.nodes[target]["kind"] == "head" and not self.nodes[target].get("input"):
-            layer, head = self.nodes[target]["layer"], self.nodes[target]["head"]
-            group = head // (cfg.n_heads // (cfg.n_key_value_heads or cfg.n_heads))
-            names = [f"L{layer}H{head}.q", f"L{layer}H{group}.k", f"L{layer}H{group}.v"]
+        node = self.nodes.get(target)
+        if node is not None and node["kind"] == "head" and not node.get("input"):
+            names = [r.name for r in E.head_inputs(cfg, node["layer"], node["head"])]
         else:
             names = [target]
         return [E.parse_edge(cfg, source, t) for t in names]

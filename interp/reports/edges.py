@@ -73,8 +73,9 @@ def run_case(model, task: str, settings: dict, seed: int = 0, tick=lambda step: 
     cfg = model.cfg
     timings, t = {}, time.time()
     logits = edge_patch(model, prompts, E.edges(cfg, [E.Receiver("logits")]), progress=False)
+    into_logits = logits.by_name()
     heads = [e.sender for e in logits.top(len(logits)) if e.sender.kind == "head"
-             and logits.by_name()[e.name] > 0][: settings["movers"]]
+             and into_logits[e.name] > 0][: settings["movers"]]
     scope_receivers = None if settings["all_edges"] else \
         [E.Receiver("logits")] + [E.Receiver("q", s.layer, s.head) for s in heads]
     scope = E.edges(cfg, scope_receivers)

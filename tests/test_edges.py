@@ -50,6 +50,36 @@ def test_exact_edge_patching_equals_its_reference_on_every_family(tiny):
         assert ours.meta["verified"]["cells"] == 2 and ref.abs().max() > 0.05
 
 
+def test_batching_edges_across_receivers_changes_no_score(tiny):
+    """The sweep packs the edges of many receivers (of different layers, cut across chunks) into
+    one forward: every chunking gives the scores of one edge per forward and of one receiver at a
+    time, and an out-of-memory halving replays the same edges (GQA: tiny-qwen2, tiny-llama)."""
+    from interp.edge_sweep import EdgeSweep
+
+    model, prompts = tiny
+    all_edges = E.edges(model.cfg)
+    sweep = EdgeSweep(model, prompts)
+    one = sweep.run(all_edges, progress=False, max_edges=1)
+    for size in (7, 64, len(all_edges)):
+        chunks = sweep.plan(all_edges, size)
+        assert sorted(i for c in chunks for _, part in c for i in part) == list(range(len(all_edges)))
+        assert max(sum(len(p) for _, p in c) for c in chunks) <= size
+        torch.testing.assert_close(sweep.run(all_edges, progress=False, max_edges=size), one, atol=2e-6, rtol=0)
+    # one receiver at a time, each in a fresh sweep, with the edges in a shuffled order
+    shuffled = list(range(len(all_edges)))
+    random.Random(1).shuffle(shuffled)
+    by_r = {}
+    for i in shuffled:
+        by_r.setdefault(all_edges[i].receiver, []).append(i)
+    for r, idx in by_r.items():
+        alone = EdgeSweep(model, prompts).run([all_edges[i] for i in idx], progress=False)
+        torch.testing.assert_close(alone, one[idx], atol=2e-6, rtol=0)
+    mixed = [e for e in all_edges if e.receiver.kind != "logits"]
+    halves = EdgeSweep._split(sweep.plan(mixed, len(mixed))[0], 5)
+    assert [i for c in halves for _, p in c for i in p] == list(range(len(mixed))) and all(
+        sum(len(p) for _, p in c) <= 5 for c in halves)
+
+
 def test_exact_edge_patching_on_the_real_model(model, prompts):
     """A sample of SmolLM2's edges of every receiver kind against the reference."""
     cfg = model.cfg

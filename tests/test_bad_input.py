@@ -230,6 +230,15 @@ def test_reproduce_cuda_checks_come_before_any_analysis(tmp_path, monkeypatch, n
     assert "no CUDA device" in line
 
 
+def test_a_setting_override_must_name_an_existing_entry():
+    """A notebook's OVERRIDES (or ``reproduce(overrides=)``) with a typo is refused, not ignored."""
+    from interp.reports.runner import settings_of
+
+    assert settings_of("ioi", "quick", overrides={"n_eval": 3})["n_eval"] == 3
+    with pytest.raises(InterpError, match="ioi has no setting 'n_evals': its settings are n_discover, n_eval"):
+        settings_of("ioi", "quick", overrides={"n_evals": 3})
+
+
 # the tokenizer-first checks ---------------------------------------------------------------------
 def test_multi_token_answer_refused_before_loading(tmp_path, previous, no_model, capsys):
     path = tmp_path / "p.jsonl"

@@ -210,16 +210,22 @@ def test_bad_input_is_refused(qwen, queries):
         sh.sahara(qwen, queries, size=2, candidates=HEADS, pool=1, progress=False)
 
 
-def test_quick_report_end_to_end(qwen, tmp_path):
-    """The quick setting through the runner: the headline contract, the three outcomes add up, SC
-    Sahara runs, the examples are the full responses, the circuit names the UA group."""
+#: the quick setting made smaller: the properties below are of the pipeline, not of the effect size
+SMALL = {"n_fit": 2, "n_eval": 2, "max_new": 6, "layer_step": 24, "pool": 2, "n_random": 1}
+
+
+def test_report_end_to_end(qwen, tmp_path):
+    """The quick setting, made smaller, through the runner: the headline contract, the three
+    outcomes add up, SC Sahara runs, the examples are the full responses, the circuit names the UA
+    group, the overrides are recorded."""
     from interp import graph
     from interp.reports import runner
 
     models = runner.Models()
     models._loaded["qwen2.5-coder-0.5b-instruct"] = qwen
-    page = runner.reproduce("safety-heads", tmp_path, "quick", models=models, progress=False)
+    page = runner.reproduce("safety-heads", tmp_path, "quick", models=models, progress=False, overrides=SMALL)
     num = json.loads((page.parent / "numbers.json").read_text())
+    assert num["meta"]["overrides"] == SMALL and num["meta"]["settings"]["n_eval"] == 2
     fmt = num["meta"]["formats"][0]
     d = num["formats"][fmt]["decodings"]["greedy"]
     assert sum(d["baseline"][o][0] for o in ("refused", "complied", "degenerate")) == pytest.approx(1.0)

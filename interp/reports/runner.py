@@ -87,16 +87,24 @@ def analysis(name: str):
     return ANALYSES[name]
 
 
-def settings_of(name: str, setting: str = "standard", device: str = "cpu") -> dict:
-    """The settings an analysis runs with (``setting`` on the CPU; its "cuda" setting on a GPU)."""
+def settings_of(name: str, setting: str = "standard", device: str = "cpu", overrides: dict | None = None) -> dict:
+    """The settings an analysis runs with (``setting`` on the CPU; its "cuda" setting on a GPU),
+    with ``overrides`` (a notebook's OVERRIDES, e.g. ``{"n_eval": 8}``) replacing single entries.
+
+    An override of a key the setting does not have is refused (a typo would otherwise be ignored)."""
     module = analysis(name)
     if setting not in SETTINGS:
         raise InterpError(f"unknown setting {setting!r}: use {', '.join(SETTINGS)}")
     if device == "cuda":
         if "cuda" not in module.SETTINGS:
             raise InterpError(f"{name} has no GPU setting: run it on the CPU (--device cpu)")
-        return dict(module.SETTINGS["cuda"])
-    return dict(module.SETTINGS[setting])
+        settings = dict(module.SETTINGS["cuda"])
+    else:
+        settings = dict(module.SETTINGS[setting])
+    unknown = sorted(set(overrides or {}) - set(settings))
+    if unknown:
+        raise InterpError(f"{name} has no setting {', '.join(map(repr, unknown))}: its settings are {', '.join(settings)}")
+    return {**settings, **(overrides or {})}
 
 
 class Models:
@@ -167,11 +175,12 @@ def cached(folder: Path, key: str) -> dict | None:
 
 def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standard", model_key: str | None = None,
               device: str = "cpu", seed: int = 0, use_cache: bool = True, models: Models | None = None,
-              progress: bool = True, position: str = "") -> Path:
+              progress: bool = True, position: str = "", overrides: dict | None = None) -> Path:
     """Run one analysis and write ``out_dir/NAME/report.html`` (+ numbers.json, run.json and the
-    analysis's own files); a finished run with the same key is reused. Returns the page's path."""
+    analysis's own files); a finished run with the same key is reused. Returns the page's path.
+    ``overrides`` replace single entries of the setting (``settings_of``)."""
     module = analysis(name)
-    settings = settings_of(name, setting, device)
+    settings = settings_of(name, setting, device, overrides)
     folder = Path(out_dir) / name
     key = run_key(name, settings, seed, device, _model_keys(module, settings, model_key))
     done = cached(folder, key) if use_cache else None
@@ -192,7 +201,8 @@ def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standa
         res = module.run(models, settings, seed, tick)
         num = module.numbers(res)
         num.setdefault("meta", {}).update({
-            "analysis": name, "setting": "cuda" if device == "cuda" else setting, "settings": settings,
+            "analysis": name, "setting": "cuda" if device == "cuda" else setting, "overrides": overrides or {},
+            "settings": settings,
             "seed": seed, "device": device, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": versions(), "wall_s": time.time() - start, "torch_threads": torch.get_num_threads()})
         check_headline(name, num)

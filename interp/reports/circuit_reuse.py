@@ -26,7 +26,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 #: CO prompts being ~2.5x longer than IOI's); the intervention re-runs only the END position per
 #: condition, so its prompt count is cheap to raise. Neither quick nor standard fits its time budget.
 QUICK = {"n_prompts": 2, "n_intervention": 24, "n_random": 10, "models": ["smollm2-135m-instruct"]}
-STANDARD = {"n_prompts": 4, "n_intervention": 300, "n_random": 10, "models": ["smollm2-135m-instruct"]}
+STANDARD = {"n_prompts": 3, "n_intervention": 200, "n_random": 10, "models": ["smollm2-135m-instruct"]}
 FULL = {"n_prompts": 32, "n_intervention": 300, "n_random": 20,
         "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}

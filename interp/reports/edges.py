@@ -28,7 +28,7 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 #: (model key, task) pairs the report audits; None is the default model (SmolLM2-135M-Instruct).
 QUICK = {"cases": ((None, "ioi"),), "n_prompts": 4, "movers": 1, "methods": ("eap", "eap-ig", "atp"), "steps": 3,
          "shortlist": 50, "fractions": (0.0, 0.01, 0.05, 0.2, 1.0), "all_edges": False}
-STANDARD = {**QUICK, "n_prompts": 8, "movers": 3, "steps": 5, "shortlist": 200,
+STANDARD = {**QUICK, "n_prompts": 6, "movers": 2, "steps": 4, "shortlist": 100,
             "fractions": (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)}
 FULL = {**STANDARD, "cases": ((None, "ioi"), (QWEN, "ioi"), (None, "colored-objects")), "n_prompts": 16,
         "methods": ("eap", "eap-ig", "eap-ig-activations", "atp"), "shortlist": 500}

@@ -49,7 +49,7 @@ KS = (5, 10, 20, 50)
 #: its 270 heads); n_random: random draws per K; batch / mask_batch: episodes per decode.
 QUICK = {"lengths": (160,), "depths": (0.5,), "needles": ("soup", "parrot", "quiz", "comet"), "max_new": 24,
          "ks": (5, 50), "n_random": 2, "batch": 8, "mask_batch": 4, "buffer": 0, "n_boot": 400}
-STANDARD = {"lengths": (256,), "depths": (0.25, 0.75), "needles": ALL_NEEDLES, "max_new": 40, "ks": KS,
+STANDARD = {"lengths": (256,), "depths": (0.25, 0.75), "needles": ALL_NEEDLES, "max_new": 32, "ks": KS,
             "n_random": 5, "batch": 20, "mask_batch": 4, "buffer": 0, "n_boot": 2000}
 FULL = {"lengths": (256, 512, 1024, 2048), "depths": (0.0, 0.25, 0.5, 0.75, 1.0), "needles": ALL_NEEDLES,
         "max_new": 50, "ks": KS, "n_random": 5, "batch": 10, "mask_batch": 2, "buffer": 0, "n_boot": 2000}

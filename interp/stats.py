@@ -70,7 +70,8 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float, fl
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    # the Wilson interval contains p; min/max keep rounding (at k = 0 or k = n) from putting it outside
+    return p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def fisher_exact(a: int, b: int, c: int, d: int, alternative: str = "greater") -> float:

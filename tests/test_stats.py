@@ -40,3 +40,14 @@ def test_permutation_pvalue_and_detectable_difference():
     assert permutation_pvalue(2.5, [1, 2, 3, 4]) == pytest.approx(3 / 5)
     assert detectable_difference(100, sd=1.0) == pytest.approx((1.95996 + 0.84162) / 10, abs=1e-4)
     assert detectable_difference(100, p=0.5, paired=False) == pytest.approx(0.28016 * 0.5 * math.sqrt(2), abs=1e-4)
+
+
+def test_wilson_interval_contains_the_estimate_exactly():
+    """At k = 0 or k = n the Wilson bounds fall on p up to rounding; the returned interval must
+    still contain p (an estimate outside its own interval broke an error-bar plot)."""
+    from interp.stats import proportion_ci
+
+    for n in range(1, 80):
+        for k in range(n + 1):
+            p, lo, hi = proportion_ci(k, n)
+            assert 0.0 <= lo <= p <= hi <= 1.0, (k, n, lo, p, hi)

@@ -145,3 +145,29 @@ def test_reproduce_runs_an_analysis_through_the_runner(tmp_path, capsys, monkeyp
     assert "stub page" in (tmp_path / "ioi" / "report.html").read_text()
     index = (tmp_path / "index.html").read_text()
     assert "ioi/report.html" in index and "stub row" in index
+
+
+def test_reproduce_papers_is_the_five_paper_analyses(tmp_path, capsys, monkeypatch):
+    """`interp reproduce papers` (what make run runs) hands the five paper reproductions to the
+    runner, `all` every analysis; the names are checked before anything runs."""
+    from interp.reports import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "reproduce_all", lambda names, *a, **kw: seen.append(list(names)) or {})
+    for which in ("papers", "all"):
+        assert run_cli(["reproduce", which, "--out", str(tmp_path)], capsys)[0] == 0
+    assert seen[0] == ["ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads"]
+    assert set(seen[1]) == set(runner.ANALYSES) > set(seen[0])
+
+
+@pytest.mark.timeout(180)
+def test_analyses_failing_in_workers_end_the_run_with_their_errors(tmp_path):
+    """Two workers, three analyses, each failing (a model folder that does not exist): the run
+    stops with the workers' errors instead of waiting for the analysis that never started."""
+    from interp.errors import InterpError
+    from interp.reports import runner
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(InterpError, match="no-such-model"):
+        runner.reproduce_all(["quickstart", "ioi", "edges"], tmp_path / "out", "quick", model_key=missing,
+                             progress=False, jobs=2)

@@ -37,6 +37,7 @@ import hashlib
 import html
 import json
 import os
+import queue
 import time
 from pathlib import Path
 
@@ -56,6 +57,8 @@ ANALYSES = {
     "safety-heads": safety_heads,
     "edges": edges,
 }
+#: the five paper reproductions (``interp reproduce papers``, what ``make run`` runs)
+PAPERS = ("ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads")
 SETTINGS = ("quick", "standard", "full")
 VERDICTS = ("reproduced", "partly", "not")
 
@@ -304,7 +307,17 @@ def _in_workers(order: list[str], jobs: int, label: dict, args: tuple) -> dict[s
     pages, errors = {}, []
     try:
         while len(pages) + len(errors) < len(order):
-            name, page, error = done.get()
+            try:
+                name, page, error = done.get(timeout=5)
+            except queue.Empty:  # a worker killed from outside (out of memory, a signal) reports nothing
+                dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                if not dead:
+                    if any(w.is_alive() for w in workers):
+                        continue
+                    break
+                name, page, error = "a worker", None, (f"its process died with exit code {dead[0]}"
+                                                       + (" (killed: out of memory?)" if dead[0] == -9 else ""))
+                workers = [w for w in workers if w.exitcode in (None, 0)]
             if error:
                 errors.append(f"{name}: {error}")
                 while not todo.empty():  # no new analysis starts; the running ones finish
@@ -376,5 +389,5 @@ def _fmt(x) -> str:
     return str(x)
 
 
-__all__ = ["ANALYSES", "reproduce", "reproduce_all", "write_index", "settings_of", "cpu_threads",
+__all__ = ["ANALYSES", "reproduce", "reproduce_all", "write_index", "settings_of", "cpu_threads", "PAPERS",
            "default_threads"]

@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+# --no-compile: modules are byte-compiled when first imported, not all of torch's at install time
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
 OUT ?= reports
 # Debian's Chromium, for the browser test (tests/test_browser.py drives it with Playwright;
 # Playwright's own browser download needs the network, so it is not used).
@@ -34,7 +35,7 @@ $(CHROMIUM):
 setup: $(VENV)/.installed $(CHROMIUM)
 
 run: $(VENV)/.installed
-	$(VENV)/bin/interp reproduce all --out $(OUT)
+	$(VENV)/bin/interp reproduce papers --out $(OUT)
 
 # Two workers (pytest-xdist; the groups of tests/conftest.py, longest first: a file, or a notebook,
 # stays on one worker), each test stopped after 15 minutes (pytest-timeout); the 25 slowest are

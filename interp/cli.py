@@ -20,7 +20,8 @@ from pathlib import Path
 from interp.errors import InterpError
 
 COMPONENT_CHOICES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v", "head_pattern"]
-ANALYSES = ["quickstart", "ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads", "edges", "all"]
+ANALYSES = ["quickstart", "ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads", "edges",
+            "papers", "all"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="GPU only")
 
     p = sub.add_parser("reproduce", help="run a paper analysis end to end and write a report")
-    p.add_argument("analysis", choices=ANALYSES)
+    p.add_argument("analysis", choices=ANALYSES,
+                   help="one analysis; papers: the five paper reproductions (what make run runs); all: every analysis")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="setting", const="quick",
                       help="the smallest setting (for tests and a first look)")
@@ -368,7 +370,7 @@ def cmd_ablate(args) -> None:
 def cmd_reproduce(args) -> None:
     from interp.reports import runner
 
-    names = list(runner.ANALYSES) if args.analysis == "all" else [args.analysis]
+    names = {"all": list(runner.ANALYSES), "papers": list(runner.PAPERS)}.get(args.analysis, [args.analysis])
     _check_out_folder(args.out)
     if args.device == "cuda":
         import torch

@@ -241,8 +241,8 @@ def check_headline(name: str, num: dict) -> None:
 #: CPU seconds each analysis's standard setting took here (2-core CPU, one thread, 2026-11-30; circuit
 #: reuse and edges estimated): the order in which parallel workers take them (longest first), so the
 #: two workers finish close together.
-EXPECTED_S = {"safety-heads": 600, "ioi": 350, "circuit-reuse": 300, "edges": 300, "retrieval-heads": 250,
-              "correct-letter": 150, "quickstart": 60}
+EXPECTED_S = {"safety-heads": 430, "ioi": 330, "circuit-reuse": 270, "edges": 220, "retrieval-heads": 180,
+              "correct-letter": 160, "quickstart": 60}
 
 
 def default_jobs(device: str = "cpu") -> int:

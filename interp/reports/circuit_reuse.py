@@ -27,7 +27,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 #: condition, so its prompt count is cheap to raise. Standard (what ``make run`` runs, ~4 minutes of one core)
 #: path-patches on 2 prompts per task: its head ranking is a small-sample one (the report says so).
 QUICK = {"n_prompts": 2, "n_intervention": 24, "n_random": 10, "models": ["smollm2-135m-instruct"]}
-STANDARD = {"n_prompts": 2, "n_intervention": 200, "n_random": 10, "models": ["smollm2-135m-instruct"]}
+STANDARD = {"n_prompts": 2, "n_intervention": 150, "n_random": 10, "models": ["smollm2-135m-instruct"]}
 FULL = {"n_prompts": 32, "n_intervention": 300, "n_random": 20,
         "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}

@@ -27,7 +27,7 @@ DEFAULT_MODEL = None
 #: discovery dominates the cost (four path-patching sweeps, ~15 s of one core per prompt): quick
 #: discovers on 4 prompts, standard on 8; evaluation (forwards only) is cheap by comparison
 QUICK = {"n_discover": 4, "n_eval": 16, "n_reference": 32, "n_random": 2, "greedy": [1, 1, 2], "n_random_sets": 10}
-STANDARD = {"n_discover": 8, "n_eval": 32, "n_reference": 32, "n_random": 4, "greedy": [1, 1, 3],
+STANDARD = {"n_discover": 8, "n_eval": 24, "n_reference": 24, "n_random": 4, "greedy": [1, 1, 3],
             "n_random_sets": 10}
 FULL = {"n_discover": 48, "n_eval": 96, "n_reference": 128, "n_random": 30, "greedy": [3, 4, 5],
         "n_random_sets": 30}

@@ -50,9 +50,9 @@ QUICK = {"formats": ("chat",), "fit_each": False, "n_fit": 3, "n_eval": 3, "n_be
          "n_random": 2, "n_random_other": 0, "sampling": False, "ablate_all": False, "verify": 1,
          "ppl_factor": 4.0, "n_examples": 2}
 #: standard is what ``make run`` runs (all analyses in ~11 minutes on 2 cores): the chat format only
-#: (Qwen refuses in it; the paper's template is in "full"), Sahara over every 8th layer's heads.
+#: (Qwen refuses in it; the paper's template is in "full"), Sahara over every 12th layer's heads.
 STANDARD = {"formats": ("chat",), "fit_each": False, "n_fit": 4, "n_eval": 8, "n_benign": 2,
-            "n_texts": 2, "max_new": 20, "group_size": 3, "layer_step": 8, "pool": 4, "query_level": False,
+            "n_texts": 2, "max_new": 16, "group_size": 3, "layer_step": 12, "pool": 4, "query_level": False,
             "k_main": 3, "n_random": 3, "n_random_other": 0, "sampling": False, "ablate_all": False,
             "verify": 1, "ppl_factor": 4.0, "n_examples": 3}
 FULL = {"formats": ("chat", "template"), "fit_each": True, "n_fit": 24, "n_eval": 60, "n_benign": 16,

@@ -37,11 +37,11 @@ setup: $(VENV)/.installed $(CHROMIUM)
 run: $(VENV)/.installed
 	$(VENV)/bin/interp reproduce papers --out $(OUT)
 
-# Two workers (pytest-xdist; the groups of tests/conftest.py, longest first: a file, or a notebook,
-# stays on one worker), each test stopped after 15 minutes (pytest-timeout); the 25 slowest are
+# Two workers (pytest-xdist; a file stays on one worker, the files start longest first: see
+# tests/conftest.py), each test stopped after 15 minutes (pytest-timeout); the 25 slowest are
 # listed at the end.
 test: $(VENV)/.installed $(CHROMIUM)
-	$(PY) -m pytest -q tests -n 2 --dist loadgroup --no-loadscope-reorder --timeout=900 --durations=25
+	$(PY) -m pytest -q tests -n 2 --dist loadfile --no-loadscope-reorder --timeout=900 --durations=25
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -1,8 +1,8 @@
 """Shared fixtures: each real model loaded once per test run, a small IOI prompt set, and the
 quick-start report written once (the notebook and browser tests both read it). ``make test`` runs
-the files on two pytest-xdist workers (``--dist loadgroup``): a file's tests form one group (they
-share a worker and its module fixtures), each notebook is a group of its own, and the groups start
-longest first (``GROUP_SECONDS``), so that neither worker is left with a long tail.
+the files on two pytest-xdist workers (``--dist loadfile``: a file's tests share a worker and its
+module fixtures; each notebook's test is a file of its own), longest first (``FILE_SECONDS``), so
+that neither worker is left with a long tail.
 
 Everything runs on the real weights (SmolLM2-135M-Instruct by default, Qwen2.5-Coder-0.5B-Instruct
 where a test needs refusals or multiple choice), fp32, CPU. The first run of a fresh machine
@@ -26,43 +26,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(_threads)
 
 
-#: Seconds of one worker per group (measured 2026-11-30 on the 2-core CI machine): only their order
-#: matters, longest first; a group not listed starts after these, in file order.
-GROUP_SECONDS = {
-    "test_ioi_circuit.py": 260, "test_safety_heads.py": 200, "test_patching_vs_transformerlens.py": 250,
-    "test_path_patching.py": 200, "test_sweep.py": 200, "test_browser.py": 160, "test_trust.py": 160,
-    "test_distributed.py": 150, "notebook 01": 90, "notebook 02": 80, "test_widgets.py": 70,
-    "test_cli.py": 70, "notebook 06": 50, "notebook 04": 50, "notebook 00": 50, "notebook 03": 40,
+#: Seconds of one worker per test file (measured 2026-11-30 on the 2-core CI machine): only their
+#: order matters, longest first; a file not listed starts after these, by name.
+FILE_SECONDS = {
+    "test_ioi_circuit.py": 260, "test_patching_vs_transformerlens.py": 250, "test_safety_heads.py": 200,
+    "test_path_patching.py": 200, "test_sweep.py": 200, "test_browser.py": 210, "test_trust.py": 160,
+    "test_distributed.py": 150, "test_notebook_01_ioi_circuit_reuse.py": 200,
+    "test_notebook_02_safety_heads.py": 130, "test_notebook_06_edge_circuits.py": 90,
+    "test_notebook_04_correct_letter_heads.py": 75, "test_notebook_00_quickstart.py": 70, "test_widgets.py": 70,
+    "test_cli.py": 120, "test_notebook_03_retrieval_heads.py": 55,
 }
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Group the tests for ``--dist loadgroup`` (a file per group, a notebook per group) and order
-    the groups longest first; runs before pytest-xdist reads the groups."""
-    def group(item):
-        if item.path.name == "test_notebooks.py" and item.name.startswith("test_") and "_notebook_" in item.name:
-            return "notebook " + NOTEBOOK_OF.get(item.name, item.name)
-        return item.path.name
+    """The test files longest first (FILE_SECONDS), each file's tests together in their order:
+    ``--dist loadfile --no-loadscope-reorder`` hands the files to the workers in this order.
 
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group(item)))
-    first = {name: i for i, name in enumerate(sorted(GROUP_SECONDS, key=lambda n: -GROUP_SECONDS[n]))}
+    (Not ``--dist loadgroup``: pytest-xdist 3.8 marks a group by renaming ``item._nodeid``, which
+    pytest 9 no longer reads, so every test became its own group and module fixtures were
+    computed on both workers.)"""
+    first = {name: i for i, name in enumerate(sorted(FILE_SECONDS, key=lambda n: -FILE_SECONDS[n]))}
     position = {id(item): i for i, item in enumerate(items)}
-
-    def rank(item):
-        (mark,) = [m for m in item.iter_markers("xdist_group")][:1]
-        name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
-        return (first.get(name, len(first)), position[id(item)])
-
-    items.sort(key=rank)
-
-
-#: test name -> notebook number, for the groups above
-NOTEBOOK_OF = {"test_quickstart_notebook_executes": "00", "test_ioi_circuit_reuse_notebook_executes": "01",
-               "test_safety_heads_notebook_executes": "02", "test_retrieval_heads_notebook_executes": "03",
-               "test_correct_letter_notebook_executes": "04", "test_edge_circuits_notebook_executes": "06"}
+    items.sort(key=lambda item: (first.get(item.path.name, len(first)), item.path.name, position[id(item)]))
 
 
 @pytest.fixture(scope="session")
@@ -120,4 +106,5 @@ def tokenizer_model(request):
     tokenizer = AutoTokenizer.from_pretrained(hf_folder(spec))
     return SimpleNamespace(key=request.param, tokenizer=tokenizer,
                            cfg=SimpleNamespace(default_prepend_bos=spec.prepend_bos))
+
 

@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -246,3 +248,22 @@ def test_index_page_in_chromium(quickstart_report):
             assert page.locator("h1").inner_text() == "IOI quick-start report"
         finally:
             browser.close()
+
+
+def test_quickstart_report_and_index(quickstart_report, monkeypatch):
+    """The runner writes the page, its numbers (with the headline contract) and the index's summary
+    table; a second run with the same key is served from the cache."""
+    from interp.reports import runner
+
+    path = quickstart_report
+    numbers = json.loads((path.parent / "numbers.json").read_text())
+    text = path.read_text()
+    assert "smollm2-135m-instruct" in text and "<img" in text
+    assert (path.parent / "patching_head_out.json").exists()
+    (row,) = numbers["headline"]
+    assert row["ci"][0] <= row["ours"] <= row["ci"][1] and row["n"] == 8
+    assert numbers["meta"]["setting"] == "quick" and numbers["meta"]["wall_s"] > 0
+    index = (path.parent.parent / "index.html").read_text()
+    assert 'id="summary"' in index and "quickstart/report.html" in index and row["name"] in index
+    monkeypatch.setattr("interp.reports.quickstart.run", lambda *a: pytest.fail("recomputed a cached analysis"))
+    assert runner.reproduce("quickstart", path.parent.parent, "quick", progress=False) == path

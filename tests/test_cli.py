@@ -123,7 +123,7 @@ def test_reproduce_runs_an_analysis_through_the_runner(tmp_path, capsys, monkeyp
     """`interp reproduce ioi --quick --out DIR`: the command hands the analysis and its setting to the
     runner, which writes the page, numbers.json with the headline rows and the index. The analysis
     itself is stubbed here: the IOI analysis runs once, in tests/test_ioi_circuit.py, and the
-    runner's real work is tested with the quick-start report (tests/test_notebooks.py)."""
+    runner's real work is tested with the quick-start report (tests/test_browser.py)."""
     from interp.reports import ioi
 
     seen = {}

@@ -135,22 +135,7 @@ class EdgeSweep:
         for r in logits:
             idx = by_receiver[r]
             out += [[(r, idx[i:i + chunk])] for i in range(0, len(idx), chunk)]
-        cur, n = [], 0
-        for r in order:
-            if r.kind == "logits":
-                continue
-            idx = by_receiver[r]
-            while idx:
-                take = idx[:chunk - n]
-                cur.append((r, take))
-                n += len(take)
-                idx = idx[len(take):]
-                if n == chunk:
-                    out.append(cur)
-                    cur, n = [], 0
-        if cur:
-            out.append(cur)
-        return out
+        return out + self._split([(r, by_receiver[r]) for r in order if r.kind != "logits"], chunk)
 
     def _run_chunk(self, pieces: list[tuple[E.Receiver, list[int]]], senders: torch.Tensor) -> torch.Tensor:
         """metric(patched) of the edges of one chunk, in the order of ``pieces``: [n] on the device."""
@@ -208,7 +193,8 @@ class EdgeSweep:
 
     @staticmethod
     def _split(pieces, size: int):
-        """One chunk's pieces cut into chunks of at most ``size`` edges (after an out-of-memory)."""
+        """Pieces (receiver, edge indices), in order, cut into chunks of at most ``size`` edges, a
+        receiver's edges split across chunks where needed (the plan; a chunk after an out-of-memory)."""
         out, cur, n = [], [], 0
         for r, part in pieces:
             while part:

@@ -238,11 +238,11 @@ def check_headline(name: str, num: dict) -> None:
             raise InterpError(f"{name}: verdict must be one of {VERDICTS} or None, got {row['verdict']!r}")
 
 
-#: CPU seconds each analysis's standard setting took here (2-core CPU, one thread, 2026-11-30; circuit
-#: reuse and edges estimated): the order in which parallel workers take them (longest first), so the
-#: two workers finish close together.
-EXPECTED_S = {"safety-heads": 430, "ioi": 330, "circuit-reuse": 270, "edges": 220, "retrieval-heads": 180,
-              "correct-letter": 160, "quickstart": 60}
+#: Seconds each analysis's standard setting took here (2-core CPU, two analyses side by side, one
+#: thread each, 2026-11-30; safety heads with Qwen's first de-quantisation): the order in which the
+#: workers take them (longest first), so the two workers finish close together.
+EXPECTED_S = {"safety-heads": 380, "ioi": 295, "circuit-reuse": 280, "edges": 220, "retrieval-heads": 180,
+              "correct-letter": 90, "quickstart": 60}
 
 
 def default_jobs(device: str = "cpu") -> int:

@@ -109,13 +109,9 @@ class EdgeSweep:
         residual stream's dtype (the values ``delta`` gives, one gather per chunk instead of one
         stack of views per edge)."""
         if self._all_deltas is None:
-            rows = [self.delta(E.Sender("embed"))[None]]
-            for l in range(self.cfg.n_layers):
-                self.delta(E.Sender("head", l, 0))
-                rows += [self._head_deltas[l].permute(2, 0, 1, 3), self.delta(E.Sender("mlp", l))[None]]
-            dtype = self.engine.w.residual_dtype
-            self._all_deltas = torch.cat([r.to(dtype) for r in rows])
-            self._sender_row = {s: i for i, s in enumerate(E.senders(self.cfg))}
+            senders = E.senders(self.cfg)
+            self._all_deltas = torch.stack([self.delta(s) for s in senders]).to(self.engine.w.residual_dtype)
+            self._sender_row = {s: i for i, s in enumerate(senders)}
         return self._all_deltas
 
     def plan(self, edges_: list[E.Edge], chunk: int) -> list[list[tuple[E.Receiver, list[int]]]]:

@@ -1,5 +1,5 @@
 """Shared fixtures: each real model loaded once per test run, a small IOI prompt set, and the
-quick-start report written once (the notebook and browser tests both read it). ``make test`` runs
+quick-start report written once (the browser test file reads it). ``make test`` runs
 the files on two pytest-xdist workers (``--dist loadfile``: a file's tests share a worker and its
 module fixtures; each notebook's test is a file of its own), longest first (``FILE_SECONDS``), so
 that neither worker is left with a long tail.
@@ -106,5 +106,3 @@ def tokenizer_model(request):
     tokenizer = AutoTokenizer.from_pretrained(hf_folder(spec))
     return SimpleNamespace(key=request.param, tokenizer=tokenizer,
                            cfg=SimpleNamespace(default_prepend_bos=spec.prepend_bos))
-
-

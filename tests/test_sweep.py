@@ -12,7 +12,7 @@ import torch
 import interp
 from interp import patch
 from interp.errors import InterpError
-from interp.metrics import answer_prob
+from interp.metrics import answer_prob, logit_diff
 from interp.sweep import SweepEngine, sweep_patch
 
 
@@ -29,6 +29,10 @@ def test_full_head_sweep_equals_reference(model, prompts):
     assert {l for l, _ in cells} == set(range(30)) and {h for _, h in cells} == set(range(9))
     ref = run_cells(model, prompts, "head_out", [Variant(l, h, None) for l, h in cells])
     torch.testing.assert_close(torch.stack([eng.values[l, h] for l, h in cells]), ref, atol=1e-4, rtol=0)
+    with torch.no_grad():  # the baselines, against the bridge's own forwards
+        clean = logit_diff(model(prompts.clean_tokens), prompts).mean().item()
+        corrupted = logit_diff(model(prompts.corrupted_tokens), prompts).mean().item()
+    assert (clean, corrupted) == pytest.approx((eng.clean, eng.corrupted), abs=1e-4)
 
 
 def test_noising_and_other_metrics(model, prompts):

@@ -32,6 +32,7 @@ from interp import edges as E
 from interp.edge_attribution import edge_attribution
 from interp.edge_circuits import faithfulness_curve
 from interp.edge_sweep import edge_patch
+from interp.errors import InterpError
 from interp.methods.edge_audit import audit
 from interp.tasks import ioi_examples
 
@@ -78,6 +79,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     model = interp.load_model(device="cuda", dtype="float32")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
     prompts = ioi_examples(model, n=N_PROMPTS, seed=0)
     ours, t = timed(lambda: agreement_numbers(model, prompts))
     save(out, "agreement_float32.json", ours)
@@ -102,7 +104,14 @@ def main() -> None:
               flush=True)
         save(out, "summary.json", summary)
     bf16 = interp.load_model(device="cuda", dtype="bfloat16")
-    low, t = timed(lambda: edge_patch(bf16, ioi_examples(bf16, n=N_PROMPTS, seed=0), progress=False))
+    bprompts = ioi_examples(bf16, n=N_PROMPTS, seed=0)
+    try:
+        low, t = timed(lambda: edge_patch(bf16, bprompts, progress=False))
+        summary["bf16_self_check"] = low.meta.get("verified")
+    except InterpError as exc:  # the self-check refused: recorded, and the sweep timed without it
+        summary["bf16_self_check"] = f"refused: {exc}"
+        print(f"bf16 self-check refused: {exc}", flush=True)
+        low, t = timed(lambda: edge_patch(bf16, bprompts, progress=False, verify=0))
     low.save(out / "exact_bfloat16.json")
     d = (low.values - exact.values).abs()
     summary["exact_bf16_s"] = t
@@ -110,6 +119,11 @@ def main() -> None:
     save(out, "summary.json", summary)
     print(f"exact, all edges, bf16: {t:.1f} s; vs fp32 max {float(d.max()):.2e} mean {float(d.mean()):.2e}",
           flush=True)
+    try:
+        save(out, "agreement_bfloat16.json", agreement_numbers(bf16, bprompts))
+    except InterpError as exc:
+        print(f"bf16 agreement numbers refused: {exc}", flush=True)
+    del bf16
     curves = {"exact": faithfulness_curve(model, prompts, exact, FRACTIONS)}
     for method, approx in approxes.items():
         curves[method] = faithfulness_curve(model, prompts, approx, FRACTIONS)

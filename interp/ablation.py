@@ -28,7 +28,7 @@ import torch
 from interp.errors import ComponentError
 from interp.hooks import check_heads, hook_name
 from interp.interventions import Edit, Intervention, intervene
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, on_model_device
 
 MODES = ("zero", "mean", "resample", "ua", "sc")
 
@@ -75,7 +75,11 @@ def ablation(
 
     if reference is None:
         raise ComponentError(f"{mode} ablation needs a reference prompt set (e.g. the corrupted prompts)")
-    ref_tokens = reference.corrupted_tokens if isinstance(reference, PromptSet) else reference
+    if isinstance(reference, PromptSet):
+        reference = on_model_device(model, reference)
+        ref_tokens = reference.corrupted_tokens
+    else:
+        ref_tokens = reference.to(next(iter(model.parameters())).device)
     ref_groups = reference.groups if isinstance(reference, PromptSet) else None
     names = {hook_name("z", l) for l in by_layer}
     with torch.no_grad():
@@ -106,6 +110,7 @@ def mean_head_outputs(model, reference: PromptSet, groups: torch.Tensor | None =
 
     Per group (e.g. template) when both the reference and ``groups`` (of the prompts that will be
     run) are given, as Wang et al. 2022 average over p_ABC separately per template."""
+    reference = on_model_device(model, reference)
     names = [hook_name("z", l) for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(reference.corrupted_tokens, names_filter=lambda n: n in names)

@@ -25,7 +25,7 @@ from interp.hooks import hook_name
 from interp.memory import available_bytes, format_bytes
 from interp.metrics import at_answer, logit_diff
 from interp.result import Result
-from interp.tasks.prompts import PromptSet, check_prompts
+from interp.tasks.prompts import PromptSet, check_prompts, on_model_device
 
 
 @dataclass
@@ -171,6 +171,7 @@ def direct_logit_attribution(model, prompts: PromptSet, which: str = "clean", sc
     if which not in ("clean", "corrupted") or scale_from not in (None, "clean", "corrupted"):
         raise InterpError(f"which and scale_from are 'clean' or 'corrupted', got {which!r}, {scale_from!r}")
     check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     L = model.cfg.n_layers
     names = (["hook_embed", "ln_final.hook_scale"]
              + [hook_name(kind, l) for l in range(L) for kind in ("result", "attn_out", "mlp_out")])
@@ -224,6 +225,8 @@ def logit_lens(model, prompts: PromptSet, which: str = "clean") -> Result:
     norm is recomputed for each residual (not frozen) and the unembedding applied. The last entry
     equals the model's own logit difference.
     """
+    check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     tokens = prompts.clean_tokens if which == "clean" else prompts.corrupted_tokens
     L = model.cfg.n_layers
     names = {hook_name("resid_pre", 0)} | {hook_name("resid_post", l) for l in range(L)}
@@ -251,6 +254,8 @@ def attribution_patching(model, prompts: PromptSet, component: str = "head_out",
     """
     if component not in ATP_COMPONENTS:
         raise ComponentError(f"AtP supports {', '.join(ATP_COMPONENTS)}, not {component!r}")
+    check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     kind = ATP_COMPONENTS[component]
     L = model.cfg.n_layers
     names = [hook_name(kind, l) for l in range(L)]

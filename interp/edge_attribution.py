@@ -32,7 +32,7 @@ from interp.errors import ComponentError
 from interp.hooks import hook_name
 from interp.metrics import at_answer, logit_diff
 from interp.reference import EDGE_HOOKS, _edge_inputs, sender_contributions
-from interp.tasks.prompts import PromptSet, check_prompts
+from interp.tasks.prompts import PromptSet, check_prompts, on_model_device
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "atp")
 
@@ -107,6 +107,7 @@ def edge_attribution(model, prompts: PromptSet, edges_: list[E.Edge] | None = No
     if steps < 1:
         raise ComponentError(f"steps must be at least 1, got {steps}")
     check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     edges_ = E.edges(model.cfg) if edges_ is None else list(edges_)
     base_tokens, src_tokens = ((prompts.corrupted_tokens, prompts.clean_tokens) if direction == "denoise"
                                else (prompts.clean_tokens, prompts.corrupted_tokens))

@@ -29,7 +29,7 @@ from interp.errors import ComponentError
 from interp.hooks import hook_name
 from interp.metrics import logit_diff
 from interp.reference import EDGE_HOOKS, _edge_inputs, readout, sender_contributions
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, on_model_device
 
 FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -38,6 +38,7 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
                    corrupted_contributions: dict | None = None) -> float:
     """M(C): the mean metric of the clean prompts with every edge of ``scope`` not in ``keep``
     carrying its corrupted value (module docstring)."""
+    prompts = on_model_device(model, prompts)
     L = model.cfg.n_layers
     corr = corrupted_contributions or sender_contributions(model, prompts.corrupted_tokens)
     ablated: dict[E.Receiver, list[E.Sender]] = {}
@@ -87,6 +88,7 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
 def faithfulness_curve(model, prompts: PromptSet, scores: E.EdgeScores, fractions=FRACTIONS,
                        scope: list[E.Edge] | None = None, metric=logit_diff) -> dict:
     """f(C_p) for C_p = the top fraction p of ``scores``' edges by |score|, with CPR and CMD."""
+    prompts = on_model_device(model, prompts)
     scope = list(scores.edges) if scope is None else list(scope)
     missing = set(scope) - set(scores.edges)
     if missing:

@@ -35,7 +35,7 @@ from interp.kernels import prefix_attention
 from interp.memory import is_out_of_memory
 from interp.metrics import logit_diff
 from interp.sweep import SweepEngine
-from interp.tasks.prompts import PromptSet, check_prompts
+from interp.tasks.prompts import PromptSet, check_prompts, on_model_device
 from interp.verify import SweepCheck, check_edges
 from interp.weights import rotate
 
@@ -214,6 +214,7 @@ def edge_patch(model, prompts: PromptSet, edges_: list[E.Edge] | None = None, di
     Raises EngineUnsupported before any work for what the engine cannot compute exactly (the
     reference, ``interp.reference.edge_patch_reference``, can)."""
     check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     edges_ = E.edges(model.cfg) if edges_ is None else list(edges_)
     sweep = EdgeSweep(model, prompts, direction, metric, memory_budget)
     SweepCheck(sweep.engine, "head_out", [], 0, baselines=verify > 0)

@@ -353,6 +353,8 @@ def load_model(
             f"hub model of that name ({str(exc).splitlines()[0][:160]})"
         ) from exc
     hf_model.eval()
+    if not placement:  # boot_transformers leaves a model it is handed where it is
+        hf_model.to(device)
     with _quiet():
         bridge = TransformerBridge.boot_transformers(
             source, hf_model=hf_model, tokenizer=tokenizer, device=None if placement else device, dtype=dtype
@@ -363,4 +365,18 @@ def load_model(
     bridge.cfg.default_prepend_bos = spec.prepend_bos if spec else bridge.cfg.default_prepend_bos
     bridge.interp_spec = spec
     bridge.interp_key = spec.key if spec else key_or_name
+    check_placement(bridge, device, n_devices)
     return bridge
+
+
+def check_placement(model, device: str, n_devices: int = 1) -> None:
+    """Refuse a model whose weights are not where they were asked to be (a model left on the CPU
+    by a loader that was asked for "cuda" computes the same numbers, slowly, and a CPU-vs-GPU
+    comparison of it compares the CPU with itself)."""
+    want = torch.device(device).type
+    where = {p.device for p in model.parameters()}
+    wrong = sorted(str(d) for d in where if d.type != want)
+    if wrong:
+        raise InterpError(f"the model's weights are on {', '.join(wrong)}, not on {device!r} as asked: please report this")
+    if n_devices > 1 and len(where) < n_devices:
+        raise InterpError(f"the model's weights are on {len(where)} device(s), not split over {n_devices} as asked")

@@ -41,7 +41,7 @@ from interp.path_sweep import sweep_path_patch_heads
 from interp.reference import path_patch, path_patch_caches, readout, run_cells
 from interp.result import Result
 from interp.sweep import sweep_patch
-from interp.tasks.prompts import PromptSet, check_prompts
+from interp.tasks.prompts import PromptSet, check_prompts, on_model_device
 
 __all__ = ["patch", "path_patch", "path_patch_heads", "path_patch_caches", "COMPONENTS", "Component",
            "RESID_FINAL", "get_component", "check_receivers", "EngineFallbackWarning"]
@@ -124,6 +124,7 @@ def patch(
     if direction not in ("denoise", "noise"):
         raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     if checkpoint is not None:
         ckpt.check_path(checkpoint)
     if engine != "reference":
@@ -189,6 +190,7 @@ def path_patch_heads(
     """
     _check_engine(engine)
     check_prompts(model, prompts)
+    prompts = on_model_device(model, prompts)
     if engine != "reference":
         try:
             return sweep_path_patch_heads(model, prompts, receivers, sender_positions, receiver_positions,

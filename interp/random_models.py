@@ -13,6 +13,7 @@ import tempfile
 
 import torch
 
+from interp.models import check_placement
 from interp.tasks.prompts import PromptSet
 
 _TINY = dict(vocab_size=256, initializer_range=0.2)
@@ -83,6 +84,7 @@ def random_model(shape: str, device: str = "cuda", dtype: torch.dtype = torch.bf
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
     bridge.interp_key = f"random:{shape}"
+    check_placement(bridge, device)
     return bridge
 
 

@@ -21,7 +21,7 @@ from interp.errors import ComponentError
 from interp.hooks import check_heads, hook_name, resolve_positions, select
 from interp.interventions import Edit, edit_hook
 from interp.metrics import at_answer, logit_diff
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, on_model_device
 
 READOUTS = ("metric", "per_example", "residual")
 
@@ -99,6 +99,7 @@ def run_cells(model, prompts: PromptSet, component: str, variants: list[Variant]
     ``hooks`` run before each variant's own hook (explicit interventions); ``source`` is a cache
     of the source run's activations (computed here if None). With ``checkpoint`` (and its ``key``)
     finished cells are saved after each forward, and a rerun resumes."""
+    prompts = on_model_device(model, prompts)
     if direction not in ("denoise", "noise"):
         raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     base, src = ((prompts.corrupted_tokens, prompts.clean_tokens) if direction == "denoise"
@@ -168,6 +169,7 @@ def path_patch(
             or a [batch] tensor.
         freeze_mlps: freeze every MLP (but sender MLPs) to its clean output too.
     """
+    prompts = on_model_device(model, prompts)
     n_layers = model.cfg.n_layers
     head_senders = check_heads(model, [s for s in senders if s[1] is not None])
     mlp_senders = sorted({int(s[0]) for s in senders if s[1] is None})
@@ -206,6 +208,7 @@ def path_patch(
 
 def path_patch_caches(model, prompts: PromptSet):
     """Steps 1-2 of path patching: clean and corrupted caches of head and MLP outputs."""
+    prompts = on_model_device(model, prompts)
     keep = lambda n: n.endswith("attn.hook_z") or n.endswith("hook_mlp_out")  # noqa: E731
     with torch.no_grad():
         _, clean = model.run_with_cache(prompts.clean_tokens, names_filter=keep)
@@ -281,6 +284,7 @@ def edge_patch_reference(model, prompts: PromptSet, edges_, direction: str = "de
     """metric(patched) - metric(base) for each edge (``interp.edges``), one hooked forward each:
     the sender's change c_s(source) - c_s(base), from two cached runs, is added to the receiver's
     input hook (a head's q/k/v input, an MLP's input, or the final residual stream)."""
+    prompts = on_model_device(model, prompts)
     base_tokens, src_tokens = ((prompts.corrupted_tokens, prompts.clean_tokens) if direction == "denoise"
                                else (prompts.clean_tokens, prompts.corrupted_tokens))
     c_base, c_src = sender_contributions(model, base_tokens), sender_contributions(model, src_tokens)

@@ -62,3 +62,41 @@ def test_full_size_bf16_sweeps_pass_their_self_check(shape):
               f"vs fp32 mean {(ours.values - truth.values).abs().mean():.2e} max {(ours.values - truth.values).abs().max():.2e}")
         assert v["cells"] == 4 and v["max_abs_diff"] <= v["tolerance"]
         assert float((ours.values - truth.values).abs().max()) <= tolerance(torch.bfloat16, float(truth.values.abs().max()))
+
+
+def _mean_ablated_patch(m, prompts):
+    with ablate(m, [(20, 1)], "mean", reference=prompts):
+        return patch(m, prompts, "head_out", layers=[29], progress=False).values
+
+
+def test_real_weights_on_the_gpu_give_the_cpu_numbers():
+    """``load_model(device="cuda")`` moves every weight to the GPU (TransformerBridge's loader
+    leaves a model it is handed where it is), every public entry takes prompts tokenized on the
+    CPU, and the GPU computes the CPU's numbers (fp32)."""
+    from interp import direct_logit_attribution, load_model, logit_lens
+    from interp import edges as E
+    from interp.attribution import attribution_patching
+    from interp.edge_attribution import edge_attribution
+    from interp.edge_sweep import edge_patch
+    from interp.tasks import ioi_examples
+
+    gpu = load_model(device="cuda")
+    assert {p.device.type for p in gpu.parameters()} == {"cuda"}
+    cpu = load_model(device="cpu")
+    prompts = ioi_examples(cpu, n=4, seed=0)  # on the CPU, handed to both models
+    logits_edges = E.edges(cpu.cfg, [E.Receiver("logits")])
+    runs = {
+        "patch": lambda m: patch(m, prompts, "head_out", progress=False).values,
+        "patch reference": lambda m: patch(m, prompts, "mlp_out", engine="reference", progress=False).values,
+        "path patch": lambda m: path_patch_heads(m, prompts, layers=[28, 29], progress=False).values,
+        "dla": lambda m: direct_logit_attribution(m, prompts).heads.values,
+        "logit lens": lambda m: logit_lens(m, prompts).values,
+        "atp": lambda m: attribution_patching(m, prompts).values,
+        "edges": lambda m: edge_patch(m, prompts, logits_edges, progress=False).values,
+        "eap": lambda m: edge_attribution(m, prompts, logits_edges, "eap", progress=False).values,
+        "mean ablation": lambda m: _mean_ablated_patch(m, prompts),
+    }
+    for name, run in runs.items():
+        a, b = run(cpu).float().cpu(), run(gpu).float().cpu()
+        diff = float((a - b).abs().max())
+        assert diff <= 1e-4 * max(1.0, float(a.abs().max())), f"{name}: GPU vs CPU {diff:.2e}"

@@ -151,3 +151,14 @@ def test_local_folder_loads_the_same_model(model, prompts):
 def test_no_pickle_in_the_cache(model):
     folder = models.cached_folder(models.REGISTRY[models.DEFAULT_MODEL])
     assert not [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+
+
+def test_weights_not_where_asked_are_refused():
+    """A loader that leaves the weights on the CPU when asked for CUDA must fail loudly (it computes
+    the same numbers, so a CPU-vs-GPU check of it compares the CPU with itself)."""
+    cpu_model = torch.nn.Linear(2, 2)
+    models.check_placement(cpu_model, "cpu")
+    with pytest.raises(models.InterpError, match="not on 'cuda'"):
+        models.check_placement(cpu_model, "cuda")
+    with pytest.raises(models.InterpError, match="split over 2"):
+        models.check_placement(cpu_model, "cpu", n_devices=2)

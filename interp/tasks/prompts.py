@@ -245,6 +245,12 @@ def check_fields(example, name: str = "example") -> None:
                               "fix the text") from None
 
 
+def on_model_device(model, prompts: PromptSet) -> PromptSet:
+    """``prompts`` on the device of ``model``'s embedding (its first weight): prompts tokenized on
+    the CPU run on a model on the GPU."""
+    return prompts.to(next(iter(model.parameters())).device)
+
+
 def check_prompts(model, prompts: PromptSet, names: Iterable[str] | None = None) -> None:
     """Raise PromptError naming the first example ``model`` cannot run: more tokens than its
     context (``model.cfg.n_ctx``) or a token id outside its vocabulary (``model.cfg.d_vocab``, e.g.

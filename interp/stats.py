@@ -33,7 +33,8 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
     """(estimate, low, high): ``stat`` of ``values`` and its percentile bootstrap interval.
 
     With ``paired_with`` (aligned with ``values``, e.g. the same prompts before and after an
-    intervention) the statistic is of the differences values[i] - paired_with[i]."""
+    intervention) the statistic is of the differences values[i] - paired_with[i]. Raises
+    ValueError when the interval misses the estimate (a statistic that resampling biases)."""
     xs = [float(v) for v in values]
     if paired_with is not None:
         if len(paired_with) != len(xs):
@@ -44,9 +45,7 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
     rng = random.Random(seed)
     n = len(xs)
     boots = sorted(stat([xs[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
-    lo = boots[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
-    hi = boots[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
-    return stat(xs), lo, hi
+    return _percentile_interval(stat(xs), boots, level)
 
 
 def bootstrap_indices(n: int, stat: Callable[[list[int]], float], n_boot: int = 1000, level: float = 0.95,
@@ -57,9 +56,21 @@ def bootstrap_indices(n: int, stat: Callable[[list[int]], float], n_boot: int = 
         raise ValueError("bootstrap of an empty sample")
     rng = random.Random(seed)
     boots = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(n_boot))
+    return _percentile_interval(stat(list(range(n))), boots, level)
+
+
+def _percentile_interval(estimate: float, boots: list[float], level: float) -> tuple[float, float, float]:
+    """(estimate, low, high) from sorted bootstrap values; refuses an interval that misses the
+    estimate: the resampling then moves the statistic itself (a count of events ever seen, which
+    falls when resampling repeats some examples and drops others), and the interval would report
+    that bias as uncertainty."""
+    n_boot = len(boots)
     lo = boots[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
     hi = boots[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
-    return stat(list(range(n))), lo, hi
+    if not math.isnan(estimate) and not lo - 1e-12 <= estimate <= hi + 1e-12:
+        raise ValueError(f"the bootstrap interval [{lo:.4g}, {hi:.4g}] does not contain the estimate {estimate:.4g}: "
+                         "resampling biases this statistic, so the interval is not valid for it")
+    return estimate, lo, hi
 
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float, float]:

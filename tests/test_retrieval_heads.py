@@ -157,3 +157,37 @@ def test_masking_test_on_a_small_set(model):
     assert summ["n"] == 2 and len(mk.random[3]) == 2 and len(mk.texts["top-3"]) == 2
     for est, lo, hi in (summ["unmasked"], summ["k"][3]["top"], summ["k"][3]["random"]):
         assert 0 <= lo <= hi <= 100 and 0 <= est <= 100
+
+
+def test_score_bins_get_intervals_only_where_the_bootstrap_is_valid(model):
+    """Bin 0 is a count of heads never seen copying: a bootstrap sample has fewer distinct episodes,
+    so its percentile interval lies beside the estimate (the stats module refuses it). The bins
+    that depend on that count get no interval and a curve over the number of episodes instead; the
+    others get intervals that contain their estimates."""
+    from interp.stats import bootstrap_indices
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    eps = needle_episodes(model.tokenizer, (160,), (0.25, 0.5, 0.75), list(rh_needles()), 0, buffer=0)
+    g = torch.Generator().manual_seed(0)
+    scored = []
+    for ep in eps:  # a few strong heads, and rare small copies scattered over the others
+        score = (torch.rand(L, H, generator=g) < 0.02).float() * 0.05
+        score[17, 3] = score[18, 7] = 0.8
+        scored.append(rh.Scored(ep, [], "", 100.0, ep.needle_span, torch.zeros(0, L, H, dtype=torch.long), score))
+    sc = rh.RetrievalScores(scored)
+    st = sc._stack()
+    with pytest.raises(ValueError, match="does not contain the estimate"):
+        bootstrap_indices(len(st), lambda idx: sc.bins(st[idx].mean(0))["0"], n_boot=200)
+    ci = sc.bins_ci(n_boot=200)
+    assert ci["0"][1:] == (None, None) and ci["(0, 0.1]"][1:] == (None, None)
+    for b in ("(0.1, 0.5]", "> 0.5", "retrieval heads"):
+        est, lo, hi = ci[b]
+        assert lo <= est <= hi
+    curve = sc.bins_by_episodes(n_draws=20)
+    assert [r["episodes"] for r in curve][-1] == len(st)
+    assert curve[0]["bins"]["0"] > curve[-1]["bins"]["0"] == pytest.approx(sc.bins()["0"])
+
+
+def rh_needles():
+    from interp.reports.retrieval_heads import ALL_NEEDLES
+    return ALL_NEEDLES

@@ -51,3 +51,11 @@ def test_wilson_interval_contains_the_estimate_exactly():
         for k in range(n + 1):
             p, lo, hi = proportion_ci(k, n)
             assert 0.0 <= lo <= p <= hi <= 1.0, (k, n, lo, p, hi)
+
+
+def test_bootstrap_refuses_an_interval_that_misses_the_estimate():
+    """The share of distinct values falls under resampling with replacement (a bootstrap sample
+    repeats some values): every bootstrap value lies below the estimate, and no interval is given."""
+    xs = list(range(40))
+    with pytest.raises(ValueError, match="does not contain the estimate"):
+        bootstrap_ci(xs, stat=lambda s: len(set(s)) / len(s), n_boot=200)

@@ -152,22 +152,44 @@ class RetrievalScores:
         return {BINS[0]: float((s == 0).sum()) / n, BINS[1]: float(((s > 0) & (s <= 0.1)).sum()) / n,
                 BINS[2]: float(((s > 0.1) & (s <= 0.5)).sum()) / n, BINS[3]: float((s > 0.5).sum()) / n}
 
-    def bins_ci(self, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    def bins_ci(self, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float | None, float | None]]:
         """Each bin's share and the share of retrieval heads (score > 0.1), with percentile
-        bootstrap intervals over the kept episodes (``interp.stats.bootstrap_ci``)."""
-        from interp.stats import bootstrap_ci
+        bootstrap intervals over the kept episodes (``interp.stats.bootstrap_indices``).
+
+        The bins "0" and "(0, 0.1]" get no interval (None, None): a head leaves bin 0 the first time
+        it copies in any episode, so these shares move with the number of distinct episodes, and a
+        bootstrap sample (which repeats some episodes and drops others) has fewer: its interval lies
+        beside the estimate, not around it. ``bins_by_episodes`` shows that dependence instead."""
+        from interp.stats import bootstrap_indices
 
         st = self._stack()
         if not len(st):
             raise InterpError("no episode was retrieved: no score distribution")
-        idx = list(range(len(st)))
 
         def share(sample, b):
-            return self.bins(st[[int(i) for i in sample]].mean(0))[b] if b in BINS else \
-                float((st[[int(i) for i in sample]].mean(0) > 0.1).float().mean())
+            score = st[sample].mean(0)
+            return self.bins(score)[b] if b in BINS else float((score > 0.1).float().mean())
 
-        return {b: bootstrap_ci(idx, stat=lambda xs, b=b: share(xs, b), n_boot=n_boot, seed=seed)
-                for b in (*BINS, "retrieval heads")}
+        out: dict[str, tuple[float, float | None, float | None]] = {
+            b: (self.bins()[b], None, None) for b in BINS[:2]}
+        for b in (*BINS[2:], "retrieval heads"):
+            out[b] = bootstrap_indices(len(st), lambda idx, b=b: share(idx, b), n_boot=n_boot, seed=seed)
+        return out
+
+    def bins_by_episodes(self, n_draws: int = 50, seed: int = 0) -> list[dict]:
+        """The bins' shares over random subsets of m kept episodes (drawn without replacement), for
+        m = n/4, n/2, 3n/4 and n: [{"episodes": m, "bins": {bin: mean share}}]. Bin 0 shrinks as m
+        grows (a head leaves it at its first copy), so a share at n episodes is not comparable with
+        the paper's at 586."""
+        st = self._stack()
+        n = len(st)
+        g = torch.Generator().manual_seed(seed)
+        rows = []
+        for m in sorted({max(1, round(n * f)) for f in (0.25, 0.5, 0.75, 1.0)}):
+            draws = 1 if m == n else n_draws
+            shares = [self.bins(st[torch.randperm(n, generator=g)[:m]].mean(0)) for _ in range(draws)]
+            rows.append({"episodes": m, "bins": {b: sum(x[b] for x in shares) / draws for b in BINS}})
+        return rows
 
     def stability(self, k: int = 10, heads: list[Head] | None = None) -> dict:
         """Top-k heads per needle, their pairwise Jaccard overlaps, and the per-needle mean score of

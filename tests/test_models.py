@@ -162,3 +162,19 @@ def test_weights_not_where_asked_are_refused():
         models.check_placement(cpu_model, "cuda")
     with pytest.raises(models.InterpError, match="split over 2"):
         models.check_placement(cpu_model, "cpu", n_devices=2)
+
+
+def test_gguf_is_parsed_once_per_cache_build(model):
+    """During a cache build transformers asks for a GGUF reader three times (config, tokenizer,
+    weights): the same reader serves all three, and gguf is left as it was afterwards. (That the
+    cache holds the same bits as three separate parses was checked on the three GGUFs: identical
+    sha256 for every file.)"""
+    import gguf
+
+    path = models.locate_parts(models.resolve_spec(None))[0]
+    before = gguf.GGUFReader, gguf.get_tensor_name_map
+    with models._gguf_parsed_once():
+        a, b = gguf.GGUFReader(path), gguf.GGUFReader(path)
+        assert a is b and len(a.tensors) > 0
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before

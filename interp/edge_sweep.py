@@ -217,9 +217,10 @@ def edge_patch(model, prompts: PromptSet, edges_: list[E.Edge] | None = None, di
     prompts = on_model_device(model, prompts)
     edges_ = E.edges(model.cfg) if edges_ is None else list(edges_)
     sweep = EdgeSweep(model, prompts, direction, metric, memory_budget)
-    SweepCheck(sweep.engine, "head_out", [], 0, baselines=verify > 0)
+    baselines = SweepCheck(sweep.engine, "head_out", [], 0, baselines=verify > 0)
     values = sweep.run(edges_, progress)
-    verified = check_edges(model, prompts, edges_, values, direction, metric, sweep.w.W_Q.dtype, verify, seed)
+    verified = check_edges(model, prompts, edges_, values, direction, metric, sweep.w.W_Q.dtype, verify, seed,
+                           logit_scale=baselines.logit_scale if verify > 0 else None)
     clean, corrupted = sweep.engine.clean_and_corrupted()
     return E.EdgeScores(edges_, values, "exact", direction, clean, corrupted,
                         meta={"n_prompts": len(prompts), "verified": verified,

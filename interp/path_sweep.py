@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.components import RESID_FINAL, check_receivers
-from interp.hooks import resolve_positions, sweep_index
+from interp.hooks import hook_name, resolve_positions, sweep_index
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp.sweep import SweepEngine
@@ -47,7 +47,9 @@ def sweep_path_patch_heads(
     """``path_patch_heads`` through the batched engine: Result[layer, head] of the mean metric.
     ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``."""
     engine = SweepEngine(model, prompts, "noise", metric, memory_budget)  # base = clean x, source = x'
-    SweepCheck(engine, "head_out", [], 0, baselines=verify > 0)  # the clean and corrupted runs vs the bridge's
+    # the clean and corrupted runs vs the bridge's; those forwards also keep the reference's caches
+    keep = {hook_name(kind, l) for l in range(model.cfg.n_layers) for kind in ("z", "mlp_out")} if verify > 0 else set()
+    baselines = SweepCheck(engine, "head_out", [], 0, baselines=verify > 0, keep=frozenset(keep))
     ps, cfg = engine.prompts, model.cfg
     B, T = ps.clean_tokens.shape
     receivers = check_receivers(model, receivers)
@@ -81,7 +83,9 @@ def sweep_path_patch_heads(
     bar.close()
     verified = check_path_sweep(model, prompts, senders, values, dict(
         receivers=receivers, sender_positions=sender_positions, receiver_positions=receiver_positions,
-        freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed)
+        freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed,
+        caches=(baselines.kept["base"], baselines.kept["source"]) if keep and not baselines.hooks else None,
+        logit_scale=baselines.logit_scale if verify > 0 else None)
     clean, corrupted = engine.clean_and_corrupted()
     return Result(
         values.reshape(len(layers), cfg.n_heads), ("layer", "head"),

@@ -59,11 +59,15 @@ class SweepCheck:
     Built before the sweep: picks the k cells to re-check (seeded), runs the bridge on the base
     and source prompts (with the engine's explicit interventions as hooks) to compare the
     baselines and to cache the source activations those cells read. ``baselines`` (default: k > 0)
-    switches the baseline comparison; k = 0 with the default is no self-check at all."""
+    switches the baseline comparison; k = 0 with the default is no self-check at all. ``keep``: hook
+    names whose activations the baseline forwards also keep (``kept["base"|"source"]``), for a
+    later reference computation that needs them (path patching's caches)."""
 
     def __init__(self, engine, component: str, variants: list[Variant], k: int = 2, seed: int = 0,
-                 readout: str = "metric", baselines: bool | None = None):
-        self.engine, self.component, self.readout = engine, component, readout
+                 readout: str = "metric", baselines: bool | None = None, keep: frozenset[str] = frozenset()):
+        self.engine, self.component, self.readout, self.keep = engine, component, readout, set(keep)
+        self.kept: dict[str, dict[str, torch.Tensor]] = {}
+        self.logit_scale = 0.0
         self.model = engine.model
         self.hooks = [h for iv in engine.interventions for h in iv.hooks()]
         self.sample = sorted(random.Random(seed).sample(range(len(variants)), min(max(k, 0), len(variants))))
@@ -87,8 +91,10 @@ class SweepCheck:
         resid_diff = metric_diff = 0.0
         self.logit_scale = 0.0
         for which, tokens in runs:
-            cache = reference.source_cache(self.model, tokens, {final} | (names if which == "source" else set()),
+            cache = reference.source_cache(self.model, tokens,
+                                           {final} | self.keep | (names if which == "source" else set()),
                                            self.hooks, keep_logits=True)
+            self.kept[which] = {n: cache[n] for n in self.keep}
             if which == "source":
                 self.source = {n: cache[n] for n in names}
             ours = e.cache(which)
@@ -132,17 +138,20 @@ class SweepCheck:
 
 
 def check_path_sweep(model, prompts, senders, values: torch.Tensor, path_kwargs: dict, dtype: torch.dtype,
-                     k: int = 2, seed: int = 0) -> dict:
-    """Re-run k of a batched path-patching sweep's senders through ``reference.path_patch``."""
+                     k: int = 2, seed: int = 0, caches: tuple | None = None, logit_scale: float | None = None) -> dict:
+    """Re-run k of a batched path-patching sweep's senders through ``reference.path_patch``.
+    ``caches`` (clean, corrupted: ``reference.path_patch_caches``) and ``logit_scale`` may come from
+    the bridge forwards the baseline check already ran (``SweepCheck(keep=...)``)."""
     sample = sorted(random.Random(seed).sample(range(len(senders)), min(max(k, 0), len(senders))))
     if not sample:
         return {"cells": 0, "max_abs_diff": 0.0, "tolerance": None}
-    caches = reference.path_patch_caches(model, prompts)
+    caches = caches or reference.path_patch_caches(model, prompts)
     ref = torch.tensor([reference.path_patch(model, prompts, [senders[i]], _caches=caches, **path_kwargs)
                         for i in sample])
     ours = values[sample]
     diff = _max_diff(ours, ref)
-    tol = tolerance(dtype, max(_scale(ref), _logit_scale(model, prompts)))
+    scale = _logit_scale(model, prompts) if logit_scale is None else logit_scale
+    tol = tolerance(dtype, max(_scale(ref), scale))
     if not diff <= tol:
         worst = sample[int((ours - ref).abs().argmax())]
         raise VerificationError(
@@ -153,15 +162,17 @@ def check_path_sweep(model, prompts, senders, values: torch.Tensor, path_kwargs:
 
 
 def check_edges(model, prompts, edges_, values: torch.Tensor, direction: str, metric, dtype: torch.dtype,
-                k: int = 2, seed: int = 0) -> dict:
-    """Re-run k of a batched edge sweep's edges through ``reference.edge_patch_reference``."""
+                k: int = 2, seed: int = 0, logit_scale: float | None = None) -> dict:
+    """Re-run k of a batched edge sweep's edges through ``reference.edge_patch_reference``
+    (``logit_scale``: from the baseline check's forwards, when it ran)."""
     sample = sorted(random.Random(seed).sample(range(len(edges_)), min(max(k, 0), len(edges_))))
     if not sample:
         return {"cells": 0, "max_abs_diff": 0.0, "tolerance": None}
     ref = reference.edge_patch_reference(model, prompts, [edges_[i] for i in sample], direction, metric)
     ours = values[sample]
     diff = _max_diff(ours, ref)
-    tol = tolerance(dtype, max(_scale(ref), _logit_scale(model, prompts)))
+    scale = _logit_scale(model, prompts) if logit_scale is None else logit_scale
+    tol = tolerance(dtype, max(_scale(ref), scale))
     if not diff <= tol:
         worst = sample[int((ours - ref).abs().argmax())]
         raise VerificationError(f"the batched edge sweep disagrees with the reference by {diff:.3g} (tolerance "

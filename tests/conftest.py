@@ -29,12 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 #: Seconds of one worker per test file (measured 2026-11-30 on the 2-core CI machine): only their
 #: order matters, longest first; a file not listed starts after these, by name.
 FILE_SECONDS = {
-    "test_ioi_circuit.py": 260, "test_patching_vs_transformerlens.py": 250, "test_safety_heads.py": 200,
+    "test_ioi_circuit.py": 400, "test_patching_vs_transformerlens.py": 250, "test_safety_heads.py": 230,
     "test_path_patching.py": 200, "test_sweep.py": 200, "test_browser.py": 210, "test_trust.py": 160,
-    "test_distributed.py": 150, "test_notebook_01_ioi_circuit_reuse.py": 200,
-    "test_notebook_02_safety_heads.py": 130, "test_notebook_06_edge_circuits.py": 90,
-    "test_notebook_04_correct_letter_heads.py": 75, "test_notebook_00_quickstart.py": 70, "test_widgets.py": 70,
-    "test_cli.py": 120, "test_notebook_03_retrieval_heads.py": 55,
+    "test_distributed.py": 150, "test_correct_letter.py": 120, "test_edges.py": 110, "test_cli.py": 120,
+    "test_retrieval_heads.py": 100, "test_notebook_00_quickstart.py": 70, "test_widgets.py": 70,
 }
 
 

@@ -3,11 +3,15 @@ Qwen2.5-Coder-0.5B-Instruct (the session fixture ``qwen``): the shared-prefix ru
 bridge's hooked forward, END re-runs agree with hooks, the rank-d_head head is the head and rank 0 is
 uniform, DLA adds up to the margin, the class rule does not move with the model's accuracy, the
 statistics behave on constructed cases, and the report's headline rows keep their contract."""
+import json
+
 import pytest
 import torch
 
 from interp.methods import correct_letter as cl
 from interp.tasks.mcq import mcq_items, symbol_binding_examples
+from notebook_run import execute_in_process
+from shared_runs import shared
 
 HEAD = (20, 12)
 
@@ -120,14 +124,17 @@ def test_variance_explained_on_constructed_points():
     assert el[0] < 0.2  # many label groups explain nothing once adjusted
 
 
+#: the report's setting for these tests and notebook 04's (every key of QUICK, smaller)
+TINY = {"n_discover": 8, "n_eval": 8, "n_mutation": 4, "k_shot": 1, "shot_sets": 1, "n_nodes": 3, "n_total": 1,
+        "ranks": (0, 3), "mutations": ("shuffled",), "n_draws": 10, "ablation_modes": ("zero",)}
+
+
 def test_report_quick_contract(qwen):
     """The report on a tiny setting: every headline row has an interval around its estimate, a
     verdict from the allowed ones, a reason; the held-out set shares no item with discovery."""
     from interp.reports import correct_letter as report
 
-    tiny = {"n_discover": 8, "n_eval": 8, "n_mutation": 4, "k_shot": 1, "shot_sets": 1, "n_nodes": 3, "n_total": 1,
-            "ranks": (0, 3), "mutations": ("shuffled",), "n_draws": 10, "ablation_modes": ("zero",)}
-    res = report.run(lambda key: qwen, tiny, seed=0)
+    res = shared(report)(lambda key: qwen, TINY, seed=0)
     num = report.numbers(res)
     words = lambda s: {w for t in s.prompts.clean_text for w in t.replace("'", " ").split()}  # noqa: E731
     items = set(mcq_items(qwen))
@@ -140,3 +147,25 @@ def test_report_quick_contract(qwen):
     assert str(qwen.cfg.d_head) in num["rank_curve"] and "0" in num["rank_curve"]["joint"]
     assert set(num["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
     assert "shuffled" in num["mutations"] and num["key_space"]
+
+
+def test_correct_letter_notebook_executes(qwen, tmp_path, monkeypatch):
+    """Notebook 04 on TINY (its analysis shared with the contract test above): held-out accuracy
+    per slot, the rank curve with its floor, the random head sets per ablation, every headline
+    estimate inside its interval, every figure saved."""
+    from interp.reports import correct_letter as report
+    from interp.reports.runner import settings_of
+
+    assert settings_of("correct-letter", "quick", overrides=TINY) == TINY
+    execute_in_process("04_correct_letter_heads.ipynb", tmp_path, {"OVERRIDES": TINY}, monkeypatch,
+                       {None: qwen, report.DEFAULT_MODEL: qwen}, reports=(report,))
+    out = tmp_path / "reports" / "notebooks" / "04_correct_letter_heads"
+    for name in ("slots.png", "effects.png", "ablation.png", "rank.png", "mutations.png", "key_space.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert numbers["scores"]["accuracy"] > 0.25
+    assert {"0", "knocked out (zero)"} <= set(numbers["rank_curve"]["joint"])
+    assert len(numbers["ablation"]["zero"]["random"]["uniform"]["accuracy"]) == TINY["n_draws"]
+    assert set(numbers["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
+    for row in numbers["headline"]:
+        assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1], row["name"]

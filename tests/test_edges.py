@@ -13,6 +13,8 @@ from interp.edge_sweep import edge_patch
 from interp.errors import ComponentError
 from interp.random_models import random_model, random_prompts
 from interp.reference import EDGE_HOOKS, _edge_inputs, edge_patch_reference, readout, sender_contributions
+from notebook_run import execute_in_process
+from shared_runs import shared
 
 
 @pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-qwen2", "tiny-llama"])
@@ -186,15 +188,17 @@ def test_circuit_evaluation_agrees_with_edge_patching(tiny):
     assert curve["cmd"] == pytest.approx(0.25 * (1 + abs(1 - f[1])) / 2 + 0.75 * abs(1 - f[1]) / 2)
 
 
+#: the report's setting for the test below and notebook 06's: the edges into the logits, 2 prompts
+SMALL_REPORT = {"n_prompts": 2, "movers": 0, "methods": ("eap",), "fractions": (0.0, 0.05, 1.0), "shortlist": 10}
+
+
 def test_the_edges_report_on_the_real_model(model):
     """The report's audit on a small scope (the edges into the logits, two IOI prompts): rank
     statistics within their ranges, the curve's ends pinned, the shortlist's exact scores equal to
     the audit's for the edges both scored, and the headline rows filled."""
     from interp.reports import edges as report
 
-    settings = {**report.QUICK, "n_prompts": 2, "movers": 0, "methods": ("eap",), "fractions": (0.0, 0.05, 1.0),
-                "shortlist": 10}
-    res = report.run(lambda key: model, settings)
+    res = shared(report)(lambda key: model, {**report.QUICK, **SMALL_REPORT}, seed=0)
     case = res["cases"][0]
     assert len(case["exact"]) == 1 + 30 * 10 and {e.receiver.kind for e in case["exact"].edges} == {"logits"}
     a = case["audits"]["eap"]
@@ -207,3 +211,24 @@ def test_the_edges_report_on_the_real_model(model):
     (row,) = num["headline"]
     assert row["ci"][0] <= row["ours"] <= row["ci"][1] and row["n"] == len(case["exact"])
     json.dumps(num)
+
+
+def test_edge_circuits_notebook_executes(model, tmp_path, monkeypatch):
+    """Notebook 06 on the report setting of the test above (its analysis shared): the audit's
+    statistics are in range, the exact circuit is a valid circuit file with edge scores, and cutting
+    its strongest edge moves the logit difference by that edge's score."""
+    from interp.reports import edges as report
+
+    execute_in_process("06_edge_circuits.ipynb", tmp_path, {"OVERRIDES": SMALL_REPORT}, monkeypatch,
+                       {None: model}, reports=(report,))
+    out = tmp_path / "reports" / "notebooks" / "06_edge_circuits"
+    for name in ("scatter.png", "curves.png"):
+        assert (out / name).stat().st_size > 1000, name
+    circuit = graph.Circuit.load(out / "circuit.json")
+    scores = [e["score"] for e in circuit.edges]
+    assert len(scores) == 30 and all(s is not None for s in scores)
+    numbers = json.loads((out / "numbers.json").read_text())
+    for a in numbers["cases"][0]["audits"].values():
+        assert -1 <= a["spearman"] <= 1
+    cut = numbers["cut"]
+    assert cut["cut"] != pytest.approx(cut["clean"], abs=1e-3), "cutting the strongest edge changes the metric"

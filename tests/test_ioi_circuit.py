@@ -4,6 +4,7 @@ order independently and keeps its splits disjoint; a knockout that keeps everyth
 a knockout of one head is that head's mean ablation; path patching into single query heads equals a
 hand-made four-step computation; class evidence needs a score above the null threshold; the
 END-position re-runner equals the model's own hooked forward; the row edits do what they say."""
+import json
 import math
 import re
 
@@ -13,6 +14,8 @@ import torch
 from interp.ablation import ablation_hooks, mean_head_outputs
 from interp.hooks import hook_name
 from interp.methods import circuit_reuse, ioi
+from notebook_run import execute_in_process
+from shared_runs import shared
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp.tasks import colored_objects_examples, ioi_examples
@@ -85,7 +88,7 @@ def quick(model):
     run once for every test below: (raw result, numbers with the runner's meta)."""
     from interp.reports import ioi as report
 
-    res = report.run(lambda key=None: model, report.QUICK, seed=0)
+    res = shared(report)(lambda key=None: model, report.QUICK, seed=0)
     num = report.numbers(res)
     num["meta"].update({"setting": "quick", "seed": 0, "date": "test", "versions": {}})
     return res, num
@@ -392,3 +395,35 @@ def test_predictions_classify_errors(model):
     logits[3] = 0
     logits[3, tok(" the", add_special_tokens=False)["input_ids"][0]] = 5
     assert circuit_reuse.predictions(model, logits, ps)["kind"].tolist()[3] == 3
+
+
+# ------------------------------------------------------------------------------- notebook 01
+#: circuit reuse made small: the notebook's cells, not the effect, are under test here
+REUSE_SMALL = {"n_prompts": 1, "n_intervention": 8, "n_random": 3}
+
+
+def test_ioi_circuit_reuse_notebook_executes(model, quick, tmp_path, monkeypatch):
+    """Notebook 01 on the quick IOI setting (its analysis shared with the tests above) and a small
+    circuit-reuse setting: every cell runs; figures, circuit (valid interp.circuit/1) and numbers
+    saved; the held-out faithfulness lies in its interval; verdicts are verdicts."""
+    from interp import graph
+    from interp.reports import ioi as report
+
+    execute_in_process("01_ioi_circuit_reuse.ipynb", tmp_path, {"SETTING": "quick", "REUSE_OVERRIDES": REUSE_SMALL},
+                       monkeypatch, {None: model, "smollm2-135m-instruct": model}, reports=(report,))
+    out = tmp_path / "reports" / "notebooks" / "01_ioi_circuit_reuse"
+    for name in ("stages.png", "circuit.png", "heldout.png", "completeness.png", "minimality.png",
+                 "reuse_smollm2-135m-instruct.png"):
+        assert (out / name).stat().st_size > 1000, name
+    circuit = graph.Circuit.load(out / "circuit.json")
+    numbers = json.loads((out / "numbers.json").read_text())
+    res = quick[0]
+    expected = ioi.to_circuit(res["found"], model.interp_key, 0, len(res["discover"]))
+    assert set(circuit.heads()) == set(expected.heads()) and numbers["model"] == circuit.model
+    lo, hi = numbers["faithfulness_heldout_ci"]
+    assert lo <= numbers["faithfulness_heldout"] <= hi
+    assert len(numbers["random_sets_kept"]) == report.QUICK["n_random_sets"]
+    for row in numbers["headline"] + numbers["reuse_headline"]:
+        assert row["verdict"] in ("reproduced", "partly", "not", None), row["name"]
+    reuse = numbers["reuse"]["smollm2-135m-instruct"]
+    assert 0 <= reuse["overlap"] <= 1 and len(reuse["random_attend"]) == REUSE_SMALL["n_random"]

@@ -1,4 +1,4 @@
-"""Notebook 00_quickstart.ipynb runs headless with its test parameters (``notebook_run.SMOKE``)."""
+"""Notebook 00_quickstart.ipynb runs headless in a Jupyter kernel (nbclient), as a user's Jupyter would."""
 
 from notebook_run import execute
 

@@ -1,6 +1,7 @@
 """Retrieval heads (interp.methods.retrieval_heads, Wu et al. 2024) on the real default model: the
 decoder's steps against the TransformerBridge, the paper's copy-paste score on constructed
 attention, masking from the last prompt token on, and heads chosen on needles they are not tested on."""
+import json
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from interp.generate import generation
 from interp.hooks import hook_name
 from interp.methods import retrieval_heads as rh
 from interp.tasks import needle_episodes
+from notebook_run import execute_in_process
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +193,23 @@ def test_score_bins_get_intervals_only_where_the_bootstrap_is_valid(model):
 def rh_needles():
     from interp.reports.retrieval_heads import ALL_NEEDLES
     return ALL_NEEDLES
+
+
+def test_retrieval_heads_notebook_executes(model, tmp_path, monkeypatch):
+    """Notebook 03 on the quick setting with fewer random draws: figures and numbers saved; the
+    score bins are a distribution, masking gives recalls on the 0-100 scale for the top and the
+    random heads, every headline row has a valid interval or none."""
+    execute_in_process("03_retrieval_heads.ipynb", tmp_path, {"OVERRIDES": {"n_random": 1, "n_boot": 200}},
+                       monkeypatch, {None: model})
+    out = tmp_path / "reports" / "notebooks" / "03_retrieval_heads"
+    for name in ("scores.png", "recall_k.png", "masking.png", "stability.png", "regions.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert abs(sum(numbers["bins"].values()) - 1) < 1e-6 and len(numbers["top10"]) == 10
+    assert numbers["meta"]["n_episodes"] == 4
+    for k in ("5", "50"):
+        for side in ("top", "random"):
+            assert all(0 <= x <= 100 for x in numbers["masking"]["k"][k][side]), (k, side)
+    for row in numbers["headline"]:
+        assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1]
+        assert row["verdict"] in ("reproduced", "partly", "not", None)

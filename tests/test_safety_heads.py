@@ -18,7 +18,10 @@ from interp.generate import generate_tokens
 from interp.methods import safety_heads as sh
 from interp.metrics import kl_to_reference
 from interp.stats import fisher_exact
+from interp.reports import safety_heads as report
 from interp.tasks.harmful import Verdict, benign_requests, harmful_requests, judge_all
+from notebook_run import execute_in_process
+from shared_runs import share_runs
 
 HEADS = [(0, 3), (5, 10), (12, 13), (18, 7), (23, 1)]
 
@@ -214,7 +217,7 @@ def test_bad_input_is_refused(qwen, queries):
 SMALL = {"n_fit": 2, "n_eval": 2, "max_new": 6, "layer_step": 24, "pool": 2, "n_random": 1}
 
 
-def test_report_end_to_end(qwen, tmp_path):
+def test_report_end_to_end(qwen, tmp_path, monkeypatch):
     """The quick setting, made smaller, through the runner: the headline contract, the three
     outcomes add up, SC Sahara runs, the examples are the full responses, the circuit names the UA
     group, the overrides are recorded."""
@@ -223,6 +226,7 @@ def test_report_end_to_end(qwen, tmp_path):
 
     models = runner.Models()
     models._loaded["qwen2.5-coder-0.5b-instruct"] = qwen
+    share_runs(monkeypatch, report)  # notebook 02's test below reads the same run
     page = runner.reproduce("safety-heads", tmp_path, "quick", models=models, progress=False, overrides=SMALL)
     num = json.loads((page.parent / "numbers.json").read_text())
     assert num["meta"]["overrides"] == SMALL and num["meta"]["settings"]["n_eval"] == 2
@@ -249,7 +253,6 @@ def test_report_end_to_end(qwen, tmp_path):
 def test_settings_share_their_keys_and_cuda_is_the_papers_scale():
     """The "cuda" setting (run with --device cuda; implemented, tested here on the CPU only) is the
     paper's protocol: every request, 128 tokens, greedy and top-5 sampling, Sahara over every head."""
-    from interp.reports import safety_heads as report
 
     keys = set(report.QUICK)
     assert all(set(s) == keys for s in report.SETTINGS.values())
@@ -258,3 +261,26 @@ def test_settings_share_their_keys_and_cuda_is_the_papers_scale():
     assert c["layer_step"] == 1 and c["pool"] is None and c["query_level"] and c["group_size"] == 5
     assert set(c["formats"]) == {"template", "chat"} and c["n_random"] >= 10
     assert report.SETTINGS["full"]["n_random"] >= 10, "a rank test needs >= 10 random draws"
+
+
+def test_safety_heads_notebook_executes(qwen, tmp_path, monkeypatch):
+    """Notebook 02 on the setting of the end-to-end test above (its analysis shared): figures and
+    numbers saved; the three outcome rates of the baseline add up to one; Sahara runs under UA and
+    SC and grows one head per step; the Table-3 grid has the dataset-level SC row and the
+    random-head control; estimates lie in their intervals."""
+    execute_in_process("02_safety_heads.ipynb", tmp_path, {"OVERRIDES": SMALL}, monkeypatch,
+                       {None: qwen, report.DEFAULT_MODEL: qwen}, reports=(report,))
+    out = tmp_path / "reports" / "notebooks" / "02_safety_heads"
+    for name in ("grid.png", "outcomes.png", "perplexity.png", "sahara.png"):
+        assert (out / name).stat().st_size > 1000, name
+    numbers = json.loads((out / "numbers.json").read_text())
+    fmt = numbers["meta"]["formats"][0]
+    F = numbers["formats"][fmt]
+    base = F["decodings"]["greedy"]["baseline"]
+    assert sum(base[o][0] for o in ("refused", "complied", "degenerate")) == pytest.approx(1, abs=1e-6)
+    assert set(F["groups"]) == {"ua", "sc"}
+    assert [len(step["group"]) for step in F["sahara"]["ua"]] == [1, 2]
+    grid = F["decodings"]["greedy"]["grid"]
+    assert "dataset SC" in grid and "random UA (pooled draws)" in grid
+    for row in numbers["headline"]:
+        assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1], row["name"]

@@ -199,8 +199,8 @@ def test_retrieval_heads_notebook_executes(model, tmp_path, monkeypatch):
     """Notebook 03 on the quick setting with fewer random draws: figures and numbers saved; the
     score bins are a distribution, masking gives recalls on the 0-100 scale for the top and the
     random heads, every headline row has a valid interval or none."""
-    execute_in_process("03_retrieval_heads.ipynb", tmp_path, {"OVERRIDES": {"n_random": 1, "n_boot": 200}},
-                       monkeypatch, {None: model})
+    ns = execute_in_process("03_retrieval_heads.ipynb", tmp_path, {"OVERRIDES": {"n_random": 1, "n_boot": 200}},
+                            monkeypatch, {None: model})
     out = tmp_path / "reports" / "notebooks" / "03_retrieval_heads"
     for name in ("scores.png", "recall_k.png", "masking.png", "stability.png", "regions.png"):
         assert (out / name).stat().st_size > 1000, name
@@ -213,3 +213,11 @@ def test_retrieval_heads_notebook_executes(model, tmp_path, monkeypatch):
     for row in numbers["headline"]:
         assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1]
         assert row["verdict"] in ("reproduced", "partly", "not", None)
+    # the report page renders the same numbers, rows without an interval included
+    from interp.reports import retrieval_heads as report
+
+    meta = {**ns["num"]["meta"], "setting": "quick", "settings": ns["res"]["settings"], "seed": 0, "date": "test",
+            "versions": {}, "wall_s": 0.0}
+    (tmp_path / "page").mkdir()
+    html = report.save(ns["res"], {**ns["num"], "meta": meta}, tmp_path / "page")
+    assert "no interval: see why" in html and "share of heads with retrieval score 0" in html

@@ -377,7 +377,9 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("run time (s)", ", ".join(f"{k} {v:.0f}" for k, v in m["timings_s"].items()) + f', total {m["wall_s"]:.0f}'),
         ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))])
 
-    def ci(row):
+    def ci(row):  # bins 0 and (0, 0.1] have no interval (``RetrievalScores.bins_ci``)
+        if row["ci"] is None:
+            return f'{row["ours"]:.3g} (no interval: see why)'
         return f'{row["ours"]:.3g} [{row["ci"][0]:.3g}, {row["ci"][1]:.3g}]'
 
     head = table([(r["name"], ci(r), r["n"], r["paper"], r["verdict"] or "-", r["why"]) for r in num["headline"]],

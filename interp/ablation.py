@@ -28,7 +28,7 @@ import torch
 from interp.errors import ComponentError
 from interp.hooks import check_heads, hook_name
 from interp.interventions import Edit, Intervention, intervene
-from interp.tasks.prompts import PromptSet, on_model_device
+from interp.tasks.prompts import PromptSet, model_device, on_model_device
 
 MODES = ("zero", "mean", "resample", "ua", "sc")
 
@@ -77,10 +77,9 @@ def ablation(
         raise ComponentError(f"{mode} ablation needs a reference prompt set (e.g. the corrupted prompts)")
     if isinstance(reference, PromptSet):
         reference = on_model_device(model, reference)
-        ref_tokens = reference.corrupted_tokens
+        ref_tokens, ref_groups = reference.corrupted_tokens, reference.groups
     else:
-        ref_tokens = reference.to(next(iter(model.parameters())).device)
-    ref_groups = reference.groups if isinstance(reference, PromptSet) else None
+        ref_tokens, ref_groups = reference.to(model_device(model)), None
     names = {hook_name("z", l) for l in by_layer}
     with torch.no_grad():
         _, cache = model.run_with_cache(ref_tokens, names_filter=lambda n: n in names)

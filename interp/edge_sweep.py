@@ -220,7 +220,7 @@ def edge_patch(model, prompts: PromptSet, edges_: list[E.Edge] | None = None, di
     baselines = SweepCheck(sweep.engine, "head_out", [], 0, baselines=verify > 0)
     values = sweep.run(edges_, progress)
     verified = check_edges(model, prompts, edges_, values, direction, metric, sweep.w.W_Q.dtype, verify, seed,
-                           logit_scale=baselines.logit_scale if verify > 0 else None)
+                           logit_scale=baselines.logit_scale)
     clean, corrupted = sweep.engine.clean_and_corrupted()
     return E.EdgeScores(edges_, values, "exact", direction, clean, corrupted,
                         meta={"n_prompts": len(prompts), "verified": verified,

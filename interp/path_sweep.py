@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.components import RESID_FINAL, check_receivers
-from interp.hooks import hook_name, resolve_positions, sweep_index
+from interp.hooks import resolve_positions, sweep_index
 from interp.metrics import logit_diff
+from interp.reference import path_patch_cache_names
 from interp.result import Result
 from interp.sweep import SweepEngine
 from interp.tasks.prompts import PromptSet
@@ -48,8 +49,8 @@ def sweep_path_patch_heads(
     ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``."""
     engine = SweepEngine(model, prompts, "noise", metric, memory_budget)  # base = clean x, source = x'
     # the clean and corrupted runs vs the bridge's; those forwards also keep the reference's caches
-    keep = {hook_name(kind, l) for l in range(model.cfg.n_layers) for kind in ("z", "mlp_out")} if verify > 0 else set()
-    baselines = SweepCheck(engine, "head_out", [], 0, baselines=verify > 0, keep=frozenset(keep))
+    baselines = SweepCheck(engine, "head_out", [], 0, baselines=verify > 0,
+                           keep=path_patch_cache_names(model.cfg.n_layers))
     ps, cfg = engine.prompts, model.cfg
     B, T = ps.clean_tokens.shape
     receivers = check_receivers(model, receivers)
@@ -84,8 +85,8 @@ def sweep_path_patch_heads(
     verified = check_path_sweep(model, prompts, senders, values, dict(
         receivers=receivers, sender_positions=sender_positions, receiver_positions=receiver_positions,
         freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed,
-        caches=(baselines.kept["base"], baselines.kept["source"]) if keep and not baselines.hooks else None,
-        logit_scale=baselines.logit_scale if verify > 0 else None)
+        caches=(baselines.kept["base"], baselines.kept["source"]) if baselines.kept else None,
+        logit_scale=baselines.logit_scale)
     clean, corrupted = engine.clean_and_corrupted()
     return Result(
         values.reshape(len(layers), cfg.n_heads), ("layer", "head"),

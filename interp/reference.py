@@ -206,13 +206,19 @@ def path_patch(
     return float(readout(model, prompts.clean_tokens, prompts, metric, patch_hooks))
 
 
+def path_patch_cache_names(n_layers: int) -> frozenset[str]:
+    """The activations path patching caches from the clean and corrupted runs: every head's z and
+    every MLP's output."""
+    return frozenset(hook_name(kind, l) for l in range(n_layers) for kind in ("z", "mlp_out"))
+
+
 def path_patch_caches(model, prompts: PromptSet):
     """Steps 1-2 of path patching: clean and corrupted caches of head and MLP outputs."""
     prompts = on_model_device(model, prompts)
-    keep = lambda n: n.endswith("attn.hook_z") or n.endswith("hook_mlp_out")  # noqa: E731
+    names = path_patch_cache_names(model.cfg.n_layers)
     with torch.no_grad():
-        _, clean = model.run_with_cache(prompts.clean_tokens, names_filter=keep)
-        _, corrupt = model.run_with_cache(prompts.corrupted_tokens, names_filter=keep)
+        _, clean = model.run_with_cache(prompts.clean_tokens, names_filter=lambda n: n in names)
+        _, corrupt = model.run_with_cache(prompts.corrupted_tokens, names_filter=lambda n: n in names)
     return clean, corrupt
 
 

@@ -67,7 +67,7 @@ class SweepCheck:
                  readout: str = "metric", baselines: bool | None = None, keep: frozenset[str] = frozenset()):
         self.engine, self.component, self.readout, self.keep = engine, component, readout, set(keep)
         self.kept: dict[str, dict[str, torch.Tensor]] = {}
-        self.logit_scale = 0.0
+        self.logit_scale: float | None = None  # the largest |logit| at the answers, once the baselines ran
         self.model = engine.model
         self.hooks = [h for iv in engine.interventions for h in iv.hooks()]
         self.sample = sorted(random.Random(seed).sample(range(len(variants)), min(max(k, 0), len(variants))))
@@ -123,7 +123,7 @@ class SweepCheck:
                                   self.readout, hooks=self.hooks, eps=e.eps, source=self.source)
         ours = values[self.sample]
         diff = _max_diff(ours, ref)
-        scale = _scale(ref) if self.readout == "residual" else max(_scale(ref), getattr(self, "logit_scale", 0.0))
+        scale = _scale(ref) if self.readout == "residual" else max(_scale(ref), self.logit_scale or 0.0)
         tol = tolerance(self.dtype, scale)
         evidence = {"cells": len(self.sample), "max_abs_diff": diff, "tolerance": tol,
                     "baselines": self.baseline_diff}

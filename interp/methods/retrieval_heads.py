@@ -170,8 +170,8 @@ class RetrievalScores:
             score = st[sample].mean(0)
             return self.bins(score)[b] if b in BINS else float((score > 0.1).float().mean())
 
-        out: dict[str, tuple[float, float | None, float | None]] = {
-            b: (self.bins()[b], None, None) for b in BINS[:2]}
+        full = self.bins()
+        out: dict[str, tuple[float, float | None, float | None]] = {b: (full[b], None, None) for b in BINS[:2]}
         for b in (*BINS[2:], "retrieval heads"):
             out[b] = bootstrap_indices(len(st), lambda idx, b=b: share(idx, b), n_boot=n_boot, seed=seed)
         return out

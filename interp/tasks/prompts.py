@@ -245,10 +245,14 @@ def check_fields(example, name: str = "example") -> None:
                               "fix the text") from None
 
 
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first weight (its embedding): where its inputs go."""
+    return next(iter(model.parameters())).device
+
+
 def on_model_device(model, prompts: PromptSet) -> PromptSet:
-    """``prompts`` on the device of ``model``'s embedding (its first weight): prompts tokenized on
-    the CPU run on a model on the GPU."""
-    return prompts.to(next(iter(model.parameters())).device)
+    """``prompts`` on ``model_device(model)``: prompts tokenized on the CPU run on a model on the GPU."""
+    return prompts.to(model_device(model))
 
 
 def check_prompts(model, prompts: PromptSet, names: Iterable[str] | None = None) -> None:

@@ -33,7 +33,11 @@ def execute_in_process(name: str, folder: Path, parameters: dict, monkeypatch, m
     """Run every code cell of the notebook in an IPython shell in this process, from ``folder``;
     ``interp.load_model(key)`` gives ``models[key]`` (the session's; others load), and the
     ``reports`` run through ``shared_runs``. The process's state the notebooks change (grad mode,
-    threads, figures, working directory) is restored. Returns the notebook's namespace."""
+    threads, figures, working directory, and ``sys.modules['__main__']``, which IPython's shell
+    replaces with a module that multiprocessing's spawn cannot start workers from) is restored.
+    Returns the notebook's namespace."""
+    import sys
+
     import matplotlib
     import torch
     from IPython.core.interactiveshell import InteractiveShell
@@ -47,6 +51,7 @@ def execute_in_process(name: str, folder: Path, parameters: dict, monkeypatch, m
     share_runs(monkeypatch, *reports)
     monkeypatch.chdir(folder)
     nb = _read(name, parameters)
+    main = sys.modules["__main__"]
     shell = InteractiveShell.instance()
     shell.reset(new_session=False)
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
@@ -63,6 +68,7 @@ def execute_in_process(name: str, folder: Path, parameters: dict, monkeypatch, m
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
         shell.reset(new_session=False)
+        sys.modules["__main__"] = main
 
 
 def execute(name: str, folder: Path, parameters: dict | None = None):

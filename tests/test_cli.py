@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,12 +112,17 @@ def test_argparse_errors_are_one_line(capsys):
     assert len(err.strip().splitlines()) == 1 and "invalid choice" in err
 
 
-def test_console_script_help_and_models():
-    exe = [sys.executable, "-m", "interp.cli"]
-    for sub in ([], ["patch"], ["dla"], ["ablate"], ["reproduce"], ["models"]):
-        assert subprocess.run(exe + sub + ["--help"], capture_output=True).returncode == 0
-    out = subprocess.run(exe + ["models"], capture_output=True, text=True)
+def test_console_script_help_and_models(capsys):
+    """The installed ``interp`` script runs (one process: each start imports torch); every
+    subcommand's help through ``main`` in this process."""
+    script = Path(sys.executable).with_name("interp")
+    out = subprocess.run([str(script), "models"], capture_output=True, text=True)
     assert out.returncode == 0 and "* smollm2-135m-instruct" in out.stdout and "weights installed" in out.stdout
+    for sub in ([], ["patch"], ["dla"], ["ablate"], ["edges"], ["reproduce"], ["models"]):
+        with pytest.raises(SystemExit) as stop:
+            main(sub + ["--help"])
+        assert stop.value.code == 0
+        assert "usage: interp" in capsys.readouterr().out
 
 
 def test_reproduce_runs_an_analysis_through_the_runner(tmp_path, capsys, monkeypatch):
@@ -128,7 +134,7 @@ def test_reproduce_runs_an_analysis_through_the_runner(tmp_path, capsys, monkeyp
 
     seen = {}
     row = {"name": "stub row", "ours": 0.5, "ci": [0.4, 0.6], "n": 3, "paper": "0.87", "verdict": "partly",
-           "why": "stub"}
+           "why": "stub", "miss": "model"}
 
     def run(load, settings, seed=0, tick=lambda step: None):
         seen["settings"], seen["seed"] = settings, seed

@@ -3,7 +3,8 @@ single-process engine, no chunk lost or duplicated when a worker is killed mid-s
 driver resumed from its checkpoint, and one-line errors for bad input.
 
 One local Ray and one pool of two workers serve the whole module (starting them takes ~45 s on
-2 busy cores); the last test closes the pool, and the fixture shuts Ray down.
+2 busy cores): the pool starts Ray and shuts it down when the module ends; the CLI's test runs the
+command's sweep on it.
 """
 import json
 import os
@@ -48,11 +49,13 @@ def reference(model, ioi4):
 
 @pytest.fixture(scope="module")
 def pool():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    pool = RaySweepPool(None, workers=2)  # uses the Ray above: closing it leaves Ray up
+    """The module's pool: it starts a local Ray itself (address None) and shuts it down on close."""
+    assert not ray.is_initialized()
+    pool = RaySweepPool(None, workers=2, threads=1)  # as on 2 cores, whatever this machine has
+    assert ray.is_initialized() and pool._owns_ray
     yield pool
     pool.close()
-    ray.shutdown()
+    assert not ray.is_initialized()
 
 
 def test_same_bits_as_the_local_engine(pool, model, ioi4, reference):
@@ -135,7 +138,7 @@ def test_bad_input_is_one_line(pool):
         load_model(n_devices=2)
 
 
-def test_cli_workers(pool, model, ioi4, tmp_path, capsys):
+def test_cli_workers(pool, model, ioi4, tmp_path, capsys, monkeypatch):
     path = tmp_path / "p.jsonl"
     decode = model.tokenizer.decode
     path.write_text("\n".join(json.dumps({"clean": c, "corrupted": x, "answer": decode(a), "distractor": decode(d)})
@@ -148,9 +151,27 @@ def test_cli_workers(pool, model, ioi4, tmp_path, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and message in err[0], err
 
-    pool.close()  # free the two CPUs of this Ray for the command's own two workers
+    # The command's pool is the module's (a second pool would start and load two more workers):
+    # what the command asks for is recorded, and its sweep runs on the module's workers.
+    asked = []
+
+    class Borrowed:
+        def __init__(self, model, **kwargs):
+            asked.append({"model": model, **kwargs})
+
+        def __enter__(self):
+            return pool
+
+        def __exit__(self, *exc):
+            pass  # the module's pool stays open
+
+    import interp.distributed
+
+    monkeypatch.setattr(interp.distributed, "RaySweepPool", Borrowed)
     out = tmp_path / "r.json"
     assert main(base + ["--workers", "2", "--out", str(out)]) == 0
+    assert asked == [{"model": None, "workers": 2, "device": "cpu", "dtype": "float32", "address": None,
+                      "threads": None}]
     got = json.loads(out.read_text())
     assert got["axes"] == ["layer"] and len(got["values"]) == 30
     prompts = PromptSet.from_jsonl(path, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))

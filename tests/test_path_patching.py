@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from interp import patch, path_patch, path_patch_heads
+from interp.patching import path_patch_caches
 from interp.hooks import hook_name
 from interp.metrics import logit_diff
 
@@ -61,15 +62,17 @@ def test_receiver_positions_restrict_the_patch(model, prompts):
     ([(18, 0, "q"), (24, 2, "k")], "S2", None, True),
 ])
 def test_batched_engine_equals_reference(model, prompts, receivers, sender_pos, receiver_pos, freeze):
-    """Every sender of the sweep through the batched engine == the two-forward reference."""
+    """Every sender of the sweep through the batched engine == the two-forward reference (its two
+    cached runs, clean and corrupted, computed once for the twelve senders)."""
     layers = [0, 7, 14, 19]
     fast = path_patch_heads(model, prompts, receivers, sender_pos, receiver_pos, freeze, layers=layers,
                             engine="batched", progress=False)
     assert fast.meta["engine"] == "batched"
+    caches = path_patch_caches(model, prompts)
     moved = 0.0
     for i, l in enumerate(layers):
         for h in (0, 4, 8):
-            ref = path_patch(model, prompts, [(l, h)], receivers, sender_pos, receiver_pos, freeze)
+            ref = path_patch(model, prompts, [(l, h)], receivers, sender_pos, receiver_pos, freeze, _caches=caches)
             assert abs(ref - fast.values[i, h].item()) < 1e-4, (l, h)
             moved = max(moved, abs(ref - fast.clean))
     assert moved > 1e-3  # some sender has an effect, so the comparison is not trivially clean == clean

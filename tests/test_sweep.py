@@ -89,12 +89,11 @@ SCRIPT = textwrap.dedent("""
         time.sleep(float(sys.argv[2]))
         return slow(self, starts, p0)
     SweepEngine.run_suffix = run_suffix
-    values = engine.run("head_out", variants, checkpoint=sys.argv[1], progress=False)
-    torch.save(values, sys.argv[1] + ".out")
+    engine.run("head_out", variants, checkpoint=sys.argv[1], progress=False)
 """)
 
 
-def test_resume_after_kill_gives_identical_results(model, tmp_path):
+def test_resume_after_kill_gives_identical_results(model, tmp_path, monkeypatch):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "sweep.ckpt"
@@ -110,13 +109,23 @@ def test_resume_after_kill_gives_identical_results(model, tmp_path):
 
     partial = load_file(str(ckpt))["done"].bool()
     assert 0 < partial.sum() < partial.numel(), "kill should land mid-sweep"
-    subprocess.run([sys.executable, str(script), str(ckpt), "0"], check=True)
-    resumed = torch.load(str(ckpt) + ".out")
-    # The uninterrupted sweep, in this process (same model, prompts, chunking and thread count).
+    # Resumed and uninterrupted, in this process (same model, prompts, chunking and thread count):
+    # the resumed sweep computes only the chunks the killed one had not saved.
     prompts = interp.tasks.ioi_examples(model, n=3, seed=1)
     engine = SweepEngine(model, prompts, memory_budget=1)
     _, _, variants = engine.variants("head_out", True, layers=[27, 28, 29], positions=[4, 10])
-    fresh = engine.run("head_out", variants, progress=False)
+    computed = []
+    run_suffix = SweepEngine.run_suffix
+
+    def counted(self, starts, p0, *args, **kwargs):
+        computed.append(sum(len(index) for *_, index in starts))
+        return run_suffix(self, starts, p0, *args, **kwargs)
+
+    monkeypatch.setattr(SweepEngine, "run_suffix", counted)
+    resumed = engine.run("head_out", variants, checkpoint=ckpt, progress=False)
+    assert sum(computed) == int((~partial).sum()), "the resumed sweep recomputed saved cells"
+    monkeypatch.undo()
+    fresh = SweepEngine(model, prompts, memory_budget=1).run("head_out", variants, progress=False)
     torch.testing.assert_close(resumed, fresh, atol=0, rtol=0)
 
 

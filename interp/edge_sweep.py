@@ -219,7 +219,7 @@ def edge_patch(model, prompts: PromptSet, edges_: list[E.Edge] | None = None, di
     sweep = EdgeSweep(model, prompts, direction, metric, memory_budget)
     baselines = SweepCheck(sweep.engine, "head_out", [], 0, baselines=verify > 0)
     values = sweep.run(edges_, progress)
-    verified = check_edges(model, prompts, edges_, values, direction, metric, sweep.w.W_Q.dtype, verify, seed,
+    verified = check_edges(baselines.model, prompts, edges_, values, direction, metric, sweep.w.W_Q.dtype, verify, seed,
                            logit_scale=baselines.logit_scale)
     clean, corrupted = sweep.engine.clean_and_corrupted()
     return E.EdgeScores(edges_, values, "exact", direction, clean, corrupted,

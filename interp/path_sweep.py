@@ -82,7 +82,7 @@ def sweep_path_patch_heads(
                                       freeze_mlps).cpu()
             bar.update(len(part))
     bar.close()
-    verified = check_path_sweep(model, prompts, senders, values, dict(
+    verified = check_path_sweep(baselines.model, prompts, senders, values, dict(
         receivers=receivers, sender_positions=sender_positions, receiver_positions=receiver_positions,
         freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed,
         caches=(baselines.kept["base"], baselines.kept["source"]) if baselines.kept else None,

@@ -13,6 +13,12 @@ silent disagreement impossible:
    result (``meta["verified"] = {"cells": k, "max_abs_diff": x, ...}``) and above the tolerance
    ``VerificationError`` is raised instead of returning the numbers.
 
+**The reference of a bf16/fp16 model runs in fp32** on the same weights (a copy of the model cast
+to fp32, ``fp32_reference``): that is the exact value the low-precision engine approximates. The
+model's own bf16 forward is an approximation too, and not the better one: on an H200 with the real
+SmolLM2 weights its logit difference was 1.76 away from the engine's while the engine was 0.1 from
+fp32 (BENCHMARKS.md), so a check against it refused sweeps that were right.
+
 The tolerance depends on the dtype: |engine - reference| <= c * eps(dtype) * (1 + scale), with
 scale the largest magnitude entering the comparison (for a metric, the largest logit at the answer
 positions as well as the metric itself: a logit difference is a small difference of large numbers,
@@ -23,6 +29,7 @@ or 11 significant bits, not by the order of sums; BENCHMARKS.md has the measured
 """
 from __future__ import annotations
 
+import copy
 import random
 
 import torch
@@ -31,6 +38,22 @@ from interp import reference
 from interp.components import ABLATIONS, Variant
 from interp.errors import EngineUnsupported, VerificationError
 from interp.metrics import at_answer
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def fp32_reference(model, dtype: torch.dtype):
+    """The model the reference side of a self-check runs: ``model`` itself in fp32, else an fp32
+    copy of it (its weights as they are now, edits included; the hooks registered on it, i.e. the
+    ablation contexts it is in, come along). The copy lives as long as the check."""
+    if dtype not in LOW_PRECISION:
+        return model
+    twin = copy.deepcopy(model).float()
+    for name in ("interp_key", "interp_spec"):
+        if hasattr(model, name):
+            setattr(twin, name, getattr(model, name))
+    return twin
 
 
 def tolerance(dtype: torch.dtype, scale: float = 1.0) -> float:
@@ -68,12 +91,14 @@ class SweepCheck:
         self.engine, self.component, self.readout, self.keep = engine, component, readout, set(keep)
         self.kept: dict[str, dict[str, torch.Tensor]] = {}
         self.logit_scale: float | None = None  # the largest |logit| at the answers, once the baselines ran
-        self.model = engine.model
         self.hooks = [h for iv in engine.interventions for h in iv.hooks()]
         self.sample = sorted(random.Random(seed).sample(range(len(variants)), min(max(k, 0), len(variants))))
         self.variants = [variants[i] for i in self.sample]
         self.dtype = engine.w.W_Q.dtype
-        self.baseline_diff = self._baselines() if (k > 0 if baselines is None else baselines) else None
+        checking = k > 0 if baselines is None else baselines
+        # the reference side: the model in fp32 (``fp32_reference``), built only when something is checked
+        self.model = fp32_reference(engine.model, self.dtype) if checking or self.sample else engine.model
+        self.baseline_diff = self._baselines() if checking else None
 
     def _baselines(self) -> dict:
         """The engine's unpatched runs against the bridge's forward (base and source; ablation
@@ -126,7 +151,7 @@ class SweepCheck:
         scale = _scale(ref) if self.readout == "residual" else max(_scale(ref), self.logit_scale or 0.0)
         tol = tolerance(self.dtype, scale)
         evidence = {"cells": len(self.sample), "max_abs_diff": diff, "tolerance": tol,
-                    "baselines": self.baseline_diff}
+                    "baselines": self.baseline_diff, "reference_dtype": _dtype_name(self.model)}
         if not diff <= tol:  # NaN fails too
             worst = int((ours.float() - ref.float()).abs().flatten(1).amax(1).argmax()) if ours.ndim > 1 else \
                 int((ours.float() - ref.float()).abs().argmax())
@@ -139,7 +164,8 @@ class SweepCheck:
 
 def check_path_sweep(model, prompts, senders, values: torch.Tensor, path_kwargs: dict, dtype: torch.dtype,
                      k: int = 2, seed: int = 0, caches: tuple | None = None, logit_scale: float | None = None) -> dict:
-    """Re-run k of a batched path-patching sweep's senders through ``reference.path_patch``.
+    """Re-run k of a batched path-patching sweep's senders through ``reference.path_patch`` on
+    ``model`` (the reference side: ``fp32_reference``, e.g. the baseline check's ``SweepCheck.model``).
     ``caches`` (clean, corrupted: ``reference.path_patch_caches``) and ``logit_scale`` may come from
     the bridge forwards the baseline check already ran (``SweepCheck(keep=...)``)."""
     sample = sorted(random.Random(seed).sample(range(len(senders)), min(max(k, 0), len(senders))))
@@ -158,13 +184,18 @@ def check_path_sweep(model, prompts, senders, values: torch.Tensor, path_kwargs:
             f"the batched path-patching sweep disagrees with the reference by {diff:.3g} (tolerance "
             f"{tol:.2g}) at sender {senders[worst]}: please report this; engine='reference' gives the "
             "reference numbers")
-    return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol}
+    return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol, "reference_dtype": _dtype_name(model)}
+
+
+def _dtype_name(model) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def check_edges(model, prompts, edges_, values: torch.Tensor, direction: str, metric, dtype: torch.dtype,
                 k: int = 2, seed: int = 0, logit_scale: float | None = None) -> dict:
-    """Re-run k of a batched edge sweep's edges through ``reference.edge_patch_reference``
-    (``logit_scale``: from the baseline check's forwards, when it ran)."""
+    """Re-run k of a batched edge sweep's edges through ``reference.edge_patch_reference`` on
+    ``model`` (the reference side, as in ``check_path_sweep``; ``logit_scale``: from the baseline
+    check's forwards, when it ran)."""
     sample = sorted(random.Random(seed).sample(range(len(edges_)), min(max(k, 0), len(edges_))))
     if not sample:
         return {"cells": 0, "max_abs_diff": 0.0, "tolerance": None}
@@ -177,4 +208,4 @@ def check_edges(model, prompts, edges_, values: torch.Tensor, direction: str, me
         worst = sample[int((ours - ref).abs().argmax())]
         raise VerificationError(f"the batched edge sweep disagrees with the reference by {diff:.3g} (tolerance "
                                 f"{tol:.2g}) at edge {edges_[worst].name}: please report this")
-    return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol}
+    return {"cells": len(sample), "max_abs_diff": diff, "tolerance": tol, "reference_dtype": _dtype_name(model)}

@@ -158,7 +158,7 @@ def test_quick_evaluation_is_held_out_and_beats_random_heads(quick):
 def test_quick_headline_rows_and_movers(quick):
     """The headline contract (interval brackets the estimate, verdict, why); the name-mover rows:
     movers attend to IO more than to S2 on held-out prompts; knocking them out lowers F(M)."""
-    from interp.reports.runner import check_headline
+    from interp.reports.headline import check_headline
 
     res, num = quick
     check_headline("ioi", num)
@@ -167,6 +167,9 @@ def test_quick_headline_rows_and_movers(quick):
         if row["ci"] is not None:
             assert row["ci"][0] - 1e-9 <= row["ours"] <= row["ci"][1] + 1e-9, row["name"]
         assert row["why"] and (row["verdict"] is None or row["paper"])
+    faith = next(r for r in num["headline"] if r["name"].startswith("faithfulness F(C)/F(M), held-out"))
+    if faith["verdict"] in ("partly", "not"):  # a miss is the sample size exactly when the paper's 0.87 is inside
+        assert (faith["miss"] == "sample size") == (faith["ci"][0] <= 0.87 <= faith["ci"][1]), faith
     movers = [h for h, c in res["found"].classes.items() if c == "name mover"]
     att = res["attention"]
     assert float(sum(att[h]["attn_IO"].mean() for h in movers)) > float(sum(att[h]["attn_S2"].mean() for h in movers))
@@ -322,6 +325,16 @@ def test_path_patching_into_one_query_head_matches_the_hand_computation(model):
 
 
 # ------------------------------------------------------------------------------ circuit reuse
+def test_top_heads_never_returns_masked_heads():
+    """Heads in layers at or after ``before_layer`` and excluded heads are never chosen, even when k
+    exceeds the heads left and any effect is accepted (min_effect = -inf)."""
+    e = torch.arange(12.0).reshape(4, 3)
+    heads = ioi.top_heads(e, 20, float("-inf"), before_layer=2, exclude=[(0, 1)])
+    assert heads == [(1, 2), (1, 1), (1, 0), (0, 2), (0, 0)]
+    assert ioi.top_heads(e, 2, float("-inf"), sign=-1) == [(0, 0), (0, 1)]
+    assert ioi.top_heads(e, 5, 10.0) == [(3, 2), (3, 1)]
+
+
 def test_top_share_and_overlap():
     e = torch.randn(30, 9, generator=torch.Generator().manual_seed(0))
     top = circuit_reuse.top_share(e)
@@ -409,8 +422,8 @@ def test_ioi_circuit_reuse_notebook_executes(model, quick, tmp_path, monkeypatch
     from interp import graph
     from interp.reports import ioi as report
 
-    execute_in_process("01_ioi_circuit_reuse.ipynb", tmp_path, {"SETTING": "quick", "REUSE_OVERRIDES": REUSE_SMALL},
-                       monkeypatch, {None: model, "smollm2-135m-instruct": model}, reports=(report,))
+    ns = execute_in_process("01_ioi_circuit_reuse.ipynb", tmp_path, {"SETTING": "quick", "REUSE_OVERRIDES": REUSE_SMALL},
+                            monkeypatch, {None: model, "smollm2-135m-instruct": model}, reports=(report,))
     out = tmp_path / "reports" / "notebooks" / "01_ioi_circuit_reuse"
     for name in ("stages.png", "circuit.png", "heldout.png", "completeness.png", "minimality.png",
                  "reuse_smollm2-135m-instruct.png"):
@@ -427,3 +440,33 @@ def test_ioi_circuit_reuse_notebook_executes(model, quick, tmp_path, monkeypatch
         assert row["verdict"] in ("reproduced", "partly", "not", None), row["name"]
     reuse = numbers["reuse"]["smollm2-135m-instruct"]
     assert 0 <= reuse["overlap"] <= 1 and len(reuse["random_attend"]) == REUSE_SMALL["n_random"]
+    _check_reuse(ns["reuse_num"])
+
+
+def _check_reuse(num: dict) -> None:
+    """Circuit reuse's result obeys its own rules: the headline contract; the intervention heads are
+    the candidates that passed the IOI checks (inhibition: END attends S2 more than IO, moves the
+    movers' attention with an interval below 0, sits before the movers; negative mover: negative
+    copy score above its copy score); the mover check's changes are after - before."""
+    from interp.reports.headline import check_headline
+
+    check_headline("circuit-reuse", num)
+    layer = lambda label: int(label.split(".")[0])  # noqa: E731
+    for x in num["models"]:
+        h = x["heads"]
+        first_mover = min(layer(m) for m in h["movers"])
+        chosen = {role: [c["head"] for c in h["candidates"] if c["role"] == role and c["accepted"]]
+                  for role in ("inhibition", "negative mover")}
+        assert h["inhibition"] == chosen["inhibition"] and h["negative"] == chosen["negative mover"]
+        assert len(h["negative"]) <= 1 and len(h["inhibition"]) <= 3
+        for c in h["candidates"]:
+            if c["role"] == "inhibition":
+                assert layer(c["head"]) < first_mover and c["head"] not in h["movers"]
+                passed = c["attention"]["S2"] > c["attention"]["IO"] and c["mover_shift_ci"][1] < 0
+                assert c["accepted"] <= passed, c  # accepted only if it passed
+            else:
+                assert c["accepted"] <= (c["negative_copy"] > c["copy"]), c
+        for cond in x["mover_check"].values():
+            for r in cond.values():
+                assert r["change"] == pytest.approx(r["after"] - r["before"], abs=1e-9)
+                assert r["ci"][0] - 1e-9 <= r["change"] <= r["ci"][1] + 1e-9

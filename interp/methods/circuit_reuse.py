@@ -534,19 +534,22 @@ def accuracy(model, prompts: PromptSet, fwd_hooks=()) -> dict:
 
 
 def run(model, n_prompts: int = 16, n_intervention: int = 64, seed: int = 0, n_random: int = 10,
-        share: float = 0.02, progress: bool = True, n_null: int = 2000) -> dict:
+        share: float = 0.02, progress: bool = True, n_null: int = 2000, n_select: int = 32) -> dict:
     """The whole analysis on one model: stages of both tasks, overlap and its null, the heads
     chosen on IOI, the intervention with its controls on ``n_intervention`` CO prompts (disjoint
-    from the ``n_prompts`` path-patching prompts: another seed)."""
+    from the ``n_prompts`` path-patching prompts: another seed). The intervention heads' IOI
+    evidence (attention, the movers' shift with its interval, copy scores) is measured on
+    ``n_select`` further IOI prompts (forwards only, so more of them than path patching gets)."""
     from interp.tasks import colored_objects_examples, ioi_examples
 
     ioi_ps = ioi_examples(model, n=n_prompts, seed=seed, corruption="s2_io")
+    ioi_select = ioi_examples(model, n=n_select, seed=seed + 2000, corruption="s2_io")
     co_ps = colored_objects_examples(model, n=n_prompts, seed=seed)
     co_eval = colored_objects_examples(model, n=n_intervention, seed=seed + 1000)
     ioi_stages = stages(model, ioi_ps, "ioi", progress=progress)
     co_stages = stages(model, co_ps, "co", progress=progress)
     ov = overlap(ioi_stages, co_stages, share)
-    heads = select_heads(model, ioi_ps, ioi_stages, seed=seed)
+    heads = select_heads(model, ioi_select, ioi_stages, seed=seed)
     co_movers = list(co_stages["mover queries"].meta["receiver_heads"])
     gatherers = top_heads(path_effect(co_stages["mover queries"]), 3, float("-inf"),
                           before_layer=min(l for l, _ in co_movers))
@@ -558,5 +561,5 @@ def run(model, n_prompts: int = 16, n_intervention: int = 64, seed: int = 0, n_r
         "stages": {"ioi": ioi_stages, "co": co_stages}, "overlap": ov,
         "overlap_null": overlap_null(ov, model.cfg.n_layers, model.cfg.n_heads, n_null, seed),
         "heads": heads, "intervention": iv, "co_prompts": co_eval, "ioi_correct": ioi_correct,
-        "n_prompts": n_prompts, "n_intervention": n_intervention, "seed": seed, "share": share,
+        "n_prompts": n_prompts, "n_intervention": n_intervention, "n_select": n_select, "seed": seed, "share": share,
     }

@@ -77,7 +77,8 @@ def path_effect(result: Result) -> torch.Tensor:
 
 def top_heads(effect: torch.Tensor, k: int, min_effect: float, sign: int = 1,
               before_layer: int | None = None, exclude=()) -> list[Head]:
-    """The (at most) k heads with the largest ``sign * effect`` >= min_effect, in layers < before_layer."""
+    """The (at most) k heads with the largest ``sign * effect`` >= min_effect, in layers < before_layer
+    and not in ``exclude`` (never those, even with min_effect = -inf and k above the heads left)."""
     e = sign * effect.clone()
     if before_layer is not None:
         e[before_layer:] = float("-inf")
@@ -85,7 +86,7 @@ def top_heads(effect: torch.Tensor, k: int, min_effect: float, sign: int = 1,
         e[l, h] = float("-inf")
     vals, idx = e.flatten().topk(min(k, e.numel()))
     n_heads = effect.shape[1]
-    return [(int(i) // n_heads, int(i) % n_heads) for v, i in zip(vals, idx) if v >= min_effect]
+    return [(int(i) // n_heads, int(i) % n_heads) for v, i in zip(vals, idx) if v >= min_effect and v > float("-inf")]
 
 
 # ------------------------------------------------------------------------------------ head scores

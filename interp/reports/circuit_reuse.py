@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from interp.reports.ioi import plot_effect
+from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "Circuit component reuse (Merullo et al. 2024): IOI vs Colored Objects"
@@ -26,9 +27,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 #: CO prompts being ~2.5x longer than IOI's); the intervention re-runs only the END position per
 #: condition, so its prompt count is cheap to raise. Standard (what ``make run`` runs, ~4 minutes of one core)
 #: path-patches on 2 prompts per task: its head ranking is a small-sample one (the report says so).
-QUICK = {"n_prompts": 2, "n_intervention": 24, "n_random": 10, "models": ["smollm2-135m-instruct"]}
-STANDARD = {"n_prompts": 2, "n_intervention": 150, "n_random": 10, "models": ["smollm2-135m-instruct"]}
-FULL = {"n_prompts": 32, "n_intervention": 300, "n_random": 20,
+QUICK = {"n_prompts": 2, "n_select": 8, "n_intervention": 24, "n_random": 10, "models": ["smollm2-135m-instruct"]}
+STANDARD = {"n_prompts": 2, "n_select": 32, "n_intervention": 150, "n_random": 10, "models": ["smollm2-135m-instruct"]}
+FULL = {"n_prompts": 32, "n_select": 64, "n_intervention": 300, "n_random": 20,
         "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
 
@@ -105,7 +106,7 @@ def model_numbers(model, res: dict) -> dict:
     ioi_correct = res["ioi_correct"]
     return {
         "model_key": model.interp_key, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-        "n_path_patching": res["n_prompts"], "n_intervention": res["n_intervention"],
+        "n_path_patching": res["n_prompts"], "n_intervention": res["n_intervention"], "n_select": res["n_select"],
         "co_accuracy": rows["baseline"], "ioi_accuracy": _acc(ioi_correct),
         "errors": {"n_errors": n_err, **errors},
         "overlap": {s: {k: ([_label(h) for h in v] if isinstance(v, list) else v) for k, v in o.items()}
@@ -135,13 +136,14 @@ def headline_rows(x: dict) -> list[dict]:
     out = [{"name": f"CO accuracy, no intervention ({key})", "ours": base["accuracy"], "ci": base["ci"],
             "n": base["n"], "paper": f'{PAPER["co_accuracy"]} (GPT-2 medium)', "verdict": None,
             "why": (f"the model's own ability; {x['errors']['n_errors']} errors, {fixable} of them another colour of "
-                    "the list (the only kind the intervention can fix); chance is 1/3")}]
+                    "the list (the only kind the intervention can fix); chance is 1/3"), "miss": None}]
     for variant, label in (("attend", "END row := 1/2 on each wrong colour"), ("move", "mass on OQ moved to the wrong colours")):
         name = f"{variant}: all"
         if name not in rows:
             out.append({"name": f"CO accuracy after the intervention, {variant} ({key})", "ours": base["accuracy"],
                         "ci": base["ci"], "n": base["n"], "paper": f'{PAPER["after"]} (GPT-2 medium)', "verdict": "not",
-                        "why": "no head passed the IOI checks (inhibition / negative mover), nothing to intervene on"})
+                        "why": "no head passed the IOI checks (inhibition / negative mover), nothing to intervene on",
+                        "miss": "model"})
             continue
         r = rows[name]
         p = r.get("p_vs_random", float("nan"))
@@ -150,18 +152,21 @@ def headline_rows(x: dict) -> list[dict]:
                    "partly" if gain_lo > 0 and p < 0.05 else "not")
         why = (f"{label}; change {r['change']['change']:+.3f} {_ci(r['change']['ci'])}, random heads "
                f"{rnd[variant]['mean']:.3f} (p = {p:.3f}); fixed {r['fixed']}, new mistakes {r['new_mistakes']}")
+        few_fixable = fixable < 0.3 * max(1, x["errors"]["n_errors"])
         if verdict != "reproduced":
-            why += ("; " + ("few fixable errors: the model, not the sample" if fixable < 0.3 * max(1, x["errors"]["n_errors"])
-                            else "the heads do not carry IOI's inhibition over to CO here (the model or the heads' "
-                                 "selection; the mechanics are a named deviation: unverified in the paper)"))
+            why += "; " + ("few fixable errors" if few_fixable else "the heads do not carry IOI's inhibition over to CO here")
+        cause = ("model" if few_fixable or variant == "attend" else
+                 "deviation: the mass-preserving edit is ours (the paper sets the END row to 1/2 on each wrong colour)")
         out.append({"name": f"CO accuracy after the intervention, {variant} ({key})", "ours": r["accuracy"], "ci": r["ci"],
-                    "n": r["n"], "paper": f'{PAPER["after"]} (GPT-2 medium, 4 heads)', "verdict": verdict, "why": why})
+                    "n": r["n"], "paper": f'{PAPER["after"]} (GPT-2 medium, 4 heads)', "verdict": verdict, "why": why,
+                    "miss": miss_from(verdict, cause, inside(r["ci"], PAPER["after"]))})
     if "attend" in rnd:
         ra = rnd["attend"]
         out.append({"name": f"CO accuracy, the same intervention on random heads ({key})", "ours": ra["mean"],
                     "ci": ra["ci"], "n": len(ra["accuracies"]),
                     "paper": f'{PAPER["random_mean"]} ± {PAPER["random_sd"]} (GPT-2 medium)', "verdict": None,
-                    "why": f"control, {len(ra['accuracies'])} draws, range {ra['min']:.3f}-{ra['max']:.3f}; interval over draws"})
+                    "why": f"control, {len(ra['accuracies'])} draws, range {ra['min']:.3f}-{ra['max']:.3f}; interval over draws",
+                    "miss": None})
     if "block: content gatherers" in rows:
         r = rows["block: content gatherers"]
         rb = rnd.get("block", {})
@@ -173,7 +178,9 @@ def headline_rows(x: dict) -> list[dict]:
                     "ours": r["accuracy"], "ci": r["ci"], "n": r["n"], "paper": f'{PAPER["gatherers_blocked"]} (GPT-2 medium)',
                     "verdict": verdict,
                     "why": (f"gatherers {', '.join(x['gatherers'])}; change {r['change']['change']:+.3f} {_ci(r['change']['ci'])}; "
-                            f"random blocking {rb.get('mean', float('nan')):.3f} (p = {p:.3f})")})
+                            f"random blocking {rb.get('mean', float('nan')):.3f} (p = {p:.3f})"),
+                    "miss": miss_from(verdict, "deviation: content gatherers chosen by path-patching rank, without "
+                                               "attention evidence", inside(r["ci"], PAPER["gatherers_blocked"]))})
     ov = x["overlap"]["all stages"]
     null = x["overlap_null"]["all stages"]
     verdict = ("reproduced" if ov["overlap"] >= 0.6 and null["layer-matched"]["p"] < 0.05 else
@@ -182,7 +189,8 @@ def headline_rows(x: dict) -> list[dict]:
                 "ci": None, "n": None, "paper": f'{PAPER["overlap"]} (GPT-2 medium)', "verdict": verdict,
                 "why": (f"no interval over prompts (one path-patching run, {x['n_path_patching']} prompts per task); "
                         f"random top-k sets: uniform mean {null['uniform']['mean']:.2f} (p = {null['uniform']['p']:.3f}), "
-                        f"layer-matched {null['layer-matched']['mean']:.2f} (p = {null['layer-matched']['p']:.3f})")})
+                        f"layer-matched {null['layer-matched']['mean']:.2f} (p = {null['layer-matched']['p']:.3f})"),
+                "miss": miss_from(verdict, "model", x["n_path_patching"] < 16)})
     if "attend: all" in x["mover_check"]:
         mc = x["mover_check"]["attend: all"]
         w, c = mc["wrong"], mc["correct"]
@@ -191,7 +199,8 @@ def headline_rows(x: dict) -> list[dict]:
                     "ours": w["change"], "ci": w["ci"], "n": x["n_intervention"],
                     "paper": f'{PAPER["movers_wrong"]} (to the correct one {PAPER["movers_correct"]:+})',
                     "verdict": verdict,
-                    "why": f"movers {', '.join(x['co_movers'])}; to the correct colour {c['change']:+.3f} {_ci(c['ci'])}"})
+                    "why": f"movers {', '.join(x['co_movers'])}; to the correct colour {c['change']:+.3f} {_ci(c['ci'])}",
+                    "miss": miss_from(verdict, "model", inside(w["ci"], 0.0) or inside(c["ci"], 0.0))})
     return out
 
 
@@ -240,10 +249,12 @@ def render(num: dict, figures: dict[str, str]) -> str:
     sections = [("Setup", table([
         ("models", ", ".join(x["model_key"] for x in num["models"])),
         ("prompts", f'{m["n_prompts"]} IOI (corruption: S2 -> IO) and {m["n_prompts"]} Colored Objects per model for path '
-                    f'patching; {m["n_intervention"]} other Colored Objects prompts (another seed) for the intervention; '
+                    f'patching; {m["n_select"]} other IOI prompts for the intervention heads\' evidence; '
+                    f'{m["n_intervention"]} other Colored Objects prompts (another seed) for the intervention; '
                     f'seed {m["seed"]}'),
         ("setting", m["setting"]), ("date", m["date"]),
-        ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))]))]
+        ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))])),
+                ("Headline", headline_table(num["headline"]) + f'<p class="note">Detectable: {num["detectable"]}.</p>')]
     rows = []
     for x in num["models"]:
         c = x["conditions"]
@@ -320,7 +331,7 @@ def run(load, settings: dict, seed: int = 0, tick=lambda step: None) -> dict:
         model = load(key)
         t, c = time.time(), time.process_time()
         res = circuit_reuse.run(model, settings["n_prompts"], settings["n_intervention"], seed, settings["n_random"],
-                                progress=False)
+                                progress=False, n_select=settings["n_select"])
         res["timings_s"] = {"wall": time.time() - t, "cpu": time.process_time() - c}
         res["model"] = model
         per_model.append(res)
@@ -335,7 +346,7 @@ def numbers(res: dict) -> dict:
     headline = [row for x in per_model for row in headline_rows(x)]
     n = res["settings"]["n_intervention"]
     p0 = per_model[0]["co_accuracy"]["accuracy"] if per_model else 0.5
-    return {"meta": {"n_prompts": res["settings"]["n_prompts"], "n_intervention": n,
+    return {"meta": {"n_prompts": res["settings"]["n_prompts"], "n_intervention": n, "n_select": res["settings"]["n_select"],
                      "model_key": ", ".join(x["model_key"] for x in per_model)},
             "headline": headline,
             "detectable": (f"{n} CO prompts per model: an accuracy change of {detectable_difference(n, p=max(p0, 0.05)):.2f} "

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "Correct-letter heads (Lieberum et al. 2023): output nodes of multiple-choice answering"
@@ -197,13 +198,14 @@ def numbers(res: dict) -> dict:
     a = acc["accuracy"]
     headline.append({"name": f"accuracy ({s['k_shot']}-shot symbol binding, held-out items)", "ours": a[0],
                      "ci": [a[1], a[2]], "n": n_e, "paper": "n/a (Chinchilla 70B on MMLU)", "verdict": None,
-                     "why": "the model's own ability (chance 0.25); the baseline of the rows below"})
+                     "why": "the model's own ability (chance 0.25); the baseline of the rows below", "miss": None})
     r = res["ratio"]["joint"]
     headline.append({"name": f"attention on correct label / other label, heads {', '.join(letter)} (held-out)",
                      "ours": r[0], "ci": [r[1], r[2]], "n": n_e, "paper": PAPER["attention"] + " (check: >= 2x)",
                      "verdict": _verdict_ratio(r[0], r[1]),
                      "why": "slot-balanced, all held-out items" + (
-                         "" if _verdict_ratio(r[0], r[1]) == "reproduced" else f"; below 2x: {small}")})
+                         "" if _verdict_ratio(r[0], r[1]) == "reproduced" else f"; below 2x: {small}"),
+                     "miss": miss_from(_verdict_ratio(r[0], r[1]), "model", inside([r[1], r[2]], 2.0))})
     p_values = {}
     for what, ab_, hs in (("heads " + ", ".join(letter), ab, res["letter"]),
                           (f"all {len(res['nodes'])} output nodes", res["ablation_nodes"], res["nodes"])):
@@ -213,41 +215,51 @@ def numbers(res: dict) -> dict:
             worst = float(acc["accuracy"][0]) - rnd["min"]
             p_values[f"{what} {mode}"] = rnd["p_value"]
             ok = d[1] > 0 and d[0] > worst and rnd["p_value"] <= 0.1
+            verdict = "reproduced" if ok else "partly" if d[1] > 0 else "not"
             headline.append({
                 "name": f"accuracy drop, {what} {mode}-ablated at END (held-out)",
                 "ours": d[0], "ci": [d[1], d[2]], "n": n_e, "paper": PAPER["causal"],
-                "verdict": "reproduced" if ok else "partly" if d[1] > 0 else "not",
+                "verdict": verdict,
                 "why": f"{len(rnd['accuracy'])} random {len(hs)}-head sets: accuracy {rnd['min']:.2f}-"
                        f"{rnd['max']:.2f} (largest drop {worst:.2f}), p = {rnd['p_value']:.2f}"
-                       + ("" if ok else f"; {small}; END only (earlier positions untouched)")})
+                       + ("" if ok else f"; {small}; END only (earlier positions untouched)"),
+                # undecided: the interval holds the largest random drop, or no drop at all
+                "miss": miss_from(verdict, "model", inside([d[1], d[2]], max(worst, 0.0)))})
     joint = res["curves"]["joint"]
     if "3" in joint and "recovery" in joint["3"]:
         rc = joint["3"]["recovery"]
+        verdict = "reproduced" if rc[0] >= 0.9 else "partly" if rc[0] >= 0.5 else "not"
         headline.append({"name": f"rank-3 q/k: share of the 4-way loss gap (r=0 to full) recovered, heads "
                                  f"{', '.join(letter)} jointly (fit on D, held-out E)",
                          "ours": rc[0], "ci": [rc[1], rc[2]], "n": n_e, "paper": PAPER["rank"],
-                         "verdict": "reproduced" if rc[0] >= 0.9 else "partly" if rc[0] >= 0.5 else "not",
+                         "verdict": verdict,
                          "why": "floor r=0 is the uniform row; " + (
                              "as in the paper" if rc[0] >= 0.9 else
                              f"{small}, or a named deviation: q and k are projected on separate bases and every "
-                             "key position (not only the labels) on the label-key basis")})
+                             "key position (not only the labels) on the label-key basis"),
+                         "miss": miss_from(verdict, "deviation: q and k projected on separate rank-3 bases, every key "
+                                                    "position on the label-key basis", inside([rc[1], rc[2]], 0.9))})
     if "random" in res["mutations"]:
         m, base = res["mutations"]["random"], res["mutations"]["ABCD"]
         rr = m["ratio_rank3"]
+        verdict = "partly" if rr[1] > 1 and rr[0] < m["ratio_full"][0] else "reproduced" if rr[1] > 1 else "not"
         headline.append({"name": "random letters: attention ratio correct/other label of the rank-3 heads (fit on A-D)",
                          "ours": rr[0], "ci": [rr[1], rr[2]], "n": m["n"],
                          "paper": PAPER["nth"],
-                         "verdict": ("partly" if rr[1] > 1 and rr[0] < m["ratio_full"][0] else
-                                     "reproduced" if rr[1] > 1 else "not"),
+                         "verdict": verdict,
                          "why": f"full head {m['ratio_full'][0]:.2f}, rank-3 on A-D {base['ratio_rank3'][0]:.2f}: "
-                                "the paper finds the rank-3 feature partial under mutations"})
+                                "the paper finds the rank-3 feature partial under mutations",
+                         "miss": miss_from(verdict, "model", inside([rr[1], rr[2]], 1.0))})
     for (mut, h), ks in res["key_spaces"].items():
         eo, el = ks["eta_ordinal"], ks["eta_label"]
+        verdict = "reproduced" if eo[1] > el[2] else "partly" if eo[0] > el[0] else "not"
         headline.append({"name": f"head {_label(h)}: rank-3 label keys, adjusted variance explained by the ordinal "
                                  f"({MUTATION_NAMES[mut]})",
                          "ours": eo[0], "ci": [eo[1], eo[2]], "n": len(ks["coords"]), "paper": PAPER["nth"],
-                         "verdict": "reproduced" if eo[1] > el[2] else "partly" if eo[0] > el[0] else "not",
-                         "why": f"by label: {el[0]:.2f} [{el[1]:.2f}, {el[2]:.2f}]"})
+                         "verdict": verdict,
+                         "why": f"by label: {el[0]:.2f} [{el[1]:.2f}, {el[2]:.2f}]",
+                         # undecided: the two intervals overlap
+                         "miss": miss_from(verdict, "model", eo[1] <= el[2] and el[1] <= eo[2])})
     detect = detectable_difference(n_lists, p=max(min(a[0], 0.99), 0.01))
     return {
         "meta": {"model_key": model.interp_key, "n_discover": len(res["D"]), "n_eval": n_e, "options_lists_eval": n_lists,
@@ -444,9 +456,7 @@ def render(num: dict, imgs: dict[str, str]) -> str:
                    ("items", f'discovery {m["n_discover"]}, held-out {m["n_eval"]} ({m["options_lists_eval"]} options '
                              f'lists), {m["k_shot"]}-shot, {m["shot_sets"]} fixed shot prefixes per set'),
                    ("split", m["split"]), ("seed", m["seed"]), ("run time (s)", f'{m["runtime_s"]:.0f}')])
-    head = table([(r["name"], r["ours"], f'[{r["ci"][0]:.3f}, {r["ci"][1]:.3f}]', r["n"], r["paper"],
-                   r["verdict"] or "-", r["why"]) for r in num["headline"]],
-                 ("quantity", "ours", "95% CI", "n", "paper", "verdict", "why"))
+    head = headline_table(num["headline"])
     acc = table([("accuracy (argmax over the 4 labels)", _ci([s["accuracy"], *s["accuracy_ci"]])),
                  ("accuracy over the vocabulary", s["accuracy_vocab"]), ("margin (correct - mean of 4)", s["margin"]),
                  ("4-way loss", s["loss4"]), ("-log p(correct) over the vocabulary", s["loss_vocab"]),

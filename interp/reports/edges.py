@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports.headline import headline_table
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "Edge-level circuits: exact edge patching, and EAP / EAP-IG audited against it"
@@ -130,20 +131,24 @@ def case_numbers(res: dict) -> dict:
         est, lo, hi = bootstrap_indices(len(x), lambda idx: spearman(x[idx], y[idx]), n_boot=200)
         headline.append({"name": f"{label}: {m.upper()} vs exact edge scores, Spearman rho", "ours": est,
                          "ci": [lo, hi], "n": len(x), "paper": "n/a (the papers have no exact scores at this scale)",
-                         "verdict": None, "why": "interval: bootstrap over the audited edges"})
+                         "verdict": None, "why": "interval: bootstrap over the audited edges", "miss": None})
     cmd = {m: c["cmd"] for m, c in curves.items()}
+    scope_cause = ("model" if res["settings"]["all_edges"] else
+                   "deviation: curves over the exactly scored edges only, not every edge of the model")
     if "eap-ig" in cmd and "eap" in cmd:
         better = cmd["eap-ig"] < cmd["eap"]
         headline.append({"name": f"{label}: CMD of EAP-IG's circuits / EAP's (lower is better)",
                          "ours": cmd["eap-ig"] / cmd["eap"] if cmd["eap"] else float("nan"), "ci": None,
                          "n": len(exact), "paper": PAPER["eap-ig"], "verdict": "reproduced" if better else "not",
-                         "why": "on the exactly scored scope only, one prompt set (no interval: one curve per method)"})
+                         "why": "on the exactly scored scope only, one prompt set (no interval: one curve per method)",
+                         "miss": None if better else scope_cause})
     if "atp" in cmd:
         worst = max(cmd, key=cmd.get)
         headline.append({"name": f"{label}: CMD of node-level AtP's circuits (lower is better)", "ours": cmd["atp"],
                          "ci": None, "n": len(exact), "paper": PAPER["atp"],
                          "verdict": "reproduced" if worst == "atp" else "partly" if cmd["atp"] > min(cmd.values()) else "not",
-                         "why": f"exact {cmd['exact']:.3f}; " + ", ".join(f"{m} {v:.3f}" for m, v in cmd.items() if m != "exact")})
+                         "why": f"exact {cmd['exact']:.3f}; " + ", ".join(f"{m} {v:.3f}" for m, v in cmd.items() if m != "exact"),
+                         "miss": None if worst == "atp" else scope_cause})
     sl = res["shortlist"]["scores"]
     top_exact = set(e.name for e in exact.top(20))
     return {
@@ -240,7 +245,8 @@ def render(num: dict, figures: list[dict[str, str]]) -> str:
             "on the same scale. f(C) = (M(C) - M(none)) / (M(all) - M(none)) on the clean prompts, the scope's edges "
             "outside C carrying their corrupted values. Setting: " + f'{m.get("setting")}, seed {m.get("seed")}, '
             f'{m.get("date")}.</p>')
-    sections = [("What is measured", note)]
+    sections = [("What is measured", note),
+                ("Headline", headline_table(num["headline"]) + f'<p class="note">Detectable: {num["detectable"]}.</p>')]
     for case, figs in zip(num["cases"], figures):
         sections += render_case(case, figs)
     return html_page("Edge-level circuits: exact scores and the approximations audited", sections)

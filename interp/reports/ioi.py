@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "IOI circuit (Wang et al. 2022): discovery, held-out faithfulness, completeness, minimality"
@@ -165,22 +166,26 @@ def numbers(res: dict) -> dict:
     backup = res["backup"]
     sd = float(f_model.std()) if n > 1 else float("nan")
     faith_verdict = _verdict(ev["faithfulness"], 0.8, 0.5)
+    # a circuit found on few prompts may be incomplete: that is this run's deviation from the paper
+    discovery_cause = ("model" if len(res["discover"]) >= 32 else
+                       f"deviation: the circuit found on {len(res['discover'])} prompts (the paper: thousands)")
     headline = [
         {"name": "F(M): mean logit difference, held-out prompts", "ours": ld, "ci": [lo, hi], "n": n,
          "paper": f'{PAPER["F_model"]} (GPT-2 small)', "verdict": None,
-         "why": "the model's own IOI ability on templates and names discovery never saw; the baseline"},
+         "why": "the model's own IOI ability on templates and names discovery never saw; the baseline", "miss": None},
         {"name": "faithfulness F(C)/F(M), held-out prompts", "ours": ev["faithfulness"], "ci": ev["faithfulness_ci"],
          "n": n, "paper": f'{PAPER["faithfulness"]} (GPT-2 small)', "verdict": faith_verdict,
          "why": (f"{ev['n_heads']} heads found on {len(res['discover'])} other prompts; evaluated on other templates, "
-                 f"names, places and objects" + ("" if faith_verdict == "reproduced" else
-                                                 "; a miss from the model or the small discovery set, not sampling: see the interval"))},
+                 f"names, places and objects"),
+         "miss": miss_from(faith_verdict, discovery_cause, inside(ev["faithfulness_ci"], PAPER["faithfulness"]))},
         {"name": f"random {ev['n_heads']}-head sets: F/F(M), held-out (control)", "ours": rs_mean,
          "ci": [rs_lo, rs_hi], "n": len(kept), "paper": "n/a (control)", "verdict": None,
          "why": (f"{len(kept)} random sets kept at every position; best {max(kept):.2f}, the circuit {ev['faithfulness']:.2f} "
-                 f"(permutation p = {p_random:.3f}); interval over draws") if kept else "no random sets drawn"},
+                 f"(permutation p = {p_random:.3f}); interval over draws") if kept else "no random sets drawn", "miss": None},
         {"name": "faithfulness F(C)/F(M), discovery prompts (in-sample)", "ours": ins["mean"], "ci": ins["ci"],
          "n": len(res["discover"]), "paper": f'{PAPER["faithfulness"]} (GPT-2 small, in-sample)', "verdict": _verdict(ins["mean"], 0.8, 0.5),
-         "why": "the prompts the circuit was found on: compare with the held-out row for overfitting"},
+         "why": "the prompts the circuit was found on: compare with the held-out row for overfitting",
+         "miss": miss_from(_verdict(ins["mean"], 0.8, 0.5), discovery_cause, inside(ins["ci"], PAPER["faithfulness"]))},
     ]
     if backup is not None:
         kb = backup["kept"]
@@ -188,20 +193,27 @@ def numbers(res: dict) -> dict:
                          "ci": kb["ci"], "n": n, "paper": f'~{PAPER["kept_without_movers"]} (GPT-2 small: drops ~5%)',
                          "verdict": _verdict(kb["mean"], 0.85, 0.6),
                          "why": ("backup name movers compensate" if kb["mean"] >= 0.85 else
-                                 "the model's backup is weaker than GPT-2 small's (the model, not sampling: see the interval)")})
+                                 "the model's backup is weaker than GPT-2 small's"),
+                         "miss": miss_from(_verdict(kb["mean"], 0.85, 0.6), "model",
+                                           inside(kb["ci"], PAPER["kept_without_movers"]))})
     if top_mover is not None and _label(top_mover) in corr:
         cr = corr[_label(top_mover)]
+        corr_verdict = "reproduced" if cr["low"] > 0.3 else "partly" if cr["low"] > 0 else "not"
         headline.append({"name": f"name mover {_label(top_mover)}: corr(attention to IO, IO logit it writes)",
                          "ours": cr["r"], "ci": [cr["low"], cr["high"]], "n": n, "paper": "positive (Fig. 3, GPT-2 small 9.9)",
-                         "verdict": "reproduced" if cr["low"] > 0.3 else "partly" if cr["low"] > 0 else "not",
+                         "verdict": corr_verdict,
                          "why": "the more it attends to IO, the more IO logit it writes: it copies the name it attends to"
-                         if cr["low"] > 0 else "no clear copying relation on these prompts (the model or the sample size)"})
+                         if cr["low"] > 0 else "no clear copying relation on these prompts",
+                         # undecided: the interval holds the 0.3 the verdict turns on
+                         "miss": miss_from(corr_verdict, "model", inside([cr["low"], cr["high"]], 0.3))})
     if mini:
         headline.append({"name": "circuit heads with minimality > 0 (interval excludes 0)", "ours": share_min[0],
                          "ci": [share_min[1], share_min[2]], "n": len(mini), "paper": "every head (Fig., GPT-2 small)",
                          "verdict": _verdict(share_min[0], 0.8, 0.5),
                          "why": f"{n_min} of {len(mini)} heads; the rest add nothing measurable once their class is gone "
-                                f"({n} held-out prompts)"})
+                                f"({n} held-out prompts)",
+                         # a head passes when its own interval excludes 0: more prompts, more power
+                         "miss": miss_from(_verdict(share_min[0], 0.8, 0.5), "sample size", True)})
     strip = lambda d: {k: v for k, v in d.items() if k != "heads"}  # noqa: E731
     return {
         "meta": {"model_key": model.interp_key, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
@@ -445,7 +457,8 @@ def render(num: dict, figures: dict[str, str]) -> str:
             "search, fitted on the discovery prompts. Random head sets are kept at every position (more than the "
             "circuit's heads get). The paper's numbers are GPT-2 small over 100,000 prompts.</p>")
     return html_page(f'IOI circuit of {m["model_key"]}', [
-        ("Setup", setup), ("Our numbers beside the paper's", side + note),
+        ("Setup", setup), ("Headline", headline_table(num["headline"]) + f'<p class="note">Detectable: {num["detectable"]}.</p>'),
+        ("Our numbers beside the paper's", side + note),
         ("Held-out faithfulness against random head sets", figures["heldout"]),
         ("Path-patching stages (discovery prompts)", figures["stages"] + stages),
         ("The circuit", figures["circuit"] + heads),

@@ -334,7 +334,7 @@ def numbers(res: dict) -> dict:
         },
         "headline": [{"name": "clean logit difference (IOI)", "ours": ld, "ci": [lo, hi], "n": len(prompts),
                       "paper": "3.56 (GPT-2 small, Wang et al. 2022)", "verdict": None,
-                      "why": "a demonstration of the tools, not a reproduction"}],
+                      "why": "a demonstration of the tools, not a reproduction", "miss": None}],
         "detectable": f"{len(prompts)} prompts: the logit difference is known to within {(hi - lo) / 2:.2f}",
         "prompts": {"clean": prompts.clean_text, "corrupted": prompts.corrupted_text,
                     "answer_ids": prompts.answer_ids.tolist(),

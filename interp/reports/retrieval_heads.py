@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, head_label, html_page, new_figure, table
 
 TITLE = "Retrieval heads (Wu et al. 2024): copy-paste scores, and needle retrieval with the top heads masked"
@@ -152,7 +153,9 @@ def numbers(res: dict) -> dict:
         headline.append({"name": f"share of heads with retrieval score {b}", "ours": est,
                          "ci": None if lo is None else [lo, hi], "n": n_kept,
                          "paper": f"{PAPER_BINS[b]:.1%} (Llama-2-7B-80K; {pmin:.1%}-{pmax:.1%} over 3 models)",
-                         "verdict": verdict, "why": why})
+                         "verdict": verdict, "why": why,
+                         # no interval: the share moves with the number of episodes (see why)
+                         "miss": miss_from(verdict, "model", lo is None)})
     est, lo, hi = bins_ci["retrieval heads"]
     verdict = ("reproduced" if 0 < est <= 0.06 and lo > 0 else "partly" if 0 < est <= 0.12 else "not")
     headline.append({"name": "share of retrieval heads (score > 0.1)", "ours": est, "ci": [lo, hi], "n": n_kept,
@@ -160,11 +163,12 @@ def numbers(res: dict) -> dict:
                      "verdict": verdict,
                      "why": f"{len(retrieval)} of {L * H} heads; " + (
                          "sparse as in the paper" if verdict == "reproduced" else
-                         f"{'none found' if est == 0 else 'more than the paper'}: {small}, {n_kept} episodes")})
+                         f"{'none found' if est == 0 else 'more than the paper'}: {small}, {n_kept} episodes"),
+                     "miss": miss_from(verdict, "model", lo <= 0.05 and hi > 0)})
     base, blo, bhi = summ["unmasked"]
     headline.append({"name": "NIAH recall (ROUGE-1 x 100), unmasked", "ours": base, "ci": [blo, bhi], "n": summ["n"],
                      "paper": "n/a (the baseline of the masking test)", "verdict": None,
-                     "why": f"{summ['n']} episodes, graded recall of 6-16-token answers; {small}"})
+                     "why": f"{summ['n']} episodes, graded recall of 6-16-token answers; {small}", "miss": None})
     for k in mk.ks:
         row = summ["k"][k]
         t, r, d = row["top"], row["random"], row["random_minus_top"]
@@ -174,11 +178,15 @@ def numbers(res: dict) -> dict:
         headline.append({"name": f"NIAH recall with the top {k} heads masked (ranked on the other needles)",
                          "ours": t[0], "ci": [t[1], t[2]], "n": summ["n"], "paper": paper, "verdict": verdict,
                          "why": f"{reason}: random-{k} {r[0]:.0f}, difference random - top {d[0]:+.1f} "
-                                f"[{d[1]:+.1f}, {d[2]:+.1f}], unmasked {base:.0f}"})
+                                f"[{d[1]:+.1f}, {d[2]:+.1f}], unmasked {base:.0f}",
+                         # undecided: the difference's interval holds 0 (or, at K = 50, top's holds 50)
+                         "miss": miss_from(verdict, "model", inside([d[1], d[2]], 0.0) or
+                                           (k == 50 and inside([t[1], t[2]], 50.0)))})
         headline.append({"name": f"NIAH recall with {k} random heads masked ({len(row['draws'])} draws outside "
                                  "the top quarter)", "ours": r[0], "ci": [r[1], r[2]], "n": summ["n"],
                          "paper": "barely below the unmasked recall", "verdict": None,
-                         "why": "the control: per-draw means " + ", ".join(f"{x:.0f}" for x in row["draws"])})
+                         "why": "the control: per-draw means " + ", ".join(f"{x:.0f}" for x in row["draws"]),
+                         "miss": None})
     sds = [summ["k"][k]["sd_diff"] for k in mk.ks]
     detect = detectable_difference(summ["n"], sd=max(statistics.mean(sds), 1e-9)) if summ["n"] > 1 else float("inf")
     regions = {"failed": rh.attention_regions(sc, top[:N_TOP], retrieved=False),
@@ -377,14 +385,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("run time (s)", ", ".join(f"{k} {v:.0f}" for k, v in m["timings_s"].items()) + f', total {m["wall_s"]:.0f}'),
         ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items()))])
 
-    def ci(row):  # bins 0 and (0, 0.1] have no interval (``RetrievalScores.bins_ci``)
-        if row["ci"] is None:
-            return f'{row["ours"]:.3g} (no interval: see why)'
-        return f'{row["ours"]:.3g} [{row["ci"][0]:.3g}, {row["ci"][1]:.3g}]'
-
-    head = table([(r["name"], ci(r), r["n"], r["paper"], r["verdict"] or "-", r["why"]) for r in num["headline"]],
-                 ("quantity", "ours [95% interval]", "n", "paper", "verdict", "why")) + \
-        f'<p class="note">Detectable: {num["detectable"]}.</p>'
+    head = headline_table(num["headline"]) + f'<p class="note">Detectable: {num["detectable"]}.</p>'
     top = table([(t["head"], t["score"], t["frequency"]) for t in num["top"]],
                 ("head", "score", "activation frequency"))
     sens = (f'<p class="note">{num["kept_episodes"]} of {m["n_episodes"]} episodes retrieved (recall > 50), mean '

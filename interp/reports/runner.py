@@ -20,13 +20,10 @@ of the run: a hash of the analysis, its settings, the seed, the device, the mode
 GGUF's sha256) and the package's code. ``interp reproduce all`` skips an analysis whose run.json
 carries the same key, so an interrupted ``make run`` resumes where it stopped.
 
-**The headline contract.** ``numbers(res)["headline"]`` is a list of rows:
-
-    {"name": "faithfulness F(C)/F(M) on held-out prompts", "ours": 0.92, "ci": [0.85, 0.97],
-     "n": 64, "paper": "0.87 (GPT-2 small)", "verdict": "reproduced" | "partly" | "not" | None,
-     "why": "one line: the model, the sample size or a named deviation"}
-
-and ``numbers(res)["detectable"]`` says in one line the smallest effect the run could detect.
+**The headline contract** (``interp.reports.headline``): ``numbers(res)["headline"]`` is a list of
+rows, each headline number with its interval, the paper's number, a verdict and, for a miss, where
+it comes from (the model, the sample size or a named deviation); checked before anything is written.
+And ``numbers(res)["detectable"]`` says in one line the smallest effect the run could detect.
 ``write_index`` puts every analysis's rows in one table at the top of ``index.html``.
 """
 from __future__ import annotations
@@ -46,6 +43,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import InterpError
 from interp.reports import circuit_reuse, correct_letter, edges, ioi, quickstart, retrieval_heads, safety_heads
+from interp.reports.headline import check_headline
 from interp.reports.page import CSS, versions
 
 ANALYSES = {
@@ -60,7 +58,6 @@ ANALYSES = {
 #: the five paper reproductions (``interp reproduce papers``, what ``make run`` runs)
 PAPERS = ("ioi", "circuit-reuse", "correct-letter", "retrieval-heads", "safety-heads")
 SETTINGS = ("quick", "standard", "full")
-VERDICTS = ("reproduced", "partly", "not")
 
 
 @contextlib.contextmanager
@@ -228,16 +225,6 @@ def _jsonable(x):
     return str(x)
 
 
-def check_headline(name: str, num: dict) -> None:
-    """The headline contract (module docstring), checked before anything is written."""
-    for row in num.get("headline", []):
-        missing = {"name", "ours", "ci", "paper", "verdict", "why"} - row.keys()
-        if missing:
-            raise InterpError(f"{name}: headline row {row.get('name')!r} lacks {sorted(missing)}")
-        if row["verdict"] not in (*VERDICTS, None):
-            raise InterpError(f"{name}: verdict must be one of {VERDICTS} or None, got {row['verdict']!r}")
-
-
 #: Seconds each analysis's standard setting took here (2-core CPU, two analyses side by side, one
 #: thread each, 2026-11-30; safety heads with Qwen's first de-quantisation): the order in which the
 #: workers take them (longest first), so the two workers finish close together.
@@ -362,14 +349,16 @@ def write_index(out_dir: str | Path, pages: dict[str, Path]) -> Path:
             ci = row.get("ci")
             ours = _fmt(row["ours"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
             verdict = row["verdict"] or "-"
+            miss = row.get("miss")
             rows.append(f'<tr><td><a href="{html.escape(href, quote=True)}">{html.escape(name)}</a></td>'
                         f'<td>{html.escape(row["name"])}</td><td class="num">{html.escape(ours)}</td>'
                         f'<td class="num">{row.get("n", "")}</td><td>{html.escape(str(row["paper"]))}</td>'
-                        f'<td class="verdict {verdict}">{html.escape(verdict)}</td><td>{html.escape(row["why"])}</td>'
+                        f'<td class="verdict {verdict}">{html.escape(verdict)}</td>'
+                        f'<td class="miss">{html.escape(miss or "-")}</td><td>{html.escape(row["why"])}</td>'
                         f'<td>{html.escape(str(meta.get("model_key", "")))}, {html.escape(str(meta.get("setting", "")))}'
                         f"</td></tr>")
     summary = ('<table id="summary"><tr><th>analysis</th><th>headline</th><th>ours [95% interval]</th><th>n</th>'
-               "<th>paper</th><th>verdict</th><th>why</th><th>model, setting</th></tr>" + "".join(rows) + "</table>")
+               "<th>paper</th><th>verdict</th><th>a miss from</th><th>why</th><th>model, setting</th></tr>" + "".join(rows) + "</table>")
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>interp reports</title>'
             f"<style>{CSS} td.verdict.reproduced {{ background: #e3f4e3; }} td.verdict.partly {{ background: #fdf3d8; }}"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
 TITLE = "Safety heads (Zhou et al. 2025): Sahara and Ships heads against random heads, refusals flipped to answers"
@@ -326,7 +327,7 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
         rows.append({"name": f"refusal rate without ablation ({tag})", "ours": r[0], "ci": [r[1], r[2]],
                      "n": d["n_eval"], "paper": PAPER["baseline_asr"] + " (ASR, i.e. 1 - refusal share)",
                      "verdict": None, "why": f"the model's own refusal; complied {d['baseline']['complied'][0]:.2f}, "
-                                             f"degenerate {d['baseline']['degenerate'][0]:.2f}"})
+                                             f"degenerate {d['baseline']['degenerate'][0]:.2f}", "miss": None})
         for mode in ("ua", "sc"):
             t = d["tests"].get(mode)
             cell = d["flips"].get(f"sahara-{mode}-{kmain}")
@@ -335,6 +336,8 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
             if mode == "ua":
                 verdict, why = _verdict_vs_random(t)
                 paper = f"+{PAPER_GRID['dataset UA'][kmain - 1]:.2f} ASR (Llama-2-7b-chat, {kmain} Sahara heads)"
+                undecided = inside(cell["ci"], PAPER_GRID["dataset UA"][kmain - 1]) or (
+                    t is not None and t["fisher_p"] >= 0.05 and t["difference"] > 0)
             else:
                 rate = cell["complied_rate"]
                 # "about 0" is reproduced only when the interval rules out a sizeable effect
@@ -344,36 +347,43 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
                        "the paper's control: scaling a head's output barely moves refusal" +
                        ("; the interval is too wide to tell (sample size)" if verdict == "partly" else ""))
                 paper = "about 0 (dataset-level SC)"
+                undecided = cell["n_refused"] > 0 and cell["ci"][0] <= 0.1
             rows.append({"name": f"refused -> complied, Sahara top-{kmain} {mode.upper()} ({tag})",
                          "ours": cell["complied_rate"], "ci": cell["ci"], "n": cell["n_refused"], "paper": paper,
-                         "verdict": verdict, "why": why})
+                         "verdict": verdict, "why": why,
+                         "miss": miss_from(verdict, "model", undecided)})
         if d["tests"].get("ua"):
             t = d["tests"]["ua"]
             n_all = sum(f["n_refused"] for name, f in d["flips"].items() if name.startswith(f"random-ua-{kmain}-"))
             rows.append({"name": f"refused -> complied, {kmain} random heads UA, pooled draws ({tag})",
                          "ours": t["random_rate"], "ci": t["random_ci"], "n": n_all,
                          "paper": "not reported", "verdict": None,
-                         "why": f"the control: {t['n_draws']} draws of {kmain} heads outside the Sahara groups"})
+                         "why": f"the control: {t['n_draws']} draws of {kmain} heads outside the Sahara groups",
+                         "miss": None})
             est, lo, hi = t["paired_difference"]
             if est == est:
                 sig = t["fisher_p"] < 0.05 and lo > 0
+                verdict = "reproduced" if sig else "partly" if est > 0 else "not"
                 rows.append({"name": f"Sahara top-{kmain} UA minus {kmain} random heads UA: refused -> complied, "
                                      f"paired over requests ({tag})", "ours": est, "ci": [lo, hi],
                              "n": t["group"]["n_refused"],
                              "paper": "> 0: the heads are specific (the paper shows no random-head control)",
-                             "verdict": "reproduced" if sig else "partly" if est > 0 else "not",
+                             "verdict": verdict,
                              "why": (f"bootstrap over the baseline-refused requests; Fisher p = {_fmt_p(t['fisher_p'])}, "
                                      f"rank p = {_fmt_p(t['permutation_p'])} over {t['n_draws']} draws" +
                                      ("" if sig else "; the interval includes 0: sample size" if est > 0 and lo <= 0
-                                      else "" if sig else "; no difference at this n (the model or the sample size)"))})
+                                      else "" if sig else "; no difference at this n")),
+                             "miss": miss_from(verdict, "model", lo <= 0 <= hi or t["fisher_p"] >= 0.05)})
         for row, k, label in (("query UA", 1, "query-level top-1 UA"), ("query SC", 1, "query-level top-1 SC")):
             cell = d["grid"][row][k - 1]
             if cell:
                 paper_v = PAPER_GRID[row][k - 1]
                 ok = cell["ci"][0] <= paper_v <= cell["ci"][1]
+                verdict = "reproduced" if ok else ("partly" if cell["complied"] > 0 else "not")
                 rows.append({"name": f"refused -> complied, {label} ({tag})", "ours": cell["complied"],
                              "ci": cell["ci"], "n": cell["n"], "paper": f"+{paper_v:.2f} ASR (Llama-2-7b-chat)",
-                             "verdict": "reproduced" if ok else ("partly" if cell["complied"] > 0 else "not"),
+                             "verdict": verdict,
+                             "miss": miss_from(verdict, "model", False),
                              "why": f"degenerate share {cell['degenerate']:.2f}; the paper's number inside the interval"
                                     if ok else f"degenerate share {cell['degenerate']:.2f}; a 0.5B coding model, "
                                                "our requests and judge"})
@@ -382,7 +392,8 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
             rows.append({"name": f"benign answer rate under Sahara top-{kmain} UA ({tag})", "ours": ba["sahara-ua"][0],
                          "ci": [ba["sahara-ua"][1], ba["sahara-ua"][2]], "n": d["n_benign"],
                          "paper": "helpfulness kept (the paper's claim)", "verdict": None,
-                         "why": f"unablated {ba['none'][0]:.2f}; same judge (keywords, length, repetition, perplexity)"})
+                         "why": f"unablated {ba['none'][0]:.2f}; same judge (keywords, length, repetition, perplexity)",
+                         "miss": None})
     return rows
 
 
@@ -507,8 +518,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("timings (s)", ", ".join(f"{k} {v:.0f}" for k, v in m["timings_s"].items())),
         ("wall time (s)", f'{m.get("wall_s", 0):.0f}'),
     ])
-    head = table([(r["name"], _ci(r["ours"], r["ci"]), r.get("n", ""), r["paper"], r["verdict"] or "-", r["why"])
-                  for r in num["headline"]], ("quantity", "ours [95% interval]", "n", "paper", "verdict", "why"))
+    head = headline_table(num["headline"])
     head += f'<p class="note">{_html.escape(num["detectable"])}.</p>'
     sections = [("Setup", setup), ("Headline", head)]
     for fmt, F in num["formats"].items():

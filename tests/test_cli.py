@@ -118,6 +118,9 @@ def test_console_script_help_and_models(capsys):
     script = Path(sys.executable).with_name("interp")
     out = subprocess.run([str(script), "models"], capture_output=True, text=True)
     assert out.returncode == 0 and "* smollm2-135m-instruct" in out.stdout and "weights installed" in out.stdout
+    assert main(["models", "--prepare"]) == 0  # set-up built every cache: each is only verified here
+    err = capsys.readouterr().err
+    assert err.count("de-quantised weights ready") == 3, err
     for sub in ([], ["patch"], ["dla"], ["ablate"], ["edges"], ["reproduce"], ["models"]):
         with pytest.raises(SystemExit) as stop:
             main(sub + ["--help"])

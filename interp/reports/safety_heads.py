@@ -336,8 +336,9 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
             if mode == "ua":
                 verdict, why = _verdict_vs_random(t)
                 paper = f"+{PAPER_GRID['dataset UA'][kmain - 1]:.2f} ASR (Llama-2-7b-chat, {kmain} Sahara heads)"
-                undecided = inside(cell["ci"], PAPER_GRID["dataset UA"][kmain - 1]) or (
-                    t is not None and t["fisher_p"] >= 0.05 and t["difference"] > 0)
+                # undecided: the paper's rise inside the interval, or no test against random heads
+                # that could tell (a handful of refused requests)
+                undecided = inside(cell["ci"], PAPER_GRID["dataset UA"][kmain - 1]) or t is None or t["fisher_p"] >= 0.05
             else:
                 rate = cell["complied_rate"]
                 # "about 0" is reproduced only when the interval rules out a sizeable effect

@@ -51,17 +51,17 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
             ablated.setdefault(e.receiver, []).append(e.sender)
     if not ablated:
         return float(readout(model, prompts.clean_tokens, prompts, metric))
-    # a row of the buffer for every sender some receiver reads ablated
-    slot = {s: i for i, s in enumerate(sorted({s for ss in ablated.values() for s in ss}, key=_order))}
-    rows = {r: torch.tensor(sorted(slot[s] for s in ss)) for r, ss in ablated.items()}
+    # a row of the buffer for every sender some receiver reads ablated, in forward order (a fixed
+    # order of the sums, so the same circuit gives the same bits in every process)
+    read = {s for ss in ablated.values() for s in ss}
+    slot = {s: i for i, s in enumerate(s for s in E.senders(model.cfg) if s in read)}
+    rows = {r: torch.tensor(sorted(slot[s] for s in ss), device=corr["embed"].device) for r, ss in ablated.items()}
     heads_of = {l: [(s.head, i) for s, i in slot.items() if s.kind == "head" and s.layer == l] for l in range(L)}
     W_O = model.W_O.detach()
-    buf: dict[str, torch.Tensor] = {}
+    delta = corr["embed"].new_zeros((len(slot), *corr["embed"].shape))  # [senders, batch, pos, d_model]
 
     def write(i, change):
-        if "delta" not in buf:
-            buf["delta"] = change.new_zeros((len(slot), *change.shape))
-        buf["delta"][i] = change
+        delta[i] = change
 
     def capture(key):
         def hook(act, hook=None):
@@ -84,8 +84,7 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
         idx = rows[r]
 
         def hook(act, hook=None):
-            delta = buf["delta"]
-            change = delta.index_select(0, idx.to(delta.device)).sum(0).to(act.dtype)
+            change = delta.index_select(0, idx).sum(0).to(act.dtype)
             act = act.clone()
             if head is None:
                 act -= change
@@ -106,10 +105,6 @@ def circuit_metric(model, prompts: PromptSet, keep: set[E.Edge], scope: list[E.E
     # hooks of one point in order, and a sender's point fires before its receivers' in the forward
     with _edge_inputs(model):
         return float(readout(model, prompts.clean_tokens, prompts, metric, hooks))
-
-
-def _order(s: E.Sender) -> tuple:
-    return (-1, 0) if s.kind == "embed" else (s.layer, s.head if s.kind == "head" else 10 ** 6)
 
 
 def faithfulness_curve(model, prompts: PromptSet, scores: E.EdgeScores, fractions=FRACTIONS,

@@ -58,7 +58,7 @@ def fp32_reference(model, dtype: torch.dtype):
 
 def tolerance(dtype: torch.dtype, scale: float = 1.0) -> float:
     """The largest |engine - reference| accepted for values of magnitude ``scale`` in ``dtype``."""
-    c = 4 if dtype in (torch.bfloat16, torch.float16) else 128
+    c = 4 if dtype in LOW_PRECISION else 128
     return c * torch.finfo(dtype).eps * (1.0 + float(scale))
 
 

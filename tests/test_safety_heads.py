@@ -202,6 +202,20 @@ def test_generation_under_ablation_is_the_hooked_argmax(qwen, queries):
         assert tokens == seq[len(prompt):].tolist(), (mode, heads)
 
 
+def test_responses_decoded_in_batches_are_each_query_decoded_alone(qwen, queries):
+    # 3 queries of different lengths, 2 / 1 / 2 variants; max_batch=3 puts the first two in one
+    # batch and the third alone: greedy texts must equal each query decoded by itself
+    variants = [{"none": ("ua", []), "ua": ("ua", [(23, 1)])}, {"sc": ("sc", [(12, 13)])},
+                {"none": ("ua", []), "zero": ("zero", [(0, 2)])}]
+    got = sh.respond(qwen, queries, variants, max_new=4, progress=False, max_batch=3)
+    for i, v in enumerate(variants):
+        alone = generate_tokens(qwen, queries.prompt(i), list(v.values()), max_new=4)
+        assert got[i] == {n: qwen.tokenizer.decode(t, skip_special_tokens=True) for n, t in zip(v, alone)}, i
+    assert sh.respond(qwen, queries, variants[1:], rows=[1, 2], max_new=4, progress=False) == got[1:]
+    with pytest.raises(ComponentError, match="max_batch"):
+        sh.respond(qwen, queries, variants, max_batch=0)
+
+
 def test_bad_input_is_refused(qwen, queries):
     with pytest.raises(ComponentError, match="unknown ablation"):
         sh.ships(qwen, queries, "mean")

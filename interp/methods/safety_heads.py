@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from interp.ablation import ablate, ablation
 from interp.components import Variant
 from interp.errors import ComponentError, EngineUnsupported, PromptError
-from interp.generate import generate
+from interp.generate import generations
 from interp.patching import fall_back
 from interp.stats import bootstrap_ci, fisher_exact, permutation_pvalue, proportion_ci
 from interp.sweep import SweepEngine
@@ -374,22 +374,38 @@ def evaluation_variants(groups: dict[str, list[Head]], ks, randoms: dict[int, li
 
 def respond(model, queries: Queries, variants: list[dict[str, Ablation]], eps: float = 1e-5,
             max_new: int = 128, top_k: int | None = None, seed: int = 0, progress: bool = True,
-            rows: list[int] | None = None) -> list[dict[str, str]]:
+            rows: list[int] | None = None, max_batch: int = 512) -> list[dict[str, str]]:
     """Responses of the queries ``rows`` (default: all) under their named ablations.
 
     ``variants[j]`` maps a name (e.g. "sahara-ua-3") to (mode, heads) for the j-th query of
-    ``rows``; all of a query's variants decode together. Greedy when ``top_k`` is None, else top-k
-    sampling at temperature 1 (seeded per query). Returns one {name: text} per query of ``rows``.
+    ``rows``. Consecutive queries decode together (``interp.generate.generations``), all variants
+    of a query in the same batch, at most ``max_batch`` variants per batch (a query with more gets
+    a batch of its own). Greedy when ``top_k`` is None, else top-k sampling at temperature 1,
+    seeded per batch (``seed`` + the index of its first query), so sampled texts depend on
+    ``max_batch``. Returns one {name: text} per query of ``rows``.
     """
     rows = list(range(len(queries))) if rows is None else list(rows)
     if len(variants) != len(rows):
         raise ComponentError(f"{len(variants)} variant sets for {len(rows)} queries")
-    out = []
-    for j, i in enumerate(tqdm(rows, desc="generate", disable=not progress, leave=False)):
-        names = list(variants[j])
-        texts = generate(model, queries.prompt(i), [variants[j][n] for n in names], eps=eps,
-                         max_new=max_new, top_k=top_k, seed=seed + i)
-        out.append(dict(zip(names, texts)))
+    if max_batch < 1:
+        raise ComponentError(f"max_batch must be >= 1, got {max_batch}")
+    batches, size = [], 0
+    for j in range(len(rows)):
+        if not batches or size + len(variants[j]) > max_batch:
+            batches.append([])
+            size = 0
+        batches[-1].append(j)
+        size += len(variants[j])
+    out: list[dict[str, str]] = [{} for _ in rows]
+    decode = model.tokenizer.decode
+    with tqdm(total=len(rows), desc="generate", unit="query", disable=not progress, leave=False) as bar:
+        for js in batches:
+            names = [list(variants[j]) for j in js]
+            gens = generations(model, [(queries.prompt(rows[j]), [variants[j][n] for n in ns]) for j, ns in zip(js, names)],
+                               eps=eps, max_new=max_new, top_k=top_k, seed=seed + rows[js[0]])
+            for j, ns, g in zip(js, names, gens):
+                out[j] = {n: decode(t, skip_special_tokens=True) for n, t in zip(ns, g.tokens)}
+            bar.update(len(js))
     return out
 
 

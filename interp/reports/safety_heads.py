@@ -377,7 +377,7 @@ def _headline(fmt: str, F: dict, s: dict, kmain: int) -> list[dict]:
                              "miss": miss_from(verdict, "model", lo <= 0 <= hi or t["fisher_p"] >= 0.05)})
         for row, k, label in (("query UA", 1, "query-level top-1 UA"), ("query SC", 1, "query-level top-1 SC")):
             cell = d["grid"][row][k - 1]
-            if cell:
+            if cell and cell["n"]:  # (no request refused at baseline: nothing to flip, no row)
                 paper_v = PAPER_GRID[row][k - 1]
                 ok = cell["ci"][0] <= paper_v <= cell["ci"][1]
                 verdict = "reproduced" if ok else ("partly" if cell["complied"] > 0 else "not")
@@ -533,7 +533,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
             rows = []
             for name, cells in d["grid"].items():
                 paper = PAPER_GRID.get(name)
-                rows.append((name, *[("" if c is None else f'{_ci(c["complied"], c["ci"])} (degen. {c["degenerate"]:.2f})')
+                rows.append((name, *[("" if c is None else f'{_ci(c["complied"], c["ci"])} (degen. {c["degenerate"]:.2f})' if c["n"] else "none refused")
                                      for c in cells],
                              "" if paper is None else (paper if isinstance(paper, str) else " ".join(f"+{x:.2f}" for x in paper))))
             parts.append('<p class="note">Table 3 of the paper, ours: the share of the requests refused at baseline '

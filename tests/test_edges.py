@@ -232,3 +232,30 @@ def test_edge_circuits_notebook_executes(model, tmp_path, monkeypatch):
         assert -1 <= a["spearman"] <= 1
     cut = numbers["cut"]
     assert cut["cut"] != pytest.approx(cut["clean"], abs=1e-3), "cutting the strongest edge changes the metric"
+
+
+def test_eap_ig_keeps_one_run_of_gradients_at_a_time(tiny, monkeypatch):
+    """EAP-IG-activations makes (1 + 2 L) x steps gradient runs; they are averaged as they come, so
+    the runs before the last are freed (kept all at once, SmolLM2's took ~90 GiB of a GPU)."""
+    import gc
+    import weakref
+
+    import interp.edge_attribution as ea
+
+    model, prompts = tiny
+    edges_ = E.edges(model.cfg)[:30]
+    expected = edge_attribution(model, prompts, edges_, method="eap-ig-activations", steps=2, progress=False)
+    real, alive = ea._gradients, []
+
+    def tracked(*args, **kwargs):
+        gc.collect()
+        older = alive[:-1]  # every run but the previous one must be gone by now
+        assert not any(ref() is not None for ref in older), "earlier runs' gradients are still held"
+        out = real(*args, **kwargs)
+        alive.append(weakref.ref(next(iter(out.values()))))
+        return out
+
+    monkeypatch.setattr(ea, "_gradients", tracked)
+    got = edge_attribution(model, prompts, edges_, method="eap-ig-activations", steps=2, progress=False)
+    assert len(alive) == (1 + 2 * model.cfg.n_layers) * 2
+    assert torch.allclose(got.values, expected.values, atol=1e-6, rtol=1e-5)

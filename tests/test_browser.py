@@ -235,7 +235,7 @@ def test_index_page_in_chromium(quickstart_report):
             first = page.locator("body > *").nth(2)  # h1, the note, then the table
             assert first.get_attribute("id") == "summary", "the summary table must open the page"
             headers = page.locator("#summary th").all_inner_texts()
-            assert headers[:3] == ["analysis", "headline", "ours [95% interval]"]
+            assert headers[:3] == ["analysis", "quantity", "ours [95% interval]"]
             assert {"paper", "verdict", "a miss from", "why"} <= set(headers), headers
             rows = page.locator("#summary tr").all()[1:]
             assert rows, "no headline rows"

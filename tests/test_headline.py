@@ -39,3 +39,25 @@ def test_the_table_shows_where_a_miss_comes_from():
                            dict(ROW, name="no interval", ci=None, verdict=None, miss=None)])
     assert "a miss from" in page and "sample size" in page
     assert "0.6 [0.4, 0.9]" in page and "(no interval: see why)" in page
+
+
+def test_the_index_renders_the_same_rows_with_its_own_columns(tmp_path):
+    """One renderer: the index's summary table is the reports' headline table with the analysis
+    (a link) before and the model and setting after."""
+    import json
+
+    from interp.reports.runner import write_index
+
+    (tmp_path / "ioi").mkdir()
+    (tmp_path / "ioi" / "report.html").write_text("<h1>x</h1>")
+    rows = [dict(ROW, verdict="partly", miss="sample size"), dict(ROW, name="big", ours=1234.5, ci=None, verdict=None, miss=None)]
+    (tmp_path / "ioi" / "numbers.json").write_text(json.dumps({"meta": {"model_key": "m", "setting": "quick"},
+                                                               "headline": rows}))
+    page = write_index(tmp_path, {"ioi": tmp_path / "ioi" / "report.html"}).read_text()
+    summary = page[page.index('<table id="summary">'):page.index("</table>")]
+    own = headline_table(rows)
+    for cell in ("0.6 [0.4, 0.9]", "1,234 (no interval: see why)", '<td class="verdict partly">partly</td>',
+                 '<td class="miss">sample size</td>'):
+        assert cell in summary and cell in own, cell
+    assert summary.count('<a href="ioi/report.html">ioi</a>') == 2 and summary.count("<td>m, quick</td>") == 2
+    assert "<th>analysis</th><th>quantity</th>" in summary and "<th>model, setting</th>" in summary

@@ -14,6 +14,8 @@ the paper's; "deviation: <what>" when a named difference from the paper's method
 """
 from __future__ import annotations
 
+import html
+
 from interp.errors import InterpError
 
 VERDICTS = ("reproduced", "partly", "not")
@@ -57,17 +59,36 @@ def check_headline(name: str, num: dict) -> None:
                               f"miss {row['miss']!r}")
 
 
-def headline_table(rows: list[dict]) -> str:
-    """The rows as the HTML table every report page opens with (the index page has the same columns)."""
-    from interp.reports.page import table
+COLUMNS = ("quantity", "ours [95% interval]", "n", "paper", "verdict", "a miss from", "why")
 
-    def ours(r):
-        if not isinstance(r["ours"], (int, float)):
-            return str(r["ours"])
-        if r["ci"] is None:
-            return f'{r["ours"]:.3g} (no interval: see why)'
-        return f'{r["ours"]:.3g} [{r["ci"][0]:.3g}, {r["ci"][1]:.3g}]'
 
-    return table([(r["name"], ours(r), r.get("n") if r.get("n") is not None else "", r["paper"], r["verdict"] or "-",
-                   r["miss"] or "-", r["why"]) for r in rows],
-                 ("quantity", "ours [95% interval]", "n", "paper", "verdict", "a miss from", "why"))
+def ours_text(row: dict) -> str:
+    """A row's number with its interval: "0.92 [0.85, 0.97]", or the reason it has none."""
+    def fmt(x) -> str:
+        return (f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}") if isinstance(x, (int, float)) else str(x)
+
+    if not isinstance(row["ours"], (int, float)):
+        return str(row["ours"])
+    if row.get("ci") is None:
+        return f"{fmt(row['ours'])} (no interval: see why)"
+    return f"{fmt(row['ours'])} [{fmt(row['ci'][0])}, {fmt(row['ci'][1])}]"
+
+
+def headline_table(rows: list[dict], before: list[str] | None = None, after: list[str] | None = None,
+                   header: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), table_id: str | None = None) -> str:
+    """The rows as the HTML table every report page opens with. The index page adds columns:
+    ``before[i]`` / ``after[i]`` are HTML cells (already escaped) put before / after row i's own,
+    under the ``header`` names (before, after)."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in (*header[0], *COLUMNS, *header[1]))
+    body = []
+    for i, r in enumerate(rows):
+        verdict = r["verdict"] or "-"
+        n = r.get("n")
+        cells = (f'<td class="num">{esc(ours_text(r))}</td><td class="num">{"" if n is None else esc(str(n))}</td>'
+                 f'<td>{esc(str(r["paper"]))}</td><td class="verdict {esc(verdict)}">{esc(verdict)}</td>'
+                 f'<td class="miss">{esc(r.get("miss") or "-")}</td><td>{esc(str(r["why"]))}</td>')
+        body.append("<tr>" + (before[i] if before else "") + f"<td>{esc(r['name'])}</td>" + cells
+                    + (after[i] if after else "") + "</tr>")
+    ident = f' id="{esc(table_id)}"' if table_id else ""
+    return f"<table{ident}><tr>{head}</tr>{''.join(body)}</table>"

@@ -57,6 +57,8 @@ th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; }
 .note { color: #555; font-size: 0.92em; }
+td.verdict.reproduced { background: #e3f4e3; } td.verdict.partly { background: #fdf3d8; }
+td.verdict.not { background: #f8dede; }
 """
 
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import InterpError
 from interp.reports import circuit_reuse, correct_letter, edges, ioi, quickstart, retrieval_heads, safety_heads
-from interp.reports.headline import check_headline
+from interp.reports.headline import check_headline, headline_table
 from interp.reports.page import CSS, versions
 
 ANALYSES = {
@@ -334,35 +334,25 @@ def write_index(out_dir: str | Path, pages: dict[str, Path]) -> Path:
     intervals, the paper's numbers, the verdict and why), then a link to every report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, links = [], []
+    rows, before, after, links = [], [], [], []
     for name, path in pages.items():
         path = Path(path)
-        href = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+        href = html.escape(Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix(), quote=True)
         title = getattr(ANALYSES.get(name), "TITLE", name)
-        links.append(f'<li><a href="{html.escape(href, quote=True)}">{html.escape(title)}</a></li>')
+        links.append(f'<li><a href="{href}">{html.escape(title)}</a></li>')
         try:
             num = json.loads((path.parent / "numbers.json").read_text())
         except (OSError, ValueError):
             num = {}
         meta = num.get("meta", {})
         for row in num.get("headline", []):
-            ci = row.get("ci")
-            ours = _fmt(row["ours"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
-            verdict = row["verdict"] or "-"
-            miss = row.get("miss")
-            rows.append(f'<tr><td><a href="{html.escape(href, quote=True)}">{html.escape(name)}</a></td>'
-                        f'<td>{html.escape(row["name"])}</td><td class="num">{html.escape(ours)}</td>'
-                        f'<td class="num">{row.get("n", "")}</td><td>{html.escape(str(row["paper"]))}</td>'
-                        f'<td class="verdict {verdict}">{html.escape(verdict)}</td>'
-                        f'<td class="miss">{html.escape(miss or "-")}</td><td>{html.escape(row["why"])}</td>'
-                        f'<td>{html.escape(str(meta.get("model_key", "")))}, {html.escape(str(meta.get("setting", "")))}'
-                        f"</td></tr>")
-    summary = ('<table id="summary"><tr><th>analysis</th><th>headline</th><th>ours [95% interval]</th><th>n</th>'
-               "<th>paper</th><th>verdict</th><th>a miss from</th><th>why</th><th>model, setting</th></tr>" + "".join(rows) + "</table>")
+            rows.append(row)
+            before.append(f'<td><a href="{href}">{html.escape(name)}</a></td>')
+            after.append(f'<td>{html.escape(str(meta.get("model_key", "")))}, {html.escape(str(meta.get("setting", "")))}</td>')
+    summary = headline_table(rows, before, after, header=(("analysis",), ("model, setting",)), table_id="summary")
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>interp reports</title>'
-            f"<style>{CSS} td.verdict.reproduced {{ background: #e3f4e3; }} td.verdict.partly {{ background: #fdf3d8; }}"
-            f" td.verdict.not {{ background: #f8dede; }}</style></head><body>\n<h1>interp reports</h1>\n"
+            f"<style>{CSS}</style></head><body>\n<h1>interp reports</h1>\n"
             f'<p class="note">Each paper analysis run here, its headline numbers with 95% intervals over prompts, '
             f"the paper's numbers beside them and a one-line verdict. The reports have the details.</p>\n"
             f"{summary}\n<h2>Reports</h2>\n<ul>\n" + "\n".join(links)
@@ -370,12 +360,6 @@ def write_index(out_dir: str | Path, pages: dict[str, Path]) -> Path:
     index = out_dir / "index.html"
     _write(index, page)
     return index
-
-
-def _fmt(x) -> str:
-    if isinstance(x, (int, float)):
-        return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
-    return str(x)
 
 
 __all__ = ["ANALYSES", "reproduce", "reproduce_all", "write_index", "settings_of", "cpu_threads", "PAPERS",

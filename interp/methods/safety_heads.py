@@ -428,11 +428,13 @@ def response_perplexity(model, prompt: torch.Tensor, texts: list[str]) -> list[f
     for r, i in enumerate(todo):
         batch[r, :T] = prompt
         batch[r, T:T + len(ids[i])] = torch.tensor(ids[i])
-    logp = model(batch.to(device))[:, T - 1:-1].float().log_softmax(-1).cpu()  # predicts tokens T..
+    batch = batch.to(device)
+    # each text's own tokens' log-probabilities, gathered where the logits are (copying the logits
+    # [texts, tokens, vocab] to the host cost gigabytes per request on a GPU), a few texts at a time
+    tok_logp = torch.cat([model(rows)[:, T - 1:-1].float().log_softmax(-1).gather(-1, rows[:, T:, None])[..., 0].cpu()
+                          for rows in batch.split(16)])  # [texts, width - T]: position t predicts token T + t
     for r, i in enumerate(todo):
-        n = len(ids[i])
-        nll = -logp[r, torch.arange(n), torch.tensor(ids[i])]
-        out[i] = float(nll.mean().exp())
+        out[i] = float((-tok_logp[r, :len(ids[i])]).mean().exp())
     return out
 
 
@@ -455,8 +457,8 @@ def text_perplexity(model, texts: list[str], ablations: list[Ablation], eps: flo
     out = torch.empty(len(ablations), len(ids))
     for a, (mode, heads) in enumerate(ablations):
         with ablate(model, heads, mode, eps=eps) if heads else contextlib.nullcontext():
-            logp = model(batch.to(device))[:, :-1].float().log_softmax(-1).cpu()
-        nll = -logp.gather(-1, batch[:, 1:, None])[..., 0]
+            on = batch.to(device)
+            nll = -model(on)[:, :-1].float().log_softmax(-1).gather(-1, on[:, 1:, None])[..., 0].cpu()
         out[a] = ((nll * mask).sum(-1) / mask.sum(-1)).exp()
     return out
 

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dla", help="direct logit attribution of answer - distractor at the last position")
     _add_prompts_arg(p)
-    _add_model_args(p)
+    _add_model_args(p, device=True)
 
     p = sub.add_parser("edges", help="edge scores (exact edge patching, EAP or EAP-IG) as an interp.circuit/1 graph")
     p.add_argument("--prompts", required=True, type=Path,
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompts_arg(p)
     p.add_argument("--heads", required=True, help="LAYER.HEAD list, e.g. 9.6,10.0")
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "ua", "sc"])
-    _add_model_args(p)
+    _add_model_args(p, device=True)
 
     p = sub.add_parser("bench", help="the batched engine vs TransformerLens's patching loop (BENCHMARKS.md)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

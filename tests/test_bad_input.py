@@ -263,3 +263,14 @@ def test_structure_refused_before_loading(tmp_path, previous, no_model, capsys, 
                           capsys)
     assert message in line
     _only_previous(tmp_path, previous)
+
+
+@pytest.mark.parametrize("command", [["dla"], ["ablate", "--heads", "9.6"], ["patch", "--component", "head_out"]])
+def test_every_prompts_command_takes_the_device_and_checks_it_first(command, good_file, previous, no_model,
+                                                                    monkeypatch, capsys):
+    """patch, dla and ablate all run on a GPU (--device cuda); without one they refuse in one line,
+    before loading anything, and leave an earlier result alone."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [command[0], "--prompts", str(good_file), *command[1:], "--device", "cuda", "--out", str(previous)]
+    assert "no CUDA device" in one_line_error(main(argv), capsys)
+    assert previous.read_text() == PREVIOUS

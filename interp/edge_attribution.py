@@ -81,17 +81,24 @@ def _delta(c_src, c_base, s: E.Sender) -> torch.Tensor:
     return c_src["head", s.layer][:, :, s.head] - c_base["head", s.layer][:, :, s.head]
 
 
-def _scores(edges_, c_src, c_base, grads, B: int) -> torch.Tensor:
-    """Delta_s . g_r for every edge, mean over prompts: [n_edges]. One matrix product per
-    receiver's senders."""
-    out = torch.empty(len(edges_))
-    by_receiver: dict[E.Receiver, list[int]] = {}
-    for i, e in enumerate(edges_):
-        by_receiver.setdefault(e.receiver, []).append(i)
-    for r, idx in by_receiver.items():
-        D = torch.stack([_delta(c_src, c_base, edges_[i].sender) for i in idx]).flatten(1)  # [n, B*T*d]
-        out[idx] = (D.float() @ grads[r].flatten().float() / B).cpu()
-    return out
+def _scores(edges_, c_src, c_base, grads, B: int, receivers_per_product: int = 64) -> torch.Tensor:
+    """Delta_s . g_r for every edge, mean over prompts: [n_edges]. Every sender's change once
+    ([senders, B*T*d]) times the gradients of up to ``receivers_per_product`` receivers at a time:
+    one matrix product per group of receivers (stacking each receiver's senders again copied the
+    changes once per receiver: ~330 GB of copies for every edge of SmolLM2 on 16 prompts of 62
+    tokens, 200 s on this project's CPU)."""
+    senders = list(dict.fromkeys(e.sender for e in edges_))
+    receivers = list(dict.fromkeys(e.receiver for e in edges_))
+    D = torch.stack([_delta(c_src, c_base, s).reshape(-1).float() for s in senders])  # [S, B*T*d]
+    table = torch.empty(len(senders), len(receivers))
+    for i in range(0, len(receivers), receivers_per_product):
+        part = receivers[i:i + receivers_per_product]
+        G = torch.stack([grads[r].reshape(-1).float() for r in part])  # [r, B*T*d]
+        table[:, i:i + len(part)] = (D @ G.T / B).cpu()
+    s_at = {s: i for i, s in enumerate(senders)}
+    r_at = {r: i for i, r in enumerate(receivers)}
+    return table[torch.tensor([s_at[e.sender] for e in edges_], dtype=torch.long),
+                 torch.tensor([r_at[e.receiver] for e in edges_], dtype=torch.long)]
 
 
 def edge_attribution(model, prompts: PromptSet, edges_: list[E.Edge] | None = None, method: str = "eap",

@@ -259,3 +259,24 @@ def test_eap_ig_keeps_one_run_of_gradients_at_a_time(tiny, monkeypatch):
     got = edge_attribution(model, prompts, edges_, method="eap-ig-activations", steps=2, progress=False)
     assert len(alive) == (1 + 2 * model.cfg.n_layers) * 2
     assert torch.allclose(got.values, expected.values, atol=1e-6, rtol=1e-5)
+
+
+def test_edge_scores_are_each_edges_dot_product(tiny):
+    """``_scores`` (all senders' changes times groups of receivers' gradients) gives each edge its
+    own Delta_s . g_r / B, for edges in any order and any subset."""
+    import random
+
+    from interp.edge_attribution import _delta, _scores
+    from interp.reference import sender_contributions
+
+    model, prompts = tiny
+    c_base = sender_contributions(model, prompts.corrupted_tokens)
+    c_src = sender_contributions(model, prompts.clean_tokens)
+    edges_ = E.edges(model.cfg)
+    edges_ = random.Random(0).sample(edges_, len(edges_) // 2)
+    g = torch.Generator().manual_seed(0)
+    B, T = prompts.clean_tokens.shape
+    grads = {r: torch.randn(B, T, model.cfg.d_model, generator=g) for r in dict.fromkeys(e.receiver for e in edges_)}
+    got = _scores(edges_, c_src, c_base, grads, B, receivers_per_product=3)
+    want = torch.tensor([float((_delta(c_src, c_base, e.sender) * grads[e.receiver]).sum() / B) for e in edges_])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -490,6 +490,16 @@ def _ci(x, ci) -> str:
     return f"{x:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _grid_cell(c: dict | None) -> str:
+    """One cell of the Table-3 grid: the refused -> complied share with its interval and the
+    degenerate share; blank where the group was not run, "none refused" where nothing could flip."""
+    if c is None:
+        return ""
+    if not c["n"]:
+        return "none refused"
+    return f'{_ci(c["complied"], c["ci"])} (degen. {c["degenerate"]:.2f})'
+
+
 def render(num: dict, figures: dict[str, str]) -> str:
     import html as _html
 
@@ -533,8 +543,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
             rows = []
             for name, cells in d["grid"].items():
                 paper = PAPER_GRID.get(name)
-                rows.append((name, *[("" if c is None else f'{_ci(c["complied"], c["ci"])} (degen. {c["degenerate"]:.2f})' if c["n"] else "none refused")
-                                     for c in cells],
+                rows.append((name, *[_grid_cell(c) for c in cells],
                              "" if paper is None else (paper if isinstance(paper, str) else " ".join(f"+{x:.2f}" for x in paper))))
             parts.append('<p class="note">Table 3 of the paper, ours: the share of the requests refused at baseline '
                          "that the ablation turns into complied answers (degenerate share in brackets); the paper's "

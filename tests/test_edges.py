@@ -280,3 +280,22 @@ def test_edge_scores_are_each_edges_dot_product(tiny):
     got = _scores(edges_, c_src, c_base, grads, B, receivers_per_product=3)
     want = torch.tensor([float((_delta(c_src, c_base, e.sender) * grads[e.receiver]).sum() / B) for e in edges_])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rank_correlations_equal_their_definitions_with_ties():
+    """Average ranks with ties (rank = #smaller + (#equal + 1) / 2), Spearman as the Pearson
+    correlation of those ranks, Kendall's tau-b over every pair: each against its plain definition."""
+    from interp.methods.edge_audit import _ranks, kendall, spearman
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 7, (60,), generator=g).double()  # many ties
+    y = x + torch.randint(0, 4, (60,), generator=g).double()
+    want = torch.stack([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x]).double()
+    assert torch.equal(_ranks(x), want)
+    rx, ry = want, torch.stack([(y < v).sum() + ((y == v).sum() + 1) / 2 for v in y]).double()
+    pearson = float(((rx - rx.mean()) * (ry - ry.mean())).sum() / ((rx - rx.mean()).norm() * (ry - ry.mean()).norm()))
+    assert spearman(x, y) == pytest.approx(pearson, abs=1e-12)
+    i, j = torch.triu_indices(60, 60, 1)
+    dx, dy = torch.sign(x[i] - x[j]), torch.sign(y[i] - y[j])
+    tau_b = float((dx * dy).sum() / ((dx != 0).sum().double() * (dy != 0).sum().double()).sqrt())
+    assert kendall(x, y) == pytest.approx(tau_b, abs=1e-12)

@@ -192,7 +192,7 @@ def test_circuit_evaluation_agrees_with_edge_patching(tiny):
 SMALL_REPORT = {"n_prompts": 2, "movers": 0, "methods": ("eap",), "fractions": (0.0, 0.05, 1.0), "shortlist": 10}
 
 
-def test_the_edges_report_on_the_real_model(model):
+def test_the_edges_report_on_the_real_model(model, tmp_path):
     """The report's audit on a small scope (the edges into the logits, two IOI prompts): rank
     statistics within their ranges, the curve's ends pinned, the shortlist's exact scores equal to
     the audit's for the edges both scored, and the headline rows filled."""
@@ -211,6 +211,8 @@ def test_the_edges_report_on_the_real_model(model):
     (row,) = num["headline"]
     assert row["ci"][0] <= row["ours"] <= row["ci"][1] and row["n"] == len(case["exact"])
     json.dumps(num)
+    page = report.save(res, num, tmp_path)  # the page carries the stored GPU runs beside this one
+    assert "Every edge, on a GPU machine" in page and all(r["label"] in page for r in report.stored_gpu_audits())
 
 
 def test_edge_circuits_notebook_executes(model, tmp_path, monkeypatch):
@@ -222,7 +224,7 @@ def test_edge_circuits_notebook_executes(model, tmp_path, monkeypatch):
     execute_in_process("06_edge_circuits.ipynb", tmp_path, {"OVERRIDES": SMALL_REPORT}, monkeypatch,
                        {None: model}, reports=(report,))
     out = tmp_path / "reports" / "notebooks" / "06_edge_circuits"
-    for name in ("scatter.png", "curves.png"):
+    for name in ("scatter.png", "curves.png", "gpu_curves.png"):
         assert (out / name).stat().st_size > 1000, name
     circuit = graph.Circuit.load(out / "circuit.json")
     scores = [e["score"] for e in circuit.edges]
@@ -299,3 +301,31 @@ def test_rank_correlations_equal_their_definitions_with_ties():
     dx, dy = torch.sign(x[i] - x[j]), torch.sign(y[i] - y[j])
     tau_b = float((dx * dy).sum() / ((dx != 0).sum().double() * (dy != 0).sum().double()).sqrt())
     assert kendall(x, y) == pytest.approx(tau_b, abs=1e-12)
+
+
+def test_stored_gpu_audits_are_every_edge_and_consistent(tmp_path):
+    """The stored H200 runs the report and notebook 06 show: every run found, each one over every
+    edge of its model (the approximations audited on all of them, the exact scores re-checked
+    through the hooked reference within 1e-4), curves pinned at f = 0 with no edge and f = 1 with
+    all; a folder without them gives a page that says so instead of failing."""
+    from types import SimpleNamespace
+
+    from interp.reports import edges as report
+
+    shapes = {"smollm2-135m-instruct": (30, 9, 3), report.QWEN: (24, 14, 2)}  # layers, heads, key/value heads
+
+    runs = report.stored_gpu_audits()
+    assert [r["file"] for r in runs] == [name for _, _, name, _, _ in report.GPU_RUNS]
+    for r, (key, task, *_rest) in zip(runs, report.GPU_RUNS):
+        assert r["label"] == report.case_label(key, task)
+        L, H, Hkv = shapes[key]
+        assert r["n_edges"] == len(E.edges(SimpleNamespace(n_layers=L, n_heads=H, n_key_value_heads=Hkv)))
+        assert all(a["n_edges"] == r["n_edges"] for a in r["audits"].values())
+        assert set(r["curves"]) == {"exact", *r["audits"]}
+        assert r["verified"]["max_abs_diff"] <= 1e-4
+        for c in r["curves"].values():
+            f = [p["faithfulness"] for p in c["points"]]
+            assert f[0] == 0 and f[-1] == pytest.approx(1)
+    page = report.render_stored(runs, "")
+    assert all(r["label"] in page for r in runs)
+    assert report.stored_gpu_audits(tmp_path) == [] and "No stored GPU run" in report.render_stored([], "")

@@ -41,6 +41,95 @@ PAPER = {"eap-ig": "EAP-IG's circuits are more faithful than EAP's at the same s
          "atp": "edge-level methods beat node-level ones at finding circuits (MIB, Mueller et al. 2025)"}
 
 
+#: Every edge scored exactly on a GPU machine without network (one H200, fp32, 16 prompts), stored
+#: in the repository's benchmarks/ folder: (model, task, file, date, command). The report shows
+#: them beside its own run (``stored_gpu_audits``); they are not recomputed.
+GPU_RUNS = (
+    ("smollm2-135m-instruct", "ioi", "gpu_h200_real_edges_smollm2_ioi16.json", "2026-11-30",
+     "python benchmarks/real_weights_gpu.py --out d"),
+    (QWEN, "ioi", "gpu_h200_real_edges_qwen_ioi16.json", "2026-11-30",
+     f"python benchmarks/real_weights_gpu.py --model {QWEN} --out d"),
+    ("smollm2-135m-instruct", "colored-objects", "gpu_h200_edges_report_smollm2_colored_objects16.json", "2026-11-30",
+     "reproduce('edges', d, device='cuda', overrides={'cases': ((None, 'colored-objects'),)}) "
+     "(page: gpu_h200_edges_report_smollm2_colored_objects16.html)"),
+)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def stored_gpu_audits(folder: Path = BENCHMARKS) -> list[dict]:
+    """The GPU_RUNS found in ``folder``, each as {label, date, command, n_edges, exact_s, verified,
+    audits {method: audit}, curves {method: {cpr, cmd, points}}}. Two layouts are read: the
+    benchmark script's ("audit <method>" keys) and a report's numbers.json (its first case)."""
+    import json
+
+    runs = []
+    for model_key, task, name, date, command in GPU_RUNS:
+        path = Path(folder) / name
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        if "cases" in d:
+            case = d["cases"][0]
+            audits, curves = case["audits"], case["curves"]
+            n_edges, exact_s = case["meta"]["n_edges_exact"], case["meta"]["timings_s"]["exact"]
+            verified = case["meta"]["verified"]
+        else:
+            audits = {k.split(" ", 1)[1]: v for k, v in d.items() if k.startswith("audit ")}
+            curves, verified, exact_s = d["curves"], d["verified"], d["exact_fp32_s"][0]
+            n_edges = next(iter(audits.values()))["n_edges"]
+        runs.append({"label": case_label(model_key, task), "file": name, "date": date, "command": command,
+                     "n_edges": n_edges, "exact_s": exact_s, "verified": verified, "audits": audits,
+                     "curves": {m: {k: c[k] for k in ("cpr", "cmd", "points")} for m, c in curves.items()}})
+    return runs
+
+
+def plot_stored_curves(runs: list[dict]):
+    """One panel per stored GPU run: every method's faithfulness curve over every edge."""
+    fig = new_figure(4.2 * len(runs), 3.6)
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(1, len(runs), i + 1)
+        for m, c in run["curves"].items():
+            ax.plot([p["fraction"] for p in c["points"]], [p["faithfulness"] for p in c["points"]],
+                    marker="o", ms=2, lw=1.5 if m == "exact" else 1, ls="-" if m == "exact" else "--",
+                    label=f"{m} (CPR {c['cpr']:.2f})")
+        ax.set_xscale("symlog", linthresh=0.0005)
+        ax.axhline(1, color="k", lw=0.5)
+        ax.set_xlabel("fraction of edges kept")
+        if i == 0:
+            ax.set_ylabel("faithfulness f(C)")
+        ax.set_title(f"{run['label']}\n{run['n_edges']:,} edges", fontsize=9)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def render_stored(runs: list[dict], figure: str) -> str:
+    """The stored GPU runs as one table (a row per run and method) and the curves figure."""
+    if not runs:
+        return ('<p class="note">No stored GPU run found: they ship in the repository\'s benchmarks/ folder '
+                f"({', '.join(r[2] for r in GPU_RUNS)}).</p>")
+    rows = []
+    for run in runs:
+        for m, a in run["audits"].items():
+            c = run["curves"].get(m, {})
+            rows.append((run["label"], m, a["spearman"], a["kendall"],
+                         *[a["top_k_overlap"].get(k, a["top_k_overlap"].get(str(k), float("nan"))) for k in (50, 200, 1000)],
+                         c.get("cpr", float("nan")), c.get("cmd", float("nan"))))
+        rows.append((run["label"], "exact", 1.0, 1.0, 1.0, 1.0, 1.0, run["curves"]["exact"]["cpr"],
+                     run["curves"]["exact"]["cmd"]))
+    provenance = table([(r["label"], f'{r["n_edges"]:,}', f'{r["exact_s"]:.0f}',
+                         f'{r["verified"]["max_abs_diff"]:.1e} ({r["verified"]["cells"]} edges)', r["date"],
+                         f'benchmarks/{r["file"]}', r["command"]) for r in runs],
+                       ("case", "edges (every edge)", "exact scores (s)", "re-checked: max abs diff", "date",
+                        "stored numbers", "command"))
+    return ('<p class="note">Every edge of the model scored exactly on a GPU machine without network (one H200, '
+            "fp32, 16 prompts), stored with the repository and shown here as they were measured, not recomputed "
+            "by this run. Spearman, Kendall tau-b and top-k overlap against the exact scores; CPR and CMD of the "
+            "circuits each ranking builds (every edge in scope).</p>"
+            + table(rows, ("case", "method", "Spearman", "Kendall tau-b", "top-50 overlap", "top-200 overlap",
+                           "top-1000 overlap", "CPR (higher is better)", "CMD (lower is better)"))
+            + figure + provenance)
+
+
 def steps(settings: dict) -> int:
     return len(settings["cases"]) * (3 + len(settings["methods"]))
 
@@ -249,6 +338,9 @@ def render(num: dict, figures: list[dict[str, str]]) -> str:
                 ("Headline", headline_table(num["headline"]) + f'<p class="note">Detectable: {num["detectable"]}.</p>')]
     for case, figs in zip(num["cases"], figures):
         sections += render_case(case, figs)
+    runs = stored_gpu_audits()
+    stored_fig = fig_to_img(plot_stored_curves(runs), "faithfulness curves over every edge, GPU runs") if runs else ""
+    sections.append(("Every edge, on a GPU machine (stored runs)", render_stored(runs, stored_fig)))
     return html_page("Edge-level circuits: exact scores and the approximations audited", sections)
 
 

@@ -164,6 +164,14 @@ def generations(
     suf_k = [torch.empty(R, max_new, Hkv, dh, device=device) for _ in range(L)]
     suf_v = [torch.empty(R, max_new, Hkv, dh, device=device) for _ in range(L)]
     token = torch.cat([p[-1:].to(device).expand(len(a)) for p, a in batch])
+    # When every row has a prefix of its own (no prompt's variants share one prefill, or a prompt
+    # has one variant), one padded attention over all rows replaces the loop over prompts:
+    # [R, P_max, Hkv, dh] per layer and a mask of each row's real prefix positions (the loop's
+    # per-prompt kernels made decoding host-bound). Shared prefixes (long contexts with several
+    # "mask" variants) keep the loop: padding would copy the prefix once per variant.
+    padded = len(batch) > 1 and max(plen) > 1 and all(not sh or len(a) == 1 for sh, (_, a) in zip(shared, batch))
+    if padded:
+        pre_k, pre_v, pre_valid, pre_len = _pad_prefixes(pre_k, pre_v, plen, [len(a) for _, a in batch], device)
     out: list[list[int]] = [[] for _ in range(R)]
     tops: list[list[torch.Tensor]] = [[] for _ in range(R)]
     done = [False] * R
@@ -175,8 +183,7 @@ def generations(
             x = x + w.W_pos[pos][:, None]
         if w.rotary:
             c, s_ = cos[pos][:, None], sin[pos][:, None]  # [rows, 1, dh]
-        row_groups = group[rows]
-        bounds = _runs(row_groups.tolist())  # (group, first row, end row) in batch order
+        bounds = [] if padded else _runs(group[rows].tolist())  # (group, first row, end row) in batch order
         step_top = torch.empty(len(rows), L, H, dtype=torch.long, device=device) if top1 else None
         for l in range(L):
             q, k, v = (edits.apply(kind, l, t) for kind, t in zip("qkv", w.project(l, x)))
@@ -186,7 +193,13 @@ def generations(
             if w.rotary:
                 q, k = rotate(q, c, s_), rotate(k, c, s_)
             suf_k[l][:, step], suf_v[l][:, step] = k[:, 0], v[:, 0]
-            z = torch.empty(len(rows), H, dh, device=device)
+            if padded:
+                z, idx = _attend(q[:, 0], pre_k[l], pre_v[l], suf_k[l][:, :step + 1], suf_v[l][:, :step + 1],
+                                 w.scale, top1, pre_valid)
+                if top1:  # a new key s sits at P_max + s in the padded scores, at position T - 1 + s in the row
+                    step_top[:, l] = torch.where(idx >= pre_valid.shape[1], idx - pre_valid.shape[1] + pre_len, idx)
+            else:
+                z = torch.empty(len(rows), H, dh, device=device)
             for g, a, b in bounds:
                 z[a:b], idx = _attend(q[a:b, 0], pre_k[g][l], pre_v[g][l], suf_k[l][a:b, :step + 1],
                                       suf_v[l][a:b, :step + 1], w.scale, top1)
@@ -218,6 +231,9 @@ def generations(
             break
         if len(alive) < len(rows) and top_k is None:  # greedy: stopped variants leave the batch
             sel = torch.tensor(alive, device=device)
+            if padded:
+                pre_k, pre_v = [t[sel] for t in pre_k], [t[sel] for t in pre_v]
+                pre_valid, pre_len = pre_valid[sel], pre_len[sel]
             for g, a, b in bounds:
                 if not shared[g]:
                     mine = torch.tensor([i - a for i in alive if a <= i < b], dtype=torch.long, device=device)
@@ -255,6 +271,27 @@ def _prefill(w, edits, prompt, q_f, z_f, cos, sin):
         x = x + w.out(l, edits.apply("z", l, z) * z_f[:, l, None])
         x = x + w.mlp(l, x)
     return keys, values
+
+
+def _pad_prefixes(pre_k, pre_v, plen: list[int], rows_per_group: list[int], device):
+    """Every group's own per-row prefix caches stacked over all rows, padded to the longest:
+    keys and values [R, P_max, Hkv, dh] per layer, ``valid`` [R, P_max] (True at a row's real
+    prefix positions) and each row's prefix length [R, 1] (for the top-1 readout)."""
+    L, P_max = len(pre_k[0]), max(plen) - 1
+    lens = torch.tensor([p - 1 for p, n in zip(plen, rows_per_group) for _ in range(n)], device=device)
+    valid = torch.arange(P_max, device=device)[None] < lens[:, None]
+    keys, values = [], []
+    for l in range(L):
+        ref = next(k[l] for k in pre_k if k[l] is not None)
+        k_l = ref.new_zeros(len(lens), P_max, *ref.shape[2:])
+        v_l = ref.new_zeros(len(lens), P_max, *ref.shape[2:])
+        r = 0
+        for g, n in enumerate(rows_per_group):
+            if pre_k[g][l] is not None:
+                k_l[r:r + n, :plen[g] - 1], v_l[r:r + n, :plen[g] - 1] = pre_k[g][l], pre_v[g][l]
+            r += n
+        keys.append(k_l), values.append(v_l)
+    return keys, values, valid, lens[:, None]
 
 
 def _runs(groups: list[int]) -> list[tuple[int, int, int]]:
@@ -314,12 +351,13 @@ def _split_masks(model, ablations: list[Ablation], device, dtype):
     return whole, keep
 
 
-def _attend(q, k_pre, v_pre, k_new, v_new, scale: float, want_top1: bool):
+def _attend(q, k_pre, v_pre, k_new, v_new, scale: float, want_top1: bool, pre_valid=None):
     """One query per row over a prefix cache and the row's own new keys, in fp32.
 
-    q [R, H, dh]; k_pre, v_pre [1 or R, P, Hkv, dh] or None; k_new, v_new [R, S, Hkv, dh].
-    Returns z [R, H, dh] and, with ``want_top1``, the argmax key position [R, H] (prefix first;
-    ties go to the first position, as a uniform row does)."""
+    q [R, H, dh]; k_pre, v_pre [1 or R, P, Hkv, dh] or None; k_new, v_new [R, S, Hkv, dh];
+    ``pre_valid`` [R, P]: the prefix positions each row attends to (the others weigh 0; padding).
+    Returns z [R, H, dh] and, with ``want_top1``, the argmax over the concatenated [prefix, new]
+    keys [R, H] (prefix first; ties go to the first position, as a uniform row does)."""
     R, H, dh = q.shape
     Hkv = k_new.shape[2]
     qg = q.float().view(R, Hkv, H // Hkv, dh)
@@ -328,6 +366,8 @@ def _attend(q, k_pre, v_pre, k_new, v_new, scale: float, want_top1: bool):
     if P:
         pre = (torch.einsum("rkgd,pkd->rkgp", qg, k_pre[0]) if k_pre.shape[0] == 1
                else torch.einsum("rkgd,rpkd->rkgp", qg, k_pre))
+        if pre_valid is not None:
+            pre = pre.masked_fill(~pre_valid[:, None, None, :], float("-inf"))
         scores = torch.cat([pre, scores], -1)
     scores = scores * scale
     attn = scores.softmax(-1)

@@ -11,7 +11,9 @@ every edge everywhere; the audit compares them on the exactly scored ones.
 Writes into ``out_dir/edges/`` (through ``interp.reports.runner``): ``report.html`` (the audit
 table, scatter plots against the exact scores, faithfulness curves, the top edges, the
 shortlist-then-verify check), ``numbers.json``, ``circuit.json`` (the top exact edges,
-interp.circuit/1) and ``scores_<method>.json`` for every method.
+interp.circuit/1) and ``scores_<method>.json`` for every method. The page ends with the stored runs
+over every edge on a GPU machine (``GPU_RUNS`` in the repository's benchmarks/ folder), shown as
+measured, with their dates and commands.
 """
 from __future__ import annotations
 

@@ -94,14 +94,19 @@ def plot_stored_curves(runs: list[dict]):
             ax.plot([p["fraction"] for p in c["points"]], [p["faithfulness"] for p in c["points"]],
                     marker="o", ms=2, lw=1.5 if m == "exact" else 1, ls="-" if m == "exact" else "--",
                     label=f"{m} (CPR {c['cpr']:.2f})")
-        ax.set_xscale("symlog", linthresh=0.0005)
-        ax.axhline(1, color="k", lw=0.5)
-        ax.set_xlabel("fraction of edges kept")
-        if i == 0:
-            ax.set_ylabel("faithfulness f(C)")
-        ax.set_title(f"{run['label']}\n{run['n_edges']:,} edges", fontsize=9)
-        ax.legend(fontsize=7)
+        _curve_axes(ax, i == 0, 0.0005, f"{run['label']}\n{run['n_edges']:,} edges")
     return fig
+
+
+def _curve_axes(ax, first: bool, linthresh: float, title: str) -> None:
+    """A faithfulness-curve panel's axes: log-like x (linear near 0), the f = 1 line, labels."""
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.axhline(1, color="k", lw=0.5)
+    ax.set_xlabel("fraction of edges kept")
+    if first:
+        ax.set_ylabel("faithfulness f(C)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def render_stored(runs: list[dict], figure: str) -> str:
@@ -291,13 +296,7 @@ def plot_curves(res: dict):
         if m != "exact":
             ax.plot(xs, [p["faithfulness"] for p in exact["points"]], ls="--", color="grey", lw=1, label="exact")
         ax.plot(xs, [p["faithfulness"] for p in curves[m]["points"]], marker="o", ms=3, label=m)
-        ax.set_xscale("symlog", linthresh=0.005)
-        ax.axhline(1, color="k", lw=0.5)
-        ax.set_xlabel("fraction of edges kept")
-        if i == 0:
-            ax.set_ylabel("faithfulness f(C)")
-        ax.set_title(f"{m}: CPR {curves[m]['cpr']:.3f}, CMD {curves[m]['cmd']:.3f}", fontsize=9)
-        ax.legend(fontsize=7)
+        _curve_axes(ax, i == 0, 0.005, f"{m}: CPR {curves[m]['cpr']:.3f}, CMD {curves[m]['cmd']:.3f}")
     return fig
 
 

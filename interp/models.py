@@ -348,10 +348,12 @@ def load_model(
         (``hook_result``), and ``cfg.default_prepend_bos`` set to the model's default. The spec is
         attached as ``model.interp_spec`` (None for folders and hub names).
     """
+    spec = resolve_spec(key_or_name)
+    if spec is None and _looks_like_path(key_or_name) and not Path(key_or_name).expanduser().is_dir():
+        raise UnknownModelError(f"cannot load {key_or_name!r}: not a registered key, and no such folder")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    spec = resolve_spec(key_or_name)
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise InterpError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
@@ -393,6 +395,11 @@ def load_model(
     bridge.interp_key = spec.key if spec else key_or_name
     check_placement(bridge, device, n_devices)
     return bridge
+
+
+def _looks_like_path(name: str) -> bool:
+    """A folder rather than a hub name ("org/model"): absolute, home- or dot-relative."""
+    return name.startswith(("/", "~", "./", "../"))
 
 
 def check_placement(model, device: str, n_devices: int = 1) -> None:

@@ -36,6 +36,16 @@ FILE_SECONDS = {
 }
 
 
+def pytest_terminal_summary(terminalreporter):
+    """This machine's fp32 matrix-product rate, printed after the run (also under ``-q``): the
+    suite's time is only comparable between runs and machines next to it (the same 2-core machine
+    measured 0.09 and 0.20-0.24 TFLOP/s on different days)."""
+    from interp.bench import cpu_matmul_tflops
+
+    terminalreporter.write_line(f"cpu: {os.cpu_count()} cores, fp32 matrix products at {cpu_matmul_tflops():.3f} "
+                                f"TFLOP/s ({torch.get_num_threads()} threads; interp.bench.cpu_matmul_tflops)")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """The test files longest first (FILE_SECONDS), each file's tests together in their order:

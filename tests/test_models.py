@@ -27,6 +27,20 @@ def test_unknown_key_is_a_clear_error():
         models.load_model("gpt-17")
 
 
+def test_a_missing_folder_is_refused_before_the_model_libraries_load(tmp_path):
+    """A path that is not a folder is refused at once (before transformers and TransformerLens are
+    imported, which takes seconds), so a run with a mistyped --model ends without that wait."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom interp.models import load_model\ntry:\n    load_model(sys.argv[1])\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('loaded:', sorted(m for m in ('transformers', 'transformer_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-such-model")], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "UnknownModelError" in out and "no such folder" in out and "loaded: []" in out, out
+
+
 def _fake_wheel(tmp_path, monkeypatch, content: bytes, sha: str):
     pkg = tmp_path / "site" / "fake_weights_pkg"
     pkg.mkdir(parents=True)

@@ -295,7 +295,7 @@ def _in_workers(order: list[str], jobs: int, label: dict, args: tuple) -> dict[s
     try:
         while len(pages) + len(errors) < len(order):
             try:
-                name, page, error = done.get(timeout=5)
+                name, page, error = done.get(timeout=1)
             except queue.Empty:  # a worker killed from outside (out of memory, a signal) reports nothing
                 dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
                 if not dead:

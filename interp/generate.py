@@ -169,7 +169,11 @@ def generations(
     # [R, P_max, Hkv, dh] per layer and a mask of each row's real prefix positions (the loop's
     # per-prompt kernels made decoding host-bound). Shared prefixes (long contexts with several
     # "mask" variants) keep the loop: padding would copy the prefix once per variant.
-    padded = len(batch) > 1 and max(plen) > 1 and all(not sh or len(a) == 1 for sh, (_, a) in zip(shared, batch))
+    # (and only while padding at most doubles the prefix keys: one long prompt among short ones
+    # would otherwise multiply the cache).
+    real = sum((p - 1) * len(a) for p, (_, a) in zip(plen, batch))
+    padded = (len(batch) > 1 and max(plen) > 1 and all(not sh or len(a) == 1 for sh, (_, a) in zip(shared, batch))
+              and (max(plen) - 1) * R <= 2 * real)
     if padded:
         pre_k, pre_v, pre_valid, pre_len = _pad_prefixes(pre_k, pre_v, plen, [len(a) for _, a in batch], device)
     out: list[list[int]] = [[] for _ in range(R)]

@@ -349,7 +349,7 @@ def load_model(
         attached as ``model.interp_spec`` (None for folders and hub names).
     """
     spec = resolve_spec(key_or_name)
-    if spec is None and _looks_like_path(key_or_name) and not Path(key_or_name).expanduser().is_dir():
+    if spec is None and _looks_like_path(str(key_or_name)) and not Path(key_or_name).expanduser().is_dir():
         raise UnknownModelError(f"cannot load {key_or_name!r}: not a registered key, and no such folder")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge

@@ -40,6 +40,8 @@ def pytest_terminal_summary(terminalreporter):
     """This machine's fp32 matrix-product rate, printed after the run (also under ``-q``): the
     suite's time is only comparable between runs and machines next to it (the same 2-core machine
     measured 0.09 and 0.20-0.24 TFLOP/s on different days)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller prints it; a worker's output is dropped
+        return
     from interp.bench import cpu_matmul_tflops
 
     terminalreporter.write_line(f"cpu: {os.cpu_count()} cores, fp32 matrix products at {cpu_matmul_tflops():.3f} "

@@ -167,10 +167,9 @@ def generations(
     # When every row has a prefix of its own (no prompt's variants share one prefill, or a prompt
     # has one variant), one padded attention over all rows replaces the loop over prompts:
     # [R, P_max, Hkv, dh] per layer and a mask of each row's real prefix positions (the loop's
-    # per-prompt kernels made decoding host-bound). Shared prefixes (long contexts with several
-    # "mask" variants) keep the loop: padding would copy the prefix once per variant.
-    # (and only while padding at most doubles the prefix keys: one long prompt among short ones
-    # would otherwise multiply the cache).
+    # per-prompt kernels made decoding host-bound). The loop stays for shared prefixes (long
+    # contexts with several "mask" variants: padding would copy the prefix once per variant) and
+    # where padding would more than double the prefix keys (one long prompt among short ones).
     real = sum((p - 1) * len(a) for p, (_, a) in zip(plen, batch))
     padded = (len(batch) > 1 and max(plen) > 1 and all(not sh or len(a) == 1 for sh, (_, a) in zip(shared, batch))
               and (max(plen) - 1) * R <= 2 * real)

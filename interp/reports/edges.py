@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from interp.methods.edge_audit import TOP_KS
 from interp.reports.headline import headline_table
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -109,20 +110,30 @@ def _curve_axes(ax, first: bool, linthresh: float, title: str) -> None:
     ax.legend(fontsize=7)
 
 
-def render_stored(runs: list[dict], figure: str) -> str:
-    """The stored GPU runs as one table (a row per run and method) and the curves figure."""
-    if not runs:
-        return ('<p class="note">No stored GPU run found: they ship in the repository\'s benchmarks/ folder '
-                f"({', '.join(r[2] for r in GPU_RUNS)}).</p>")
+def stored_rows(runs: list[dict]) -> list[dict]:
+    """One row per stored run and method (the exact ranking last): rank agreement with the exact
+    scores and the areas of the faithfulness curve (the report's table and notebook 06's)."""
     rows = []
     for run in runs:
         for m, a in run["audits"].items():
-            c = run["curves"].get(m, {})
-            rows.append((run["label"], m, a["spearman"], a["kendall"],
-                         *[a["top_k_overlap"].get(k, a["top_k_overlap"].get(str(k), float("nan"))) for k in (50, 200, 1000)],
-                         c.get("cpr", float("nan")), c.get("cmd", float("nan"))))
-        rows.append((run["label"], "exact", 1.0, 1.0, 1.0, 1.0, 1.0, run["curves"]["exact"]["cpr"],
-                     run["curves"]["exact"]["cmd"]))
+            overlap = a["top_k_overlap"]  # JSON keys: "50", "200", "1000"
+            rows.append({"case": run["label"], "method": m, "Spearman": a["spearman"], "Kendall tau-b": a["kendall"],
+                         **{f"top-{k} overlap": overlap.get(str(k), float("nan")) for k in TOP_KS},
+                         "CPR (higher is better)": run["curves"][m]["cpr"],
+                         "CMD (lower is better)": run["curves"][m]["cmd"]})
+        exact = run["curves"]["exact"]
+        rows.append({"case": run["label"], "method": "exact", "Spearman": 1.0, "Kendall tau-b": 1.0,
+                     **{f"top-{k} overlap": 1.0 for k in TOP_KS},
+                     "CPR (higher is better)": exact["cpr"], "CMD (lower is better)": exact["cmd"]})
+    return rows
+
+
+def render_stored(runs: list[dict], figure: str) -> str:
+    """The stored GPU runs as one table (``stored_rows``), the curves figure and their provenance."""
+    if not runs:
+        return ('<p class="note">No stored GPU run found: they ship in the repository\'s benchmarks/ folder '
+                f"({', '.join(r[2] for r in GPU_RUNS)}).</p>")
+    rows = stored_rows(runs)
     provenance = table([(r["label"], f'{r["n_edges"]:,}', f'{r["exact_s"]:.0f}',
                          f'{r["verified"]["max_abs_diff"]:.1e} ({r["verified"]["cells"]} edges)', r["date"],
                          f'benchmarks/{r["file"]}', r["command"]) for r in runs],
@@ -132,8 +143,7 @@ def render_stored(runs: list[dict], figure: str) -> str:
             "fp32, 16 prompts), stored with the repository and shown here as they were measured, not recomputed "
             "by this run. Spearman, Kendall tau-b and top-k overlap against the exact scores; CPR and CMD of the "
             "circuits each ranking builds (every edge in scope).</p>"
-            + table(rows, ("case", "method", "Spearman", "Kendall tau-b", "top-50 overlap", "top-200 overlap",
-                           "top-1000 overlap", "CPR (higher is better)", "CMD (lower is better)"))
+            + table([tuple(r.values()) for r in rows], tuple(rows[0]))
             + figure + provenance)
 
 

@@ -1,0 +1,66 @@
+"""The float64 referee of the self-checks (``interp.verify``): an fp32 gap above the tolerance is
+settled by the same forward in float64, so rounding passes and a real difference is still refused.
+
+The tolerance is shrunk to make the fp32 rounding of a tiny random model exceed it (the situation
+Qwen2.5 meets on a GPU, where its sums run in other orders than on this CPU)."""
+import pytest
+import torch
+
+import interp.sweep
+import interp.verify
+import interp.weights
+from interp import patch
+from interp.errors import EngineUnsupported, VerificationError
+from interp.random_models import random_model, random_prompts
+from interp.sweep import SweepEngine, Variant
+from interp.verify import SweepCheck, within_referee
+
+
+@pytest.fixture()
+def tight(monkeypatch):
+    """A tolerance far below fp32 rounding (1e-12 of the scale): every fp32 comparison goes to the referee."""
+    monkeypatch.setattr(interp.verify, "tolerance", lambda dtype, scale=1.0: 1e-12 * (1.0 + float(scale)))
+
+
+def test_rule_compares_distances_from_float64():
+    exact = torch.zeros(3)
+    ok, ev = within_referee(torch.full((3,), 3e-6), torch.full((3,), 1e-6), exact, tol=0.0)
+    assert ok and ev == pytest.approx({"engine_vs_float64": 3e-6, "reference_vs_float64": 1e-6})
+    assert not within_referee(torch.full((3,), 5e-6), torch.full((3,), 1e-6), exact, tol=0.0)[0]
+    assert within_referee(torch.full((3,), 5e-6), torch.full((3,), 1e-6), exact, tol=1e-6)[0]
+    assert not within_referee(torch.full((3,), float("nan")), torch.zeros(3), exact, tol=1.0)[0]
+
+
+def test_rounding_above_the_tolerance_is_settled_and_recorded(tight):
+    model = random_model("tiny-qwen2", "cpu", torch.float32)
+    prompts = random_prompts(model, batch=3, n_pos=7)
+    res = patch(model, prompts, "head_out", engine="batched", progress=False, verify=2)
+    ref = patch(model, prompts, "head_out", engine="reference", progress=False)
+    torch.testing.assert_close(res.values, ref.values, atol=1e-5, rtol=0)
+    v = res.meta["verified"]
+    assert v["max_abs_diff"] > v["tolerance"], "the shrunk tolerance must send the cells to the referee"
+    cells = v["float64_referee"]
+    assert cells["engine_vs_float64"] <= 4 * cells["reference_vs_float64"] + v["tolerance"]
+    assert 0 < cells["reference_vs_float64"] < 1e-5  # the fp32 model's own rounding, measured
+    base = v["baselines"]["float64_referee"]["base"]
+    assert set(base) == {"final_residual", "metric"} and base["final_residual"]["reference_vs_float64"] > 0
+
+
+def test_a_wrong_cell_is_still_refused(tight):
+    model = random_model("tiny-qwen2", "cpu", torch.float32)
+    engine = SweepEngine(model, random_prompts(model, batch=2, n_pos=6))
+    variants = [Variant(l, h, None) for l in range(2) for h in range(4)]
+    check = SweepCheck(engine, "ablate_zero", variants, k=3)
+    values = engine.run("ablate_zero", variants, progress=False)
+    assert check.check(values)["float64_referee"]["engine_vs_float64"] < 1e-5
+    with pytest.raises(VerificationError, match="float64 referee: engine 0.001 off"):
+        check.check(values + 1e-3)
+
+
+def test_an_unmodelled_feature_is_still_refused(tight, monkeypatch):
+    """Gemma 2's soft-capping and post-norms with the static feature list off: far from float64 too."""
+    model = random_model("tiny-gemma2", "cpu", torch.float32)
+    monkeypatch.setattr(interp.sweep, "unsupported", lambda model, n_pos=None: None)
+    monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None: None)
+    with pytest.raises(EngineUnsupported, match=r"differs from the model's own .*float64 referee: final_residual engine"):
+        patch(model, random_prompts(model, batch=2, n_pos=7), "head_out", layers=[1], engine="batched", progress=False)

@@ -27,15 +27,18 @@ terms in different orders; measured differences on SmolLM2 are below 1e-5 on log
 ~5, against a tolerance of ~1e-4) and c = 4 for bf16/fp16 (dominated by rounding activations to 8
 or 11 significant bits, not by the order of sums; BENCHMARKS.md has the measured errors).
 
-**A float64 referee settles an fp32 gap above the tolerance** (``SweepCheck``). The scale above is
-that of the compared values, but rounding follows the largest values the forward passes through:
-Qwen2.5's residual stream carries activations in the thousands that cancel to ~200 at the answer
-position, and on a GPU the engine's and the model's sums run in unrelated orders. There the two fp32
-forwards differed by 0.018 (tolerance 0.0033) while agreeing to 6e-5 on a CPU. Before refusing, the
-same forward runs on a float64 copy of the model (``float64_referee``): the engine passes if it is
-no further from the float64 values than the model's own fp32 forward is, times 4, plus the
-tolerance. Something the engine does not model is as far from float64 as from the fp32 model and is
-still refused; the evidence records both distances.
+**A float64 referee settles an fp32 gap above the tolerance** (``SweepCheck``; the decoder's
+first-step check in ``interp.generate`` too). The scale above is that of the compared values, but
+rounding follows the largest values the forward passes through. In Qwen2.5's residual stream some
+positions reach 2,182 (chat prompts; 1,035 in the plain template) while the answer position stays
+under 100; a head under undifferentiated attention (UA) reads every position evenly and brings
+those values into the answer position's sums. On an H200, where the engine's and the model's sums
+run in unrelated orders, Sahara's baseline check with heads under UA differed by 0.018 (tolerance
+0.0033) and the decoder's first step by 6e-4 (tolerance 2.7e-4); unablated, the gap was 1e-4. Before
+refusing, the same forward runs on a float64 copy of the model (``float64_referee``): the engine
+passes if it is no further from the float64 values than the model's own fp32 forward is, times 4,
+plus the tolerance. Something the engine does not model is as far from float64 as from the fp32
+model and is still refused; the evidence records both distances.
 """
 from __future__ import annotations
 

@@ -64,3 +64,23 @@ def test_an_unmodelled_feature_is_still_refused(tight, monkeypatch):
     monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None: None)
     with pytest.raises(EngineUnsupported, match=r"differs from the model's own .*float64 referee: final_residual engine"):
         patch(model, random_prompts(model, batch=2, n_pos=7), "head_out", layers=[1], engine="batched", progress=False)
+
+
+def test_generation_first_step_is_settled_or_refused(tight, monkeypatch):
+    """The decoder's first-step check (``interp.generate``) takes the same referee: its own fp32
+    rounding passes under the shrunk tolerance, logits moved by 1e-3 do not."""
+    from interp.generate import _check_first_step, generations
+
+    model = random_model("tiny-llama", "cpu", torch.float32)
+    prompt = torch.randint(0, 200, (9,), generator=torch.Generator().manual_seed(0))
+    variants = [("ua", []), ("ua", [(0, 1), (1, 2)]), ("sc", [(1, 0)])]
+    called = []
+    real = interp.verify.float64_referee
+    monkeypatch.setattr(interp.verify, "float64_referee", lambda m: called.append(1) or real(m))
+    out = generations(model, [(prompt, variants)], max_new=2, verify=3, stop_ids=set())
+    assert len(out) == 1 and len(out[0].tokens) == 3
+    assert called, "the decoder's fp32 rounding must exceed the shrunk tolerance and reach the referee"
+    with torch.no_grad():
+        logits = model(prompt[None])[0, -1][None]  # variant 0 is the unablated model
+    with pytest.raises(VerificationError, match=r"float64 referee: engine 0.001 off"):
+        _check_first_step(model, prompt, variants[:1], 1e-5, logits + 1e-3, k=1)

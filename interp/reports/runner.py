@@ -211,7 +211,7 @@ def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standa
     _write(folder / "numbers.json", json.dumps(num, indent=1, default=_jsonable))
     _write(folder / "report.html", page)
     wall = time.time() - start
-    _write(folder / "run.json", json.dumps({"key": key, "wall_s": wall, "setting": setting, "device": device,
+    _write(folder / "run.json", json.dumps({"key": key, "wall_s": wall, "setting": num["meta"]["setting"], "device": device,
                                             "finished": datetime.datetime.now().isoformat(timespec="seconds")}))
     print(f"{position}{name}: {wall:.0f} s -> {folder / 'report.html'}", flush=True)
     return folder / "report.html"

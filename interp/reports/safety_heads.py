@@ -68,6 +68,14 @@ CUDA = {"formats": ("template", "chat"), "fit_each": True, "n_fit": None, "n_eva
         "ppl_factor": 4.0, "n_examples": 10}
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
 
+#: Runs of the "cuda" setting on a GPU machine without network, stored in the repository's
+#: benchmarks/ folder as their numbers.json: (format, file, command). Every report shows them.
+GPU_RUNS = (
+    ("template", "gpu_h200_safety_heads_template.json",
+     "interp reproduce safety-heads --device cuda  (overrides: formats=('template',))"),
+)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
 #: Zhou et al. 2025 (shared/papers/safety-heads.md), Llama-2-7b-chat: ASR increase for 1..5 heads
 #: (rule judge, all requests; baseline ASR 0.04, so nearly all of it is refused -> complied).
 PAPER_GRID = {"dataset UA": [0.63, 0.68, 0.72, 0.70, 0.66], "dataset SC": "about 0",
@@ -540,15 +548,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
             parts.append(table([(o, _ci(b[o][0], b[o][1:3]), b[o][3]) for o in ("refused", "complied", "degenerate")]
                                + [("degeneration threshold (perplexity)", "n/a" if d["threshold"] is None else f'{d["threshold"]:.1f}', "")],
                                ("without ablation (held-out harmful)", "share [95% interval]", "count")))
-            rows = []
-            for name, cells in d["grid"].items():
-                paper = PAPER_GRID.get(name)
-                rows.append((name, *[_grid_cell(c) for c in cells],
-                             "" if paper is None else (paper if isinstance(paper, str) else " ".join(f"+{x:.2f}" for x in paper))))
-            parts.append('<p class="note">Table 3 of the paper, ours: the share of the requests refused at baseline '
-                         "that the ablation turns into complied answers (degenerate share in brackets); the paper's "
-                         "column is its ASR increase on Llama-2-7b-chat (baseline ASR 0.04).</p>")
-            parts.append(table(rows, ("ablation", *[f"k={k}" for k in ks], "paper (k=1..5)")))
+            parts.append(_grid_table(d["grid"], ks))
             tests = [(mode.upper(), t["group"]["to_complied"], t["group"]["n_refused"], f'{t["random_rate"]:.2f}',
                       str(t["random"]), _fmt_p(t["fisher_p"]), _fmt_p(t["permutation_p"]))
                      for mode, t in d["tests"].items() if t]
@@ -575,6 +575,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         sections.append((f"{fmt} format", "".join(parts) + groups + util))
         sections.append((f"{fmt} format: full responses to requests refused at baseline (greedy)", "".join(ex) or "none refused"))
     sections.append(("Figures", "".join(figures.values())))
+    sections.append(("The paper's protocol on a GPU machine (stored runs)", render_stored(stored_runs())))
     note = ('<p class="note">Differences from the paper: a 0.5B coding model instead of 7B chat models; this project\'s '
             "requests instead of AdvBench / JailbreakBench / MaliciousInstruct; the judge adds degeneration rules "
             "(too short, repetition, perplexity) to the paper's keywords, so broken output is not counted as an "
@@ -584,6 +585,51 @@ def render(num: dict, figures: dict[str, str]) -> str:
             "generations, Sahara over a subset of heads (Setup).</p>")
     sections.append(("What differs from the paper", note))
     return html_page(f'Safety heads of {m["model_key"]} (Ships and Sahara)', sections)
+
+
+def _grid_table(grid: dict, ks) -> str:
+    """Table 3 of the paper beside ours: refused -> complied per ablation and group size k."""
+    rows = []
+    for name, cells in grid.items():
+        paper = PAPER_GRID.get(name)
+        rows.append((name, *[_grid_cell(c) for c in cells],
+                     "" if paper is None else (paper if isinstance(paper, str) else " ".join(f"+{x:.2f}" for x in paper))))
+    return ('<p class="note">Table 3 of the paper, ours: the share of the requests refused at baseline '
+            "that the ablation turns into complied answers (degenerate share in brackets); the paper's "
+            "column is its ASR increase on Llama-2-7b-chat (baseline ASR 0.04).</p>"
+            + table(rows, ("ablation", *[f"k={k}" for k in ks], "paper (k=1..5)")))
+
+
+def stored_runs(folder: Path = BENCHMARKS) -> list[dict]:
+    """The GPU_RUNS found in ``folder``: each its numbers.json with the file and command added."""
+    runs = []
+    for fmt, name, command in GPU_RUNS:
+        path = Path(folder) / name
+        if path.exists():
+            runs.append(json.loads(path.read_text()) | {"file": name, "command": command, "format": fmt})
+    return runs
+
+
+def render_stored(runs: list[dict]) -> str:
+    """Each stored run: where it ran, its headline with intervals and verdicts, and Table 3 (greedy)."""
+    import html as _html
+
+    if not runs:
+        return ('<p class="note">No stored GPU run found: they ship in the repository\'s benchmarks/ folder '
+                f"({', '.join(r[1] for r in GPU_RUNS)}).</p>")
+    parts = []
+    for r in runs:
+        m = r["meta"]
+        parts.append(f'<h3>{_html.escape(r["format"])} format, {_html.escape(m["model_key"])}</h3>')
+        parts.append(table([("file", f'benchmarks/{r["file"]}'), ("command", r["command"]),
+                            ("device", f'{m["device"]}, {m.get("date", "")}, {m.get("wall_s", 0):.0f} s'),
+                            ("requests", f'{m["n_fit"]} to fit Sahara, {m["n_eval"]} held out, {m["n_benign"]} benign'),
+                            ("generation", f'{m["settings"]["max_new"]} new tokens, greedy'
+                             + (" and top-5 sampling" if m["settings"]["sampling"] else ""))]))
+        parts.append(headline_table(r["headline"]) + f'<p class="note">{_html.escape(r["detectable"])}.</p>')
+        for fmt, F in r["formats"].items():
+            parts.append(_grid_table(F["decodings"]["greedy"]["grid"], r["ks"]))
+    return "".join(parts)
 
 
 def save(res: dict, num: dict, folder) -> str:

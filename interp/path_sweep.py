@@ -46,7 +46,9 @@ def sweep_path_patch_heads(
     seed: int = 0,
 ) -> Result:
     """``path_patch_heads`` through the batched engine: Result[layer, head] of the mean metric.
-    ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``."""
+    ``verify`` senders (drawn with ``seed``) are re-run through ``interp.reference.path_patch``.
+    ``meta["per_example"]``: {"values": [layer][head][prompt], "clean": [prompt]}, the metric of
+    each prompt (the mean over prompts is ``values``), for intervals over prompts."""
     engine = SweepEngine(model, prompts, "noise", metric, memory_budget)  # base = clean x, source = x'
     # the clean and corrupted runs vs the bridge's; those forwards also keep the reference's caches
     baselines = SweepCheck(engine, "head_out", [], 0, baselines=verify > 0,
@@ -70,7 +72,8 @@ def sweep_path_patch_heads(
     clean, corrupted = engine.clean_and_corrupted()
     # A sender at or after the last receiver layer reaches no receiver: its run is the clean run.
     last = cfg.n_layers if receivers == RESID_FINAL else max(l for l, _, _ in receivers)
-    values = torch.full((len(senders),), clean)
+    clean_each = engine.cache("base").metric.float().cpu()  # [B]: the clean run of each prompt
+    each = clean_each.expand(len(senders), B).clone()  # [senders, B]
     todo = [i for i, (l, _) in enumerate(senders) if l < last]
     p0 = 0 if r_pos is None else int(r_pos.min())
     chunk = engine._chunk_size(T - p0)
@@ -78,10 +81,12 @@ def sweep_path_patch_heads(
     with torch.no_grad():
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
-            values[part] = _run_chunk(engine, [senders[j] for j in part], receivers, read, live, p0,
-                                      freeze_mlps).cpu()
+            each[part] = _run_chunk(engine, [senders[j] for j in part], receivers, read, live, p0,
+                                    freeze_mlps).float().cpu()
             bar.update(len(part))
     bar.close()
+    values = torch.full((len(senders),), clean)  # a sender that reaches no receiver: exactly the clean run
+    values[todo] = each[todo].mean(1)
     verified = check_path_sweep(baselines.model, prompts, senders, values, dict(
         receivers=receivers, sender_positions=sender_positions, receiver_positions=receiver_positions,
         freeze_mlps=freeze_mlps, metric=metric), engine.w.W_Q.dtype, verify, seed,
@@ -94,7 +99,8 @@ def sweep_path_patch_heads(
         clean=clean, corrupted=corrupted,
         meta={"index": {"layer": layers, "head": list(range(cfg.n_heads))}, "freeze_mlps": freeze_mlps,
               "n_prompts": len(prompts), "engine": "batched", "verified": verified,
-              "receivers": receivers if isinstance(receivers, str) else [list(r) for r in receivers]},
+              "receivers": receivers if isinstance(receivers, str) else [list(r) for r in receivers],
+              "per_example": {"values": each.reshape(len(layers), cfg.n_heads, B).tolist(), "clean": clean_each.tolist()}},
     )
 
 
@@ -105,7 +111,7 @@ def _gather(t: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
 
 
 def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, freeze_mlps: bool):
-    """The metric after path patching each sender of the chunk: [n_senders]."""
+    """The metric after path patching each sender of the chunk, per prompt: [n_senders, B]."""
     w, base, src = engine.w, engine.cache("base"), engine.cache("source")
     L = engine.cfg.n_layers
     s_layer = torch.tensor([l for l, _ in senders], device=engine.device)
@@ -131,7 +137,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
             delta = delta + change * (s_layer <= layer)[:, None, None, None] * live
     if receivers == RESID_FINAL:  # read = the answer positions: the metric directly
         final = _gather(base.resid_mid[L - 1] + base.mlp_out[L - 1], read)[None] + delta  # [N, B, 1, d]
-        return engine.metric_at(final[:, :, 0]).mean(1)
+        return engine.metric_at(final[:, :, 0])
     if stop in recv_layers:
         stored[stop] = _receiver_inputs(engine, stop, _gather(base.resid_pre[stop], read)[None] + delta, read)
 
@@ -147,7 +153,7 @@ def _run_chunk(engine: SweepEngine, senders, receivers, read, live, p0: int, fre
             edit = _receiver_edit(stored[layer], [(h, k) for l, h, k in receivers if l == layer], rows, cols)
         x, normed = w.add_norm(x, engine._attention(layer, normed, p0, edit), w.ln2[layer])
         x, normed = w.add_norm(x, w.mlp_normed(layer, normed), w.ln1_after(layer))
-    return engine._final_metric(x, p0).mean(1)
+    return engine._final_metric(x, p0)
 
 
 def _receiver_inputs(engine: SweepEngine, layer: int, x, read):

@@ -470,3 +470,11 @@ def _check_reuse(num: dict) -> None:
             for r in cond.values():
                 assert r["change"] == pytest.approx(r["after"] - r["before"], abs=1e-6)  # float32 means
                 assert r["ci"][0] - 1e-9 <= r["change"] <= r["ci"][1] + 1e-9
+        # the overlap's interval over the path-patching prompts (per-prompt values of every stage)
+        ov, oi = x["overlap"]["all stages"]["overlap"], x["overlap_interval"]
+        row = next(r for r in num["headline"] if r["name"].startswith("overlap of the top-2%") and x["model_key"] in r["name"])
+        assert row["n"] == x["n_path_patching"] == oi["n_ioi"] == oi["n_co"] and oi["estimate"] == ov
+        if oi["ci"] is None:
+            assert "no interval" in row["why"] and "misses the estimate" in oi["why"]
+        else:
+            assert row["ci"] == oi["ci"] and oi["ci"][0] <= ov <= oi["ci"][1]

@@ -103,6 +103,53 @@ def overlap(ioi: dict[str, Result], co: dict[str, Result], share: float = 0.02) 
     return out
 
 
+def overlap_interval(ioi: dict[str, Result], co: dict[str, Result], share: float = 0.02, n_boot: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> dict:
+    """A bootstrap interval over prompts of ``overlap``'s "all stages" Jaccard overlap.
+
+    Each resample draws the IOI and the CO path-patching prompts with replacement (independently:
+    two samples), takes each head's mean effect over the drawn prompts (from the sweeps' per-prompt
+    values, ``meta["per_example"]``), the top-share sets per stage and their union, and the overlap.
+    The receivers of stages 2 and 3 stay those chosen on all prompts (the interval is conditional on
+    them: re-choosing them would mean path patching again per resample). A top-k overlap falls when
+    resampling adds noise to the rankings, so the interval is the bias-corrected one
+    (``interp.stats.bias_corrected_interval``). Returns {"estimate", "ci", "n_ioi", "n_co",
+    "boot_median"} or {"ci": None, "why": ...} when a stage has no per-prompt values."""
+    from interp.stats import bias_corrected_interval
+
+    def per_prompt(stages_):  # {stage: [L, H, B] of each prompt's metric minus its clean metric}
+        out = {}
+        for name, r in stages_.items():
+            pe = r.meta.get("per_example")
+            if pe is None:
+                return None
+            out[name] = torch.tensor(pe["values"]) - torch.tensor(pe["clean"])
+        return out
+
+    a, b = per_prompt(ioi), per_prompt(co)
+    if a is None or b is None:
+        return {"ci": None, "why": "no per-prompt values (the reference engine ran): no interval"}
+    n_a, n_b = next(iter(a.values())).shape[-1], next(iter(b.values())).shape[-1]
+
+    def union_overlap(ia, ib) -> float:
+        # |mean(M_b - clean_b)| ranks the heads as |path_effect| does (one common denominator per stage)
+        sa = set().union(*(top_share(d[..., ia].mean(-1), share) for d in a.values()))
+        sb = set().union(*(top_share(d[..., ib].mean(-1), share) for d in b.values()))
+        return len(sa & sb) / len(sa | sb)
+
+    estimate = union_overlap(list(range(n_a)), list(range(n_b)))
+    rng = random.Random(seed)
+    boots = [union_overlap([rng.randrange(n_a) for _ in range(n_a)], [rng.randrange(n_b) for _ in range(n_b)])
+             for _ in range(n_boot)]
+    out = {"estimate": estimate, "n_ioi": n_a, "n_co": n_b, "boot_median": sorted(boots)[n_boot // 2]}
+    try:
+        _, lo, hi = bias_corrected_interval(estimate, boots, level)
+        out["ci"] = [lo, hi]
+    except ValueError as err:
+        out.update(ci=None, why=str(err))
+    return out
+
+
 def overlap_null(observed: dict, n_layers: int, n_heads: int, n_draws: int = 2000, seed: int = 0) -> dict:
     """The overlap of random top-k sets, per stage and over the union: the null of ``overlap``.
 
@@ -560,6 +607,7 @@ def run(model, n_prompts: int = 16, n_intervention: int = 64, seed: int = 0, n_r
     return {
         "stages": {"ioi": ioi_stages, "co": co_stages}, "overlap": ov,
         "overlap_null": overlap_null(ov, model.cfg.n_layers, model.cfg.n_heads, n_null, seed),
+        "overlap_interval": overlap_interval(ioi_stages, co_stages, share, seed=seed),
         "heads": heads, "intervention": iv, "co_prompts": co_eval, "ioi_correct": ioi_correct,
         "n_prompts": n_prompts, "n_intervention": n_intervention, "n_select": n_select, "seed": seed, "share": share,
     }

@@ -111,7 +111,7 @@ def model_numbers(model, res: dict) -> dict:
         "errors": {"n_errors": n_err, **errors},
         "overlap": {s: {k: ([_label(h) for h in v] if isinstance(v, list) else v) for k, v in o.items()}
                     for s, o in ov.items()},
-        "overlap_null": null,
+        "overlap_null": null, "overlap_interval": res.get("overlap_interval", {"ci": None, "why": "not computed"}),
         "heads": {"inhibition": [_label(h) for h in heads["inhibition"]], "negative": [_label(h) for h in heads["negative"]],
                   "by_rank": [_label(h) for h in heads["by_rank"]], "movers": [_label(h) for h in heads["movers"]],
                   "mover_attention": heads["mover_attention"],
@@ -185,12 +185,16 @@ def headline_rows(x: dict) -> list[dict]:
     null = x["overlap_null"]["all stages"]
     verdict = ("reproduced" if ov["overlap"] >= 0.6 and null["layer-matched"]["p"] < 0.05 else
                "partly" if null["uniform"]["p"] < 0.05 else "not")
+    oi = x["overlap_interval"]
+    interval = (f"bootstrap over the path-patching prompts ({x['n_path_patching']} per task, resampled per task; "
+                f"stage 2-3 receivers kept; bias-corrected), resampled median {oi['boot_median']:.2f}"
+                if oi["ci"] is not None else f"no interval: {oi['why']}")
     out.append({"name": f"overlap of the top-2% heads of IOI and CO, all stages ({key})", "ours": ov["overlap"],
-                "ci": None, "n": None, "paper": f'{PAPER["overlap"]} (GPT-2 medium)', "verdict": verdict,
-                "why": (f"no interval over prompts (one path-patching run, {x['n_path_patching']} prompts per task); "
-                        f"random top-k sets: uniform mean {null['uniform']['mean']:.2f} (p = {null['uniform']['p']:.3f}), "
-                        f"layer-matched {null['layer-matched']['mean']:.2f} (p = {null['layer-matched']['p']:.3f})"),
-                "miss": miss_from(verdict, "model", x["n_path_patching"] < 16)})
+                "ci": oi["ci"], "n": x["n_path_patching"], "paper": f'{PAPER["overlap"]} (GPT-2 medium)', "verdict": verdict,
+                "why": (f"{interval}; random top-k sets: uniform mean {null['uniform']['mean']:.2f} "
+                        f"(p = {null['uniform']['p']:.3f}), layer-matched {null['layer-matched']['mean']:.2f} "
+                        f"(p = {null['layer-matched']['p']:.3f})"),
+                "miss": miss_from(verdict, "model", inside(oi["ci"], PAPER["overlap"]) or x["n_path_patching"] < 16)})
     if "attend: all" in x["mover_check"]:
         mc = x["mover_check"]["attend: all"]
         w, c = mc["wrong"], mc["correct"]
@@ -261,7 +265,9 @@ def render(num: dict, figures: dict[str, str]) -> str:
         get = lambda n: f'{c[n]["accuracy"]:.3f} {_ci(c[n]["ci"])}' if n in c else "n/a"  # noqa: E731
         rnd = x["random"].get("attend")
         rows.append((x["model_key"], f'{x["ioi_accuracy"]["accuracy"]:.3f}', get("baseline"),
-                     f'{x["overlap"]["all stages"]["overlap"]:.3f}', get("attend: all"), get("move: all"),
+                     f'{x["overlap"]["all stages"]["overlap"]:.3f}'
+                     + (f' {_ci(x["overlap_interval"]["ci"])}' if x["overlap_interval"]["ci"] else ""),
+                     get("attend: all"), get("move: all"),
                      get("attend: inhibition only"), get("attend: negative mover only"),
                      f'{rnd["mean"]:.3f} ± {rnd["sd"]:.3f}' if rnd else "n/a", get("block: content gatherers")))
     p = num["paper"]

@@ -138,6 +138,9 @@ def overlap_interval(ioi: dict[str, Result], co: dict[str, Result], share: float
         return len(sa & sb) / len(sa | sb)
 
     estimate = union_overlap(list(range(n_a)), list(range(n_b)))
+    if estimate != overlap(ioi, co, share)["all stages"]["overlap"]:
+        return {"ci": None, "estimate": estimate, "n_ioi": n_a, "n_co": n_b,
+                "why": "the per-prompt values rank the heads otherwise than the means do (a near-tie): no interval"}
     rng = random.Random(seed)
     boots = [union_overlap([rng.randrange(n_a) for _ in range(n_a)], [rng.randrange(n_b) for _ in range(n_b)])
              for _ in range(n_boot)]

@@ -256,6 +256,7 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
 
     layers = sorted({l for l, _, _ in receivers})[: 1 if before_first else None]
     values = each = None
+    complete = True
     meta = {}
     for i, lj in enumerate(layers):
         senders = list(range(layers[i - 1] if i else 0, lj))
@@ -269,7 +270,9 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
             values = torch.full((model.cfg.n_layers, model.cfg.n_heads), float(part.clean))
             meta = dict(part.meta)
         values[senders] = part.values
-        if "per_example" in part.meta:  # the batched engine's per-prompt values
+        if "per_example" not in part.meta:  # a part fell back to the reference loop: no per-prompt values
+            complete = False
+        elif complete:  # the batched engine's per-prompt values
             if each is None:
                 clean_each = torch.tensor(part.meta["per_example"]["clean"])
                 each = clean_each.expand(model.cfg.n_layers, model.cfg.n_heads, len(clean_each)).clone()
@@ -283,7 +286,7 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
         values = torch.full((model.cfg.n_layers, model.cfg.n_heads), clean)
     values[[l for l in range(model.cfg.n_layers) if l not in swept]] = clean  # no path: exactly no effect
     meta.pop("per_example", None)
-    if each is not None:  # senders that reach no receiver: each prompt's clean run
+    if complete and each is not None:  # senders that reach no receiver: each prompt's clean run
         each[[l for l in range(model.cfg.n_layers) if l not in swept]] = clean_each
         meta["per_example"] = {"values": each.tolist(), "clean": clean_each.tolist()}
     meta.update({"index": {"layer": list(range(model.cfg.n_layers)), "head": list(range(model.cfg.n_heads))},

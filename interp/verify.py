@@ -197,13 +197,12 @@ class SweepCheck:
                         f"in {_dtype_name(e.model)} the engine's unpatched run differs from the same weights "
                         f"in float32 ({by}): this model's {_dtype_name(e.model)} error is larger than the "
                         "check accepts; run it in float32, or pass verify=0 to accept that error")
-                if twin is None:
-                    twin = self._float64_twin()
                 ok, evidence = self._referee_baseline(twin, tokens, (ours.final[rows, pos], bridge_resid, resid_tol),
                                                       (ours.metric, bridge_metric, metric_tol))
+                twin = evidence.pop("twin", twin)
                 if not ok:
                     raise EngineUnsupported(
-                        f"the engine's forward differs from the model's own ({by}{_distances(evidence)}): "
+                        f"the engine's forward differs from the model's own ({by}{referee_words(evidence)}): "
                         "the model has something the engine does not model")
                 referee[which] = evidence
         if self.component in ABLATIONS:
@@ -211,28 +210,21 @@ class SweepCheck:
         out = {"final_residual": resid_diff, "metric": metric_diff}
         return out | ({"float64_referee": referee} if referee else {})
 
-    def _float64_twin(self):
-        """The float64 referee model, or the exception that prevented building it."""
-        try:
-            return float64_referee(self.model)
-        except Exception as err:  # e.g. out of memory: no referee, the gap stands
-            return err
-
     def _referee_baseline(self, twin, tokens, resid: tuple, metric: tuple) -> tuple[bool, dict]:
         """The float64 referee of one unpatched run: (ours, fp32 reference, tolerance) for the final
-        residual and for the metric at the answer positions."""
+        residual and for the metric at the answer positions. ``twin``: the float64 copy, or None to
+        build it (returned under "twin" in the evidence, for the next run)."""
         e, ps = self.engine, self.engine.prompts
         final = reference.final_residual_name(self.model)
         rows, pos = torch.arange(len(ps), device=e.device), ps.answer_pos.to(e.device)
         try:
-            if isinstance(twin, Exception):
-                raise twin
+            twin = float64_referee(self.model) if twin is None else twin
             exact = reference.source_cache(twin, tokens, {final}, self.hooks, keep_logits=True)
-        except Exception as err:  # an intervention that cannot run in float64: no referee, the gap stands
+        except Exception as err:  # out of memory, or an intervention that cannot run in float64: the gap stands
             return False, {"error": f"{type(err).__name__}: {err}"}
         ok_r, ev_r = within_referee(*resid[:2], exact[final][rows, pos], resid[2])
         ok_m, ev_m = within_referee(*metric[:2], e.metric(at_answer(exact["logits"], pos), ps), metric[2])
-        return ok_r and ok_m, {"final_residual": ev_r, "metric": ev_m}
+        return ok_r and ok_m, {"final_residual": ev_r, "metric": ev_m, "twin": twin}
 
     def check(self, values: torch.Tensor) -> dict:
         """Re-run the sampled cells through the reference loop; the evidence, or VerificationError."""
@@ -256,29 +248,26 @@ class SweepCheck:
                 int((ours.float() - ref.float()).abs().argmax())
             raise VerificationError(
                 f"the batched {self.component} sweep disagrees with the reference loop by {diff:.3g} "
-                f"(tolerance {tol:.2g}{_distances(evidence.get('float64_referee'))}) at {self.variants[worst]}: "
+                f"(tolerance {tol:.2g}{referee_words(evidence.get('float64_referee'))}) at {self.variants[worst]}: "
                 "please report this; "
                 "engine='reference' gives the reference numbers")
         return evidence
-
 
     def _referee_cells(self, ours: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[bool, dict]:
         """The float64 referee of the sampled cells (their source activations recomputed in float64)."""
         e = self.engine
         try:
-            twin = self._float64_twin()
-            if isinstance(twin, Exception):
-                raise twin
-            exact = reference.run_cells(twin, e.prompts, self.component, self.variants,
+            exact = reference.run_cells(float64_referee(self.model), e.prompts, self.component, self.variants,
                                         e.direction, e.metric, self.readout, hooks=self.hooks, eps=e.eps,
                                         source={} if self.component in ABLATIONS else None)
-        except Exception as err:
+        except Exception as err:  # out of memory, or an intervention that cannot run in float64
             return False, {"error": f"{type(err).__name__}: {err}"}
         return within_referee(ours, ref, exact, tol)
 
 
-def _distances(evidence: dict | None) -> str:
-    """The float64 referee's distances in words, for an error message."""
+def referee_words(evidence: dict | None) -> str:
+    """The float64 referee's verdict in words, for an error message: its distances (``within_referee``'s
+    evidence, or one per readout), or why it could not run ({"error": ...}); "" for none."""
     if not evidence:
         return ""
     if "error" in evidence:

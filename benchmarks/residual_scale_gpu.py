@@ -3,8 +3,8 @@
 The script as it ran on the H200 (2026-11-30, `python benchmarks/residual_scale_gpu.py cuda`; `cpu`
 on this project's machine): the baseline self-check (engine vs the model's own forward, no head
 ablated) on the 100 fitting requests in both prompt formats, then the largest |residual| at any
-position and at the answer position over all layers. Printed on the H200: chat 9.9e-5 (tolerance
-0.0033), residual up to 2,182 (answer position 86); template 9.2e-5, up to 1,035 (answer position 97).
+position and at the answer position over all layers. Printed on the H200: chat 9.9e-5
+(final residual), up to 2,182 (answer position 86); template 9.2e-5, up to 1,035 (answer position 97).
 """
 import time, torch, sys
 from interp.models import load_model

@@ -73,6 +73,8 @@ SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
 GPU_RUNS = (
     ("template", "gpu_h200_safety_heads_template.json",
      "interp reproduce safety-heads --device cuda  (overrides: formats=('template',))"),
+    ("chat", "gpu_h200_safety_heads_chat.json",
+     "interp reproduce safety-heads --device cuda  (overrides: formats=('chat',))"),
 )
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from interp.errors import CircuitError
+from interp.stats import jaccard
 
 SCHEMA = "interp.circuit/1"
 KINDS = ("head", "mlp", "embed", "logits")
@@ -350,9 +351,7 @@ def from_networkx(G) -> Circuit:
 
 # ------------------------------------------------------------------------------------ compare
 def _overlap(A: set, B: set) -> dict:
-    union = A | B
-    return {"only_a": sorted(A - B), "only_b": sorted(B - A), "both": sorted(A & B),
-            "overlap": len(A & B) / len(union) if union else 1.0}
+    return {"only_a": sorted(A - B), "only_b": sorted(B - A), "both": sorted(A & B), "overlap": jaccard(A, B)}
 
 
 def compare(a: Circuit, b: Circuit) -> dict:

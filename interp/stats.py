@@ -10,6 +10,7 @@ tell the second apart from the others.
 - ``proportion_ci``: the Wilson score interval of a proportion (k successes of n).
 - ``fisher_exact``: the exact test of a 2x2 table (is a rate higher in one group than another).
 - ``permutation_pvalue``: how often random draws (e.g. random head sets) reach the observed value.
+- ``jaccard``: the overlap |A & B| / |A | B| of two sets (of heads, say).
 - ``detectable_difference``: the smallest difference of means (or proportions) a sample of n can
   detect at 5% two-sided significance with 80% power: what a null result can and cannot rule out.
 """
@@ -174,3 +175,9 @@ def _normal_quantile(q: float) -> float:
     r = t * t
     return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * t / \
         (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+def jaccard(a: set, b: set) -> float:
+    """The Jaccard overlap |A & B| / |A | B| of two sets; 1 for two empty sets (they are equal)."""
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0

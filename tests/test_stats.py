@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from interp.stats import bootstrap_ci, detectable_difference, fisher_exact, permutation_pvalue, proportion_ci
+from interp.stats import bootstrap_ci, detectable_difference, fisher_exact, jaccard, permutation_pvalue, proportion_ci
 
 
 def test_wilson_interval_known_values():
@@ -59,3 +59,9 @@ def test_bootstrap_refuses_an_interval_that_misses_the_estimate():
     xs = list(range(40))
     with pytest.raises(ValueError, match="does not contain the estimate"):
         bootstrap_ci(xs, stat=lambda s: len(set(s)) / len(s), n_boot=200)
+
+
+def test_jaccard():
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == 0.5
+    assert jaccard({1}, {2}) == 0.0
+    assert jaccard(set(), set()) == 1.0

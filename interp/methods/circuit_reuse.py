@@ -54,6 +54,7 @@ from interp.hooks import check_heads, hook_name
 from interp.methods.ioi import Head, copy_scores, path_effect, path_patch_query_heads, top_heads
 from interp.patching import path_patch_heads
 from interp.result import Result
+from interp.stats import bias_corrected_interval, bootstrap_ci, jaccard, permutation_pvalue
 from interp.tasks.colored_objects import co_colour_ids, co_colours
 from interp.tasks.prompts import PromptSet
 
@@ -97,9 +98,9 @@ def overlap(ioi: dict[str, Result], co: dict[str, Result], share: float = 0.02) 
         a, b = set(top_share(path_effect(ioi[name]), share)), set(top_share(path_effect(co[name]), share))
         union_a |= a
         union_b |= b
-        out[name] = {"ioi": sorted(a), "co": sorted(b), "both": sorted(a & b), "overlap": len(a & b) / len(a | b)}
+        out[name] = {"ioi": sorted(a), "co": sorted(b), "both": sorted(a & b), "overlap": jaccard(a, b)}
     out["all stages"] = {"ioi": sorted(union_a), "co": sorted(union_b), "both": sorted(union_a & union_b),
-                         "overlap": len(union_a & union_b) / len(union_a | union_b)}
+                         "overlap": jaccard(union_a, union_b)}
     return out
 
 
@@ -115,7 +116,6 @@ def overlap_interval(ioi: dict[str, Result], co: dict[str, Result], share: float
     resampling adds noise to the rankings, so the interval is the bias-corrected one
     (``interp.stats.bias_corrected_interval``). Returns {"estimate", "ci", "n_ioi", "n_co",
     "boot_median"} or {"ci": None, "why": ...} when a stage has no per-prompt values."""
-    from interp.stats import bias_corrected_interval
 
     def per_prompt(stages_):  # {stage: [L, H, B] of each prompt's metric minus its clean metric}
         out = {}
@@ -135,7 +135,7 @@ def overlap_interval(ioi: dict[str, Result], co: dict[str, Result], share: float
         # |mean(M_b - clean_b)| ranks the heads as |path_effect| does (one common denominator per stage)
         sa = set().union(*(top_share(d[..., ia].mean(-1), share) for d in a.values()))
         sb = set().union(*(top_share(d[..., ib].mean(-1), share) for d in b.values()))
-        return len(sa & sb) / len(sa | sb)
+        return jaccard(sa, sb)
 
     estimate = union_overlap(list(range(n_a)), list(range(n_b)))
     if estimate != overlap(ioi, co, share)["all stages"]["overlap"]:
@@ -159,7 +159,6 @@ def overlap_null(observed: dict, n_layers: int, n_heads: int, n_draws: int = 200
     "uniform": each task's k heads of a stage drawn uniformly from all heads; "layer-matched":
     each observed head replaced by a random head of the same layer (keeps the layer profile, which
     alone makes late-layer sets overlap). Returns {stage: {null: {"mean", "q95", "p"}}}."""
-    from interp.stats import permutation_pvalue
 
     rng = random.Random(seed)
     heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
@@ -179,8 +178,8 @@ def overlap_null(observed: dict, n_layers: int, n_heads: int, n_draws: int = 200
                 a, b = sets
                 ua |= a
                 ub |= b
-                draws[s].append(len(a & b) / len(a | b))
-            draws["all stages"].append(len(ua & ub) / len(ua | ub))
+                draws[s].append(jaccard(a, b))
+            draws["all stages"].append(jaccard(ua, ub))
         for s, d in draws.items():
             d = sorted(d)
             out[s][null] = {"mean": sum(d) / len(d), "q95": d[int(0.95 * (len(d) - 1))],
@@ -225,7 +224,6 @@ def select_heads(model, prompts: PromptSet, ioi_stages: dict[str, Result], n_inh
     ``prompts``: IOI pairs corrupted S2 -> IO (the stages' prompts). Every candidate's evidence is
     returned (``"candidates"``), accepted or not, so the report can show why."""
     from interp.interventions import fixed_patch, intervene
-    from interp.stats import bootstrap_ci
 
     e1, e2 = path_effect(ioi_stages["logits"]), path_effect(ioi_stages["mover queries"])
     movers = list(ioi_stages["mover queries"].meta["receiver_heads"])

@@ -45,6 +45,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.generate import generations
+from interp.stats import bootstrap_ci, bootstrap_indices, jaccard
 from interp.tasks.needle import Episode, needle_window, rouge1_recall
 
 Head = tuple[int, int]
@@ -160,7 +161,6 @@ class RetrievalScores:
         it copies in any episode, so these shares move with the number of distinct episodes, and a
         bootstrap sample (which repeats some episodes and drops others) has fewer: its interval lies
         beside the estimate, not around it. ``bins_by_episodes`` shows that dependence instead."""
-        from interp.stats import bootstrap_indices
 
         st = self._stack()
         if not len(st):
@@ -201,7 +201,7 @@ class RetrievalScores:
         means = {n: torch.stack(v).mean(0) for n, v in per.items()}
         H = self.shape[1]
         tops = {n: {(int(i) // H, int(i) % H) for i in m.flatten().topk(k).indices} for n, m in means.items()}
-        jac = [[len(tops[a] & tops[b]) / len(tops[a] | tops[b]) for b in ids] for a in ids]
+        jac = [[jaccard(tops[a], tops[b]) for b in ids] for a in ids]
         pairs = [jac[i][j] for i in range(len(ids)) for j in range(i + 1, len(ids))]
         heads = heads if heads is not None else self.top(2 * k)
         return {"needles": ids, "top": {n: sorted(tops[n]) for n in ids}, "jaccard": jac,
@@ -296,7 +296,6 @@ class Masking:
 
     def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
         """Means with bootstrap 95% intervals over episodes; the paired difference random - top."""
-        from interp.stats import bootstrap_ci
 
         out = {"n": len(self.episodes), "unmasked": bootstrap_ci(self.unmasked, n_boot=n_boot, seed=seed), "k": {}}
         for k in self.ks:

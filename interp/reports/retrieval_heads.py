@@ -40,6 +40,7 @@ import torch
 
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, head_label, html_page, new_figure, table
+from interp.stats import detectable_difference, jaccard
 
 TITLE = "Retrieval heads (Wu et al. 2024): copy-paste scores, and needle retrieval with the top heads masked"
 DEFAULT_MODEL = None
@@ -128,7 +129,6 @@ def _k_verdict(k: int, base: float, top: tuple, rand: tuple, diff: tuple) -> tup
 
 def numbers(res: dict) -> dict:
     from interp.methods import retrieval_heads as rh
-    from interp.stats import detectable_difference
 
     model, sc, mk, s = res["model"], res["scores"], res["masking"], res["settings"]
     L, H = sc.shape
@@ -220,7 +220,7 @@ def numbers(res: dict) -> dict:
         "stability": {"mean_jaccard_top10": stab["mean_jaccard"],
                       "top10_per_needle": {n: [head_label(*h) for h in t] for n, t in stab["top"].items()},
                       "folds_top10": fold_tops,
-                      "folds_jaccard_top10": len(fa[0] & fa[1]) / len(fa[0] | fa[1]) if len(fa) == 2 else None},
+                      "folds_jaccard_top10": jaccard(fa[0], fa[1]) if len(fa) == 2 else None},
         "regions": regions,
         "recall_by_episode": [{"needle": x.episode.needle_id, "length": x.episode.context_length,
                                "depth": x.episode.depth, "recall": x.recall, "answer": x.text}

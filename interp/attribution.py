@@ -94,7 +94,9 @@ def _run_at_answer(model, tokens, answer_pos, names: list[str], stop_at: str) ->
 
     def keep(name):  # key by the registered name: hook.name may be the bridge's alias target
         def hook(x, hook=None):
-            kept[name] = x[rows, answer_pos].detach()  # advanced indexing: a copy, the rest is freed
+            # advanced indexing: a copy, the rest is freed (brought to the tokens' device: a model
+            # split over GPUs computes later layers elsewhere)
+            kept[name] = x[rows.to(x.device), answer_pos.to(x.device)].detach().to(rows.device)
             if name == stop_at:
                 raise _StopForward
 

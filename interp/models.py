@@ -337,10 +337,9 @@ def load_model(
             with a Hugging Face checkpoint, or a hub name.
         device: "cpu" or "cuda".
         dtype: torch dtype or its name ("float32", "bfloat16"); default: the model's (fp32).
-        n_devices: split the model's layers across this many GPUs (``device="cuda"``; Accelerate's
-            "balanced" device map, as TransformerLens's ``n_devices``), for a model too large for
-            one GPU: hooks and ``engine="reference"`` run across the split (TransformerLens's
-            multi-GPU support; untested here, without GPUs). The batched engine and
+        n_devices: split the model's decoder layers across this many GPUs (``device="cuda"``;
+            ``split_device_map``), for a model too large for one GPU: hooks and
+            ``engine="reference"`` run across the split. The batched engine and
             ``interp.distributed`` need the whole model on one device (docs/ray.md).
 
     Returns:
@@ -366,11 +365,9 @@ def load_model(
         if n_devices < 1 or device != "cuda" or torch.cuda.device_count() < n_devices:
             raise InterpError(f"n_devices={n_devices} needs device='cuda' and that many GPUs "
                               f"({torch.cuda.device_count()} visible)")
-        from transformer_lens.utilities.multi_gpu import resolve_device_map
-
-        device_map, max_memory = resolve_device_map(n_devices, None, None)
-        placement = dict(device_map=device_map, max_memory=max_memory)
     source = str(hf_folder(spec)) if spec else str(Path(key_or_name).expanduser())
+    if n_devices != 1:
+        placement = dict(device_map=split_device_map(source, n_devices, dtype))
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(source)
@@ -395,6 +392,43 @@ def load_model(
     bridge.interp_key = spec.key if spec else key_or_name
     check_placement(bridge, device, n_devices)
     return bridge
+
+
+def split_device_map(source: str, n_devices: int, dtype: torch.dtype = torch.float32) -> dict[str, int]:
+    """A Hugging Face ``device_map`` that splits the decoder layers of the model in ``source`` into
+    ``n_devices`` contiguous, equal runs (layer i on GPU ``i * n_devices // n_layers``) and puts
+    everything else (embeddings, final norm, unembedding, rotary tables) on GPU 0.
+
+    Not Accelerate's "balanced" map: that one can put the final norm on the last GPU and a tied
+    unembedding on the first, and TransformerLens's weight processing then multiplies the two
+    (folding the final norm into the unembedding) across devices and fails."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _quiet(), init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+    lists = [(name, m) for name, m in skeleton.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and name.split(".")[-1] == "layers"]
+    if len(lists) != 1:
+        raise InterpError(f"cannot split {source!r} over GPUs: expected one list of decoder layers, found "
+                          f"{[name for name, _ in lists] or 'none'}")
+    layers_name, layers = lists[0]
+    if len(layers) < n_devices:
+        raise InterpError(f"cannot split {len(layers)} layers over {n_devices} GPUs")
+    device_map: dict[str, int] = {}
+
+    def place(module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = prefix + name
+            if full == layers_name:
+                device_map.update({f"{full}.{i}": i * n_devices // len(layers) for i in range(len(layers))})
+            elif layers_name.startswith(full + "."):
+                place(child, full + ".")
+            else:
+                device_map[full] = 0
+
+    place(skeleton, "")
+    return device_map
 
 
 def _looks_like_path(name: str) -> bool:

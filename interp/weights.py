@@ -273,6 +273,9 @@ def unsupported(model, n_pos: int | None = None) -> str | None:
     model, or None. The engines model pre-norm decoders: RMSNorm or LayerNorm, rotary (full,
     rotate-half) or absolute positions, gated (SiLU) or plain MLPs, GQA, biases."""
     cfg, hf = model.cfg, _hf_config(model)
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        return f"weights split over {len(devices)} devices (load_model(n_devices=...))"
     norm = str(cfg.normalization_type)
     if norm not in ("RMS", "RMSPre", "LN", "LNPre"):
         return f"normalization {norm}"

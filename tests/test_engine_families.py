@@ -124,3 +124,18 @@ def test_a_feature_the_checks_miss_is_caught_by_the_baseline_check(monkeypatch):
     monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None: None)
     with pytest.raises(EngineUnsupported, match="differs from the model's own"):
         patch(model, prompts, "head_out", layers=[1], engine="batched", progress=False)
+
+
+def test_a_model_split_over_devices_is_refused_by_the_batched_engine(monkeypatch):
+    """load_model(n_devices=2) puts later layers on another GPU: the engine's stacked weights need
+    one device, so batched refuses by name and auto takes the reference loop (measured on 2 H200s:
+    it then equals the one-GPU batched sweep within 7.5e-6; benchmarks/split_gpus.py)."""
+    model = random_model("tiny-llama", "cpu", torch.float32)
+    prompts = random_prompts(model, batch=2, n_pos=5)
+    assert engine_unsupported(model, prompts) is None
+    params = list(model.parameters())
+    split = params[:-1] + [torch.nn.Parameter(torch.zeros_like(params[-1], device="meta"))]
+    monkeypatch.setattr(model, "parameters", lambda recurse=True: iter(split))
+    assert "split over 2 devices" in engine_unsupported(model, prompts)
+    with pytest.raises(EngineUnsupported, match="split over 2 devices"):
+        patch(model, prompts, "head_out", layers=[1], engine="batched", progress=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import interp.models as models
-from interp.errors import UnknownModelError, WeightsCorruptError, WeightsMissingError
+from interp.errors import InterpError, UnknownModelError, WeightsCorruptError, WeightsMissingError
 
 
 def test_registry_and_default():
@@ -192,3 +192,28 @@ def test_gguf_is_parsed_once_per_cache_build(model):
         assert a is b and len(a.tensors) > 0
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before
+
+
+@pytest.mark.parametrize("key", sorted(models.REGISTRY))
+def test_split_device_map_covers_every_weight_and_keeps_the_ends_together(key):
+    """n_devices: contiguous equal runs of decoder layers; the embeddings, the final norm and the
+    (possibly tied) unembedding on GPU 0, so that TransformerLens's folding of the final norm into
+    the unembedding stays on one device (Accelerate's "balanced" map split them and failed)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = str(models.hf_folder(models.REGISTRY[key]))
+    device_map = models.split_device_map(source, 2)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    names = [n for n, _ in skeleton.named_parameters()] + [n for n, _ in skeleton.named_buffers()]
+    for name in names:  # each weight placed by exactly one entry
+        assert sum(name.startswith(k + ".") for k in device_map) == 1, name
+    in_layers = {k: k.rsplit(".", 1)[0].endswith("layers") for k in device_map}
+    layers = [v for k, v in device_map.items() if in_layers[k]]
+    n = skeleton.config.num_hidden_layers
+    assert layers == sorted(layers) and len(layers) == n and layers.count(0) == n // 2 and layers.count(1) == n - n // 2
+    ends = {k: v for k, v in device_map.items() if not in_layers[k]}
+    assert set(ends.values()) == {0} and any("embed" in k for k in ends) and any(k.endswith("norm") for k in ends)
+    with pytest.raises(InterpError, match="cannot split"):
+        models.split_device_map(source, n + 1)

@@ -31,9 +31,9 @@ computes only the chunks that are not in the file.
 
 Replicas or sharding. A worker holds a whole model, so this scales sweeps of models that fit on one
 GPU: N GPUs, N replicas, about N times the throughput. A model too large for one GPU has to be
-split across GPUs (``load_model(..., device="cuda", n_devices=N)``, TransformerLens's
-``device_map``); the batched engine does not run on a split model, so use
-``interp.patch(..., engine="reference")`` there, in one process. See docs/ray.md.
+split across GPUs (``load_model(..., device="cuda", n_devices=N)``: its decoder layers in N runs);
+the batched engine refuses a split model and ``interp.patch`` takes the reference loop there, in
+one process. See docs/ray.md.
 
     >>> from interp.distributed import sweep_patch_distributed
     >>> result = sweep_patch_distributed("smollm2-135m-instruct", prompts, "head_out", workers=2)

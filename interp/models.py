@@ -360,14 +360,12 @@ def load_model(
     dtype = dtype or (spec.dtype if spec else torch.float32)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InterpError("device 'cuda' requested but no CUDA device is available; use --device cpu")
-    placement = {}
     if n_devices != 1:
         if n_devices < 1 or device != "cuda" or torch.cuda.device_count() < n_devices:
             raise InterpError(f"n_devices={n_devices} needs device='cuda' and that many GPUs "
                               f"({torch.cuda.device_count()} visible)")
     source = str(hf_folder(spec)) if spec else str(Path(key_or_name).expanduser())
-    if n_devices != 1:
-        placement = dict(device_map=split_device_map(source, n_devices, dtype))
+    placement = {"device_map": split_device_map(source, n_devices, dtype)} if n_devices != 1 else {}
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(source)

@@ -116,7 +116,6 @@ def overlap_interval(ioi: dict[str, Result], co: dict[str, Result], share: float
     resampling adds noise to the rankings, so the interval is the bias-corrected one
     (``interp.stats.bias_corrected_interval``). Returns {"estimate", "ci", "n_ioi", "n_co",
     "boot_median"} or {"ci": None, "why": ...} when a stage has no per-prompt values."""
-
     def per_prompt(stages_):  # {stage: [L, H, B] of each prompt's metric minus its clean metric}
         out = {}
         for name, r in stages_.items():
@@ -159,7 +158,6 @@ def overlap_null(observed: dict, n_layers: int, n_heads: int, n_draws: int = 200
     "uniform": each task's k heads of a stage drawn uniformly from all heads; "layer-matched":
     each observed head replaced by a random head of the same layer (keeps the layer profile, which
     alone makes late-layer sets overlap). Returns {stage: {null: {"mean", "q95", "p"}}}."""
-
     rng = random.Random(seed)
     heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
     stage_names = [s for s in observed if s != "all stages"]

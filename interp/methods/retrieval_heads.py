@@ -161,7 +161,6 @@ class RetrievalScores:
         it copies in any episode, so these shares move with the number of distinct episodes, and a
         bootstrap sample (which repeats some episodes and drops others) has fewer: its interval lies
         beside the estimate, not around it. ``bins_by_episodes`` shows that dependence instead."""
-
         st = self._stack()
         if not len(st):
             raise InterpError("no episode was retrieved: no score distribution")
@@ -296,7 +295,6 @@ class Masking:
 
     def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
         """Means with bootstrap 95% intervals over episodes; the paired difference random - top."""
-
         out = {"n": len(self.episodes), "unmasked": bootstrap_ci(self.unmasked, n_boot=n_boot, seed=seed), "k": {}}
         for k in self.ks:
             rand = self.random_mean(k)

@@ -221,3 +221,103 @@ def test_retrieval_heads_notebook_executes(model, tmp_path, monkeypatch):
     (tmp_path / "page").mkdir()
     html = report.save(ns["res"], {**ns["num"], "meta": meta}, tmp_path / "page")
     assert "no interval: see why" in html and "share of heads with retrieval score 0" in html
+
+
+def _scored(ep, score, recall=100.0, top1=None, tokens=()):
+    L, H = score.shape
+    top1 = torch.zeros(0, L, H, dtype=torch.long) if top1 is None else top1
+    return rh.Scored(ep, list(tokens), "", recall, ep.needle_span, top1, score)
+
+
+def test_frequency_and_stability_follow_their_definitions(model):
+    """Activation frequency is the share of RETRIEVED episodes where a head scored > 0 (a failed
+    episode does not count); stability's per-needle top-k sets and their pairwise Jaccard overlaps
+    are those of the per-needle mean scores; its table holds those means."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    A, B, C = (3, 1), (9, 4), (20, 7)
+    fav = {"quiz": [A, B], "parrot": [A, C], "soup": [A, B]}
+    eps = needle_episodes(model.tokenizer, (160,), (0.25, 0.75), list(fav), 0, buffer=0)
+    scored = []
+    for i, ep in enumerate(eps):
+        score = torch.zeros(L, H)
+        for rank, h in enumerate(fav[ep.needle_id]):
+            score[h] = 0.8 - 0.2 * rank + 0.05 * (i % 2)  # A above the needle's other head
+        if i == 0:
+            score[C] = 0.01  # once, on an episode of quiz: C active in 1 of 6 episodes
+        scored.append(_scored(ep, score))
+    failed = torch.zeros(L, H)
+    failed[(0, 0)] = 1.0  # a failed episode's copies count for nothing
+    scored.append(_scored(eps[0], failed, recall=10.0))
+    sc = rh.RetrievalScores(scored)
+    assert len(sc.kept) == 6
+    freq = sc.frequency
+    assert float(freq[A]) == 1.0 and float(freq[B]) == pytest.approx(4 / 6) and float(freq[C]) == pytest.approx(3 / 6)
+    assert float(freq[0, 0]) == 0.0 and float(freq.sum()) == pytest.approx(1 + 4 / 6 + 3 / 6)
+    assert sc.top(3) == [A, B, C]  # the score, ties broken by frequency
+
+    st = sc.stability(k=2)
+    assert st["needles"] == ["parrot", "quiz", "soup"] and st["episodes"] == {"parrot": 2, "quiz": 2, "soup": 2}
+    assert st["top"] == {"parrot": sorted([A, C]), "quiz": sorted([A, B]), "soup": sorted([A, B])}
+    jac = st["jaccard"]
+    assert [jac[i][i] for i in range(3)] == [1.0, 1.0, 1.0] and jac[1][2] == 1.0
+    assert jac[0][1] == jac[1][0] == pytest.approx(1 / 3)  # {A, C} vs {A, B}
+    assert st["mean_jaccard"] == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    assert st["heads"] == sc.top(4)
+    means = {n: torch.stack([s.score for s in scored[:6] if s.episode.needle_id == n]).mean(0) for n in fav}
+    for row, n in zip(st["table"], st["needles"]):
+        assert row == pytest.approx([float(means[n][h]) for h in st["heads"]])
+
+
+def test_attention_regions_count_where_each_step_looked(model):
+    """Each (step, head) pair lands in one region of the prompt by its top-1 position, and counts as
+    a copy when that prompt position holds the token the step emitted; failed and retrieved
+    episodes are counted apart."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    ep = needle_episodes(model.tokenizer, (160,), (0.5,), ["quiz"], 0, buffer=0)[0]
+    s, e = ep.needle_span
+    n0, _ = ep.needle_start_sentence
+    c0, _ = ep.context_span
+    T = len(ep.tokens)
+    heads = [(5, 1), (12, 3)]
+    emitted = [int(ep.tokens[s]), int(ep.tokens[s + 1]), 7, 7]
+    # step 0: both heads on the answer's first token (two copies); step 1: head 1 on the answer's
+    # second token (copy), head 2 on the first token; step 2: the filler and the needle sentence
+    # before the answer; step 3: the answer so far (position T) and the question.
+    filler = max(c0, 1)
+    assert filler < n0 and rh.region_of(ep, filler, ep.needle_span) == "filler"
+    where = [[s, s], [s + 1, 0], [filler, n0], [T, T - 1]]
+    top1 = torch.zeros(4, L, H, dtype=torch.long)
+    for t, (j1, j2) in enumerate(where):
+        top1[t][heads[0]], top1[t][heads[1]] = j1, j2
+    fail = _scored(ep, torch.zeros(L, H), recall=0.0, top1=top1, tokens=emitted)
+    ok = _scored(ep, torch.zeros(L, H), recall=100.0, top1=torch.full((2, L, H), s, dtype=torch.long),
+                 tokens=emitted[:2])
+    sc = rh.RetrievalScores([fail, ok])
+    out = rh.attention_regions(sc, heads)  # the failed episode only
+    assert out["episodes"] == 1 and out["pairs"] == 8
+    expected = {r: 0 for r in rh.REGIONS}
+    for j in (s, s, s + 1, 0, where[2][0], n0, T, T - 1):
+        expected[rh.region_of(ep, j, ep.needle_span)] += 1
+    assert expected["answer span"] == 3 and expected["first token"] == 1 and expected["answer so far"] == 1
+    assert expected["filler"] == 1 and expected["question and template"] == 1
+    assert out["share"] == pytest.approx({r: c / 8 for r, c in expected.items()})
+    assert out["copy_share"] == pytest.approx(3 / 8)
+    both = rh.attention_regions(sc, heads, retrieved=None)
+    assert both["episodes"] == 2 and both["pairs"] == 12
+    retrieved = rh.attention_regions(sc, heads, retrieved=True)
+    assert retrieved["share"]["answer span"] == 1.0 and retrieved["copy_share"] == pytest.approx(2 / 4)
+
+
+def test_cuda_setting_fits_the_models_window(model):
+    """The GPU setting's longest contexts, at the first and last depth, leave room for the answer
+    inside SmolLM2's 8,192 positions, and every episode still holds its needle's answer."""
+    from interp.reports.retrieval_heads import CUDA
+    from interp.tasks.needle import find_span
+
+    assert max(CUDA["lengths"]) <= model.cfg.n_ctx and CUDA["n_random"] >= 5 and len(CUDA["depths"]) == 11
+    eps = needle_episodes(model.tokenizer, (max(CUDA["lengths"]),), (0.0, 1.0), list(rh_needles()), 0, chat=True,
+                          buffer=CUDA["buffer"])
+    for ep in eps:
+        assert len(ep) + CUDA["max_new"] <= model.cfg.n_ctx, (ep.needle_id, len(ep))
+        assert len(ep) > max(CUDA["lengths"]) - 2 * CUDA["buffer"] - 200, (ep.needle_id, len(ep))
+        assert find_span(ep.tokens, ep.answer_ids) == ep.needle_span

@@ -268,3 +268,41 @@ def test_quickstart_report_and_index(quickstart_report, monkeypatch):
     assert 'id="summary"' in index and "quickstart/report.html" in index and row["name"] in index
     monkeypatch.setattr("interp.reports.quickstart.run", lambda *a: pytest.fail("recomputed a cached analysis"))
     assert runner.reproduce("quickstart", path.parent.parent, "quick", progress=False) == path
+
+
+class Recomputed(Exception):
+    pass
+
+
+def test_a_changed_run_key_forces_a_recompute(quickstart_report, monkeypatch):
+    """The cache is reused only for the same key: another seed, a changed setting, another model
+    (its GGUF's sha256), changed package code or use_cache=False each run the analysis again; the
+    cached files are left as they were until the new run has finished."""
+    from interp.reports import runner
+
+    out = quickstart_report.parent.parent
+    before = {f: (quickstart_report.parent / f).read_bytes() for f in ("run.json", "numbers.json", "report.html")}
+
+    def recompute(*args):
+        raise Recomputed
+
+    monkeypatch.setattr("interp.reports.quickstart.run", recompute)
+    assert runner.reproduce("quickstart", out, "quick", progress=False) == quickstart_report  # same key: cached
+    changes = {
+        "seed": lambda: runner.reproduce("quickstart", out, "quick", seed=1, progress=False),
+        "setting": lambda: runner.reproduce("quickstart", out, "quick", progress=False, overrides={"n_prompts": 6}),
+        "no cache": lambda: runner.reproduce("quickstart", out, "quick", progress=False, use_cache=False),
+    }
+    for what, call in changes.items():
+        with pytest.raises(Recomputed):
+            call()
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_identity", lambda key: "another sha256")
+        with pytest.raises(Recomputed):
+            runner.reproduce("quickstart", out, "quick", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(runner, "code_digest", lambda: "edited code")
+        with pytest.raises(Recomputed):
+            runner.reproduce("quickstart", out, "quick", progress=False)
+    assert before == {f: (quickstart_report.parent / f).read_bytes() for f in before}
+    assert runner.reproduce("quickstart", out, "quick", progress=False) == quickstart_report  # still cached

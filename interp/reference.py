@@ -21,7 +21,7 @@ from interp.errors import ComponentError
 from interp.hooks import check_heads, hook_name, resolve_positions, select
 from interp.interventions import Edit, edit_hook
 from interp.metrics import at_answer, logit_diff
-from interp.tasks.prompts import PromptSet, on_model_device
+from interp.tasks.prompts import PromptSet, model_device, on_model_device
 
 READOUTS = ("metric", "per_example", "residual")
 
@@ -45,7 +45,7 @@ def readout(model, tokens, prompts: PromptSet, metric=logit_diff, hooks=(), what
             kept["x"] = act[torch.arange(act.shape[0], device=act.device), prompts.answer_pos.to(act.device)]
         hooks.append((final_residual_name(model), keep))
     with torch.no_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        logits = model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=hooks)
     if what == "residual":
         return kept["x"].float().cpu()
     values = metric(at_answer(logits, prompts.answer_pos), prompts).float().cpu()

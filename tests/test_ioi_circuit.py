@@ -389,6 +389,28 @@ def test_end_runner_equals_the_hooked_model(model):
     assert set(p["kind"].tolist()) <= {0, 1, 2, 3} and bool(((p["kind"] == 0) == p["correct"]).all())
 
 
+def test_random_head_controls_have_at_least_ten_distinct_draws(model):
+    """Every circuit-reuse setting draws >= 10 random head sets per control (the issue's spread);
+    each draw has as many heads as the set it stands in for, none of them, and the draws differ."""
+    from interp.reports import circuit_reuse as report
+
+    assert all(s["n_random"] >= 10 for s in report.SETTINGS.values())
+    ps = colored_objects_examples(model, n=3, seed=3)
+    heads = {"inhibition": [(14, 3), (20, 0)], "negative": [(25, 1)]}
+    gatherers = [(11, 6), (12, 2)]
+    n = report.STANDARD["n_random"]
+    res = circuit_reuse.intervention(model, ps, heads, gatherers, movers=[(24, 4)], n_random=n, chunk=16)
+    chosen = set(heads["inhibition"] + heads["negative"])
+    for variant, stands_for in (("attend", chosen), ("move", chosen), ("block", set(gatherers))):
+        names = res["random"][variant]
+        assert len(names) == n and all(name in res["conditions"] for name in names)
+        draws = [frozenset(res["random_heads"][name]) for name in names]
+        assert len(set(draws)) == n
+        assert all(len(d) == len(stands_for) and not d & stands_for for d in draws)
+    accuracy = [float(res["conditions"][name]["correct"].float().mean()) for name in res["random"]["attend"]]
+    assert all(0 <= a <= 1 for a in accuracy)
+
+
 def test_predictions_classify_errors(model):
     """Constructed logits: the answer, a wrong colour of the list (either case), another colour, a non-colour."""
     ps = colored_objects_examples(model, n=4, seed=1)
@@ -447,7 +469,7 @@ def _check_reuse(num: dict) -> None:
     """Circuit reuse's result obeys its own rules: the headline contract; the intervention heads are
     the candidates that passed the IOI checks (inhibition: END attends S2 more than IO, moves the
     movers' attention with an interval below 0, sits before the movers; negative mover: negative
-    copy score above its copy score); the mover check's changes are after - before."""
+    copy score above its copy score, more than half its END attention on the names); the mover check's changes are after - before."""
     from interp.reports.headline import check_headline
 
     check_headline("circuit-reuse", num)
@@ -465,7 +487,9 @@ def _check_reuse(num: dict) -> None:
                 passed = c["attention"]["S2"] > c["attention"]["IO"] and c["mover_shift_ci"][1] < 0
                 assert c["accepted"] <= passed, c  # accepted only if it passed
             else:
-                assert c["accepted"] <= (c["negative_copy"] > c["copy"]), c
+                on_names = sum(c["attention"][k] for k in ("IO", "S1", "S2"))
+                assert c["on_names"] == pytest.approx(on_names) and c["attends_s2"] == (c["attention"]["S2"] > c["attention"]["IO"])
+                assert c["accepted"] <= (c["negative_copy"] > c["copy"] and on_names > circuit_reuse.NAME_ATTENTION), c
         for cond in x["mover_check"].values():
             for r in cond.values():
                 assert r["change"] == pytest.approx(r["after"] - r["before"], abs=1e-6)  # float32 means

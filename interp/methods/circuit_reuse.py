@@ -23,7 +23,12 @@ IOI mechanism can be switched on in CO by an intervention. Here:
    moves the movers' attention (its corrupted output at END, patched into the clean run, shifts
    the movers' attention from IO towards S, the bootstrap interval of the shift below 0); the
    negative mover is a head with a negative stage-1 effect whose negative copy score beats its
-   copy score (attending to a name lowers that name's logit), where it attends is reported.
+   copy score (attending to a name lowers that name's logit) and that reads names: more than
+   half of its END attention on IO, S1 and S2 (``NAME_ATTENTION``). It is not required to attend
+   to S2 more than to IO: Wang et al.'s negative name movers attend to IO (the name they write
+   against), and so does SmolLM2's (24.4: 0.71 on IO, 0.17 on S2, negative copy score 0.97). Under
+   the stricter rule (S2 above IO) no head qualifies on SmolLM2, and the intervention it would
+   choose is the "inhibition only" control; ``attends_s2`` records the comparison per head.
 5. Intervention at END on CO, two variants (``intervention_conditions``):
      "attend"  the row of the head's pattern := 1/2 on each of the two incorrect colours (the
                paper's suggested mechanics; the spec marks them unverified)
@@ -56,7 +61,7 @@ from interp.patching import path_patch_heads
 from interp.result import Result
 from interp.stats import bias_corrected_interval, bootstrap_ci, jaccard, permutation_pvalue
 from interp.tasks.colored_objects import co_colour_ids, co_colours
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, model_device, on_model_device
 
 STAGE3_POSITION = {"ioi": "S2", "co": "OQ"}
 WRONG = ("C_WRONG1", "C_WRONG2")
@@ -194,8 +199,13 @@ def _layer_matched(rng: random.Random, heads, n_heads: int) -> set:
 
 
 # ----------------------------------------------------------------------------- head selection
+#: A negative mover must put more than this share of its END attention on the names (IO, S1, S2).
+NAME_ATTENTION = 0.5
+
+
 def mover_attention(model, prompts: PromptSet, movers: list[Head], hooks=()) -> dict[str, torch.Tensor]:
     """The movers' mean attention from END to IO and to S (S1 + S2), per prompt: {"IO", "S"}: [batch]."""
+    prompts = on_model_device(model, prompts)
     layers = sorted({l for l, _ in movers})
     names = {hook_name("pattern", l) for l in layers}
     store = {}
@@ -221,6 +231,7 @@ def select_heads(model, prompts: PromptSet, ioi_stages: dict[str, Result], n_inh
 
     ``prompts``: IOI pairs corrupted S2 -> IO (the stages' prompts). Every candidate's evidence is
     returned (``"candidates"``), accepted or not, so the report can show why."""
+    prompts = on_model_device(model, prompts)
     from interp.interventions import fixed_patch, intervene
 
     e1, e2 = path_effect(ioi_stages["logits"]), path_effect(ioi_stages["mover queries"])
@@ -256,9 +267,12 @@ def select_heads(model, prompts: PromptSet, ioi_stages: dict[str, Result], n_inh
     negative = []
     for l, h in negs:
         c, nc = copies[(l, h)]
-        ok = nc > c and not negative
+        a = attn(l, h)
+        on_names = a["IO"] + a["S1"] + a["S2"]
+        ok = nc > c and on_names > NAME_ATTENTION and not negative
         evidence.append({"head": (l, h), "role": "negative mover", "path_effect": float(e1[l, h]),
-                         "attention": attn(l, h), "copy": c, "negative_copy": nc, "accepted": ok})
+                         "attention": a, "on_names": on_names, "attends_s2": a["S2"] > a["IO"],
+                         "copy": c, "negative_copy": nc, "accepted": ok})
         if ok:
             negative.append((l, h))
     return {"inhibition": inhibition, "negative": negative, "movers": movers, "candidates": evidence,
@@ -429,7 +443,7 @@ class EndRunner:
             hooks = pattern_hooks(self.model, self.prompts.subset(sub.tolist()), conditions[edited],
                                   {k: v[sub.to(v.device)] for k, v in self.pos.items()})
             with torch.no_grad():
-                hooked = self.model.run_with_hooks(self.prompts.clean_tokens[sub], fwd_hooks=hooks)
+                hooked = self.model.run_with_hooks(self.prompts.clean_tokens[sub].to(self.device), fwd_hooks=hooks)
             hooked = hooked[torch.arange(len(sub)), self.prompts.answer_pos[sub]].float().cpu()
             d2 = float((out[edited]["logits"][0][: len(sub)] - hooked).abs().max())
             self.verified.update({"edited_condition": edited, "edited_max_abs_diff": d2})
@@ -524,7 +538,8 @@ def intervention(model, prompts: PromptSet, heads: dict, gatherers: list[Head], 
     """Every intervention condition and control on the CO prompts (module docstring, item 5).
 
     Returns per condition the per-prompt predictions (``predictions``) and the movers' END rows;
-    ``random`` lists the random-head conditions' names per control."""
+    ``random`` lists the random-head conditions' names per control, ``random_heads`` each one's heads
+    (as many as the heads they stand in for, drawn from the heads outside them)."""
     rng = random.Random(seed)
     all_heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     chosen = heads["inhibition"] + heads["negative"]
@@ -534,22 +549,26 @@ def intervention(model, prompts: PromptSet, heads: dict, gatherers: list[Head], 
     if gatherers:
         conditions["block: content gatherers"] = [(l, h, block) for l, h in gatherers]
     random_names = {"attend": [], "move": [], "block": []}
+    random_heads = {}
     for i in range(n_random):
         if chosen:
             rh = rng.sample([h for h in all_heads if h not in chosen], len(chosen))
             for variant, e in (("attend", RowEdit("attend", WRONG)), ("move", RowEdit("move", WRONG, s2_like))):
                 conditions[f"random {variant} {i}"] = [(l, h, e) for l, h in rh]
                 random_names[variant].append(f"random {variant} {i}")
+                random_heads[f"random {variant} {i}"] = rh
         if gatherers:
             rg = rng.sample([h for h in all_heads if h not in gatherers], len(gatherers))
             conditions[f"random block {i}"] = [(l, h, block) for l, h in rg]
             random_names["block"].append(f"random block {i}")
+            random_heads[f"random block {i}"] = rg
     runner = EndRunner(model, prompts, question)
     runs = runner.run(conditions, watch=movers, chunk=chunk)
     out = {}
     for name, r in runs.items():
         out[name or "baseline"] = {**predictions(model, r["logits"], prompts), "attn": r["attn"]}
-    return {"conditions": out, "random": random_names, "heads": heads, "gatherers": gatherers, "movers": movers,
+    return {"conditions": out, "random": random_names, "random_heads": random_heads, "heads": heads,
+            "gatherers": gatherers, "movers": movers,
             "verified": runner.verified, "s2_like": list(s2_like)}
 
 
@@ -571,6 +590,7 @@ def mover_check(res: dict, prompts: PromptSet, condition: str) -> dict:
 
 def accuracy(model, prompts: PromptSet, fwd_hooks=()) -> dict:
     """Share of prompts whose top next token is the answer: over the vocabulary and over the colours."""
+    prompts = on_model_device(model, prompts)
     with torch.no_grad():
         logits = model.run_with_hooks(prompts.clean_tokens, fwd_hooks=list(fwd_hooks))
     at = logits[torch.arange(len(prompts)), prompts.answer_pos]
@@ -601,7 +621,7 @@ def run(model, n_prompts: int = 16, n_intervention: int = 64, seed: int = 0, n_r
                           before_layer=min(l for l, _ in co_movers))
     iv = intervention(model, co_eval, heads, gatherers, co_movers, n_random=n_random, seed=seed)
     with torch.no_grad():
-        logits = model(ioi_ps.clean_tokens)
+        logits = model(ioi_ps.clean_tokens.to(model_device(model)))
     ioi_correct = logits[torch.arange(len(ioi_ps)), ioi_ps.answer_pos].argmax(-1).cpu() == ioi_ps.answer_ids.cpu()
     return {
         "stages": {"ioi": ioi_stages, "co": co_stages}, "overlap": ov,

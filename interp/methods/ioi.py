@@ -53,7 +53,7 @@ from interp.interventions import Edit, Intervention, fixed_patch, intervene
 from interp.metrics import logit_diff
 from interp.patching import path_patch_heads
 from interp.result import Result
-from interp.tasks.prompts import PromptSet
+from interp.tasks.prompts import PromptSet, on_model_device
 
 Head = tuple[int, int]
 
@@ -144,6 +144,7 @@ def copy_scores(model, prompts: PromptSet, heads: list[Head], top: int = 5, posi
     unembedding; success if the name is among the top 5. The negative copy score negates the OV
     output (negative name movers write the name's opposite). Returns {(l, h): (copy, negative)}.
     """
+    prompts = on_model_device(model, prompts)
     from interp.weights import Weights
 
     w = Weights.from_model(model)
@@ -183,6 +184,7 @@ def mover_attention_and_logits(model, prompts: PromptSet, heads: list[Head]) -> 
     scale (from the same run) times the final norm's weight, dotted with W_U[:, name]. Returns
     {(l, h): {"attn_IO", "attn_S1", "attn_S2", "logit_IO", "logit_S"}: [batch] each}.
     """
+    prompts = on_model_device(model, prompts)
     from interp.attribution import _final_norm_weight
 
     layers = sorted({l for l, _ in heads})
@@ -225,6 +227,7 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
     receiver; the others read as no effect, ``meta["sender_layers"]``): one sweep instead of one per
     receiver layer, and the cost of a sweep grows with the positions after the receivers'.
     """
+    prompts = on_model_device(model, prompts)
     from interp.reference import readout
 
     rep = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
@@ -397,6 +400,7 @@ def circuit_metric_per_prompt(model, prompts: PromptSet, keep: dict[Head, torch.
     For the logit difference the forward stops at the unembedding's input and only the answer and
     distractor columns are computed at END (the full [batch, pos, vocab] logits are a fifth of a
     small model's work); any other metric reads the full logits."""
+    prompts = on_model_device(model, prompts)
     with torch.no_grad():
         hooks = list(extra_hooks)
         if keep is not None:
@@ -415,6 +419,7 @@ class _Stop(Exception):
 def end_logit_diff(model, prompts: PromptSet, hooks=()) -> torch.Tensor:
     """[batch] logit(answer) - logit(distractor) at each prompt's END under ``hooks``, read from the
     unembedding's input (the forward stops there)."""
+    prompts = on_model_device(model, prompts)
     rows = torch.arange(len(prompts))
     kept = {}
 

@@ -31,7 +31,9 @@ QUICK = {"n_prompts": 2, "n_select": 8, "n_intervention": 24, "n_random": 10, "m
 STANDARD = {"n_prompts": 2, "n_select": 32, "n_intervention": 150, "n_random": 10, "models": ["smollm2-135m-instruct"]}
 FULL = {"n_prompts": 32, "n_select": 64, "n_intervention": 300, "n_random": 20,
         "models": ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]}
-SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
+#: ``--device cuda``: the full setting's sizes on a GPU.
+CUDA = dict(FULL)
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
 
 #: Merullo et al. (ICLR 2024), GPT-2 medium, as quoted in shared/papers/circuit-reuse.md
 PAPER = {"overlap": 0.78, "co_accuracy": 0.496, "after": 0.937, "negative_only": 0.781, "inhibition_only": 0.815,
@@ -279,7 +281,9 @@ def render(num: dict, figures: dict[str, str]) -> str:
         '<p class="note">Accuracy: argmax over the full vocabulary equals the answer, with Wilson 95% intervals. '
         "Intervention heads are chosen by what they do on IOI (inhibition: attends END->S2 more than ->IO and its "
         "corrupted output shifts the movers' attention from IO to S, interval below 0; negative mover: negative "
-        "stage-1 effect and a negative copy score above its copy score). 'attend' sets their END row to 1/2 on each "
+        "stage-1 effect, a negative copy score above its copy score, and more than half of its END attention on "
+        "the names; as Wang et al.'s negative name movers it may attend to IO rather than S2, and if S2 were "
+        "required the intervention would be the 'inhibition only' column). 'attend' sets their END row to 1/2 on each "
         "wrong colour; 'move' moves only the mass they put on the S2-like position (OQ, the queried object, the "
         "repeated entity of the last clause as S2 is in IOI) to the wrong colours. Stage 3 receives at query heads. "
         "CO is meaningful only above chance (1/3) and below ceiling; the intervention can only fix errors that name "
@@ -293,10 +297,11 @@ def render(num: dict, figures: dict[str, str]) -> str:
                            "null layer-matched", "p"))
         h = x["heads"]
         cands = table([(c["head"], c["role"], c["path_effect"], c["attention"]["IO"], c["attention"]["S2"],
+                        f'{c["on_names"]:.2f}' if "on_names" in c else "",
                         f'{c["mover_shift"]:+.3f} {_ci(c["mover_shift_ci"])}' if "mover_shift" in c else "",
                         f'{c["copy"]:.2f} / {c["negative_copy"]:.2f}' if "copy" in c else "", c["accepted"])
                        for c in h["candidates"]],
-                      ("head", "role", "IOI path effect", "attn END->IO", "attn END->S2",
+                      ("head", "role", "IOI path effect", "attn END->IO", "attn END->S2", "attn on names",
                        "movers' (IO - S) attention shift", "copy / negative copy", "chosen"))
         chosen = table([("inhibition heads (chosen)", ", ".join(h["inhibition"]) or "none"),
                         ("negative mover (chosen)", ", ".join(h["negative"]) or "none"),

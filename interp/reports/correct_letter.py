@@ -52,7 +52,9 @@ STANDARD = {"n_discover": 48, "n_eval": 64, "n_mutation": 32, "k_shot": 3, "shot
 FULL = {"n_discover": 128, "n_eval": 200, "n_mutation": 100, "k_shot": 3, "shot_sets": 4, "n_nodes": 6,
         "n_total": 16, "ranks": (0, 1, 2, 3, 4, 8, 16), "mutations": ("random", "shuffled", "1234"),
         "n_draws": 20, "ablation_modes": ("zero", "mean")}
-SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
+#: ``--device cuda``: the full setting's sizes on a GPU.
+CUDA = dict(FULL)
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
 PAPER = {"rank": "near-lossless at rank 3 (queries/keys of the correct-letter heads), Chinchilla 70B",
          "attention": "correct-letter heads attend from the final token to the correct label",
          "causal": "the output nodes carry the answer: ablating them hurts the correct-label logit",
@@ -63,6 +65,11 @@ MUTATION_NAMES = {"ABCD": "A-D (held-out set)", "random": "random letters", "shu
 
 def steps(settings: dict) -> int:
     return 4
+
+
+def _eta_text(eta) -> str:
+    """"0.42 [0.30, 0.55]", or "0.42 (no interval)" when the bootstrap gave none."""
+    return f"{eta[0]:.2f} [{eta[1]:.2f}, {eta[2]:.2f}]" if eta[1] is not None else f"{eta[0]:.2f} (no interval)"
 
 
 def _label(h) -> str:
@@ -252,14 +259,16 @@ def numbers(res: dict) -> dict:
                          "miss": miss_from(verdict, "model", inside([rr[1], rr[2]], 1.0))})
     for (mut, h), ks in res["key_spaces"].items():
         eo, el = ks["eta_ordinal"], ks["eta_label"]
-        verdict = "reproduced" if eo[1] > el[2] else "partly" if eo[0] > el[0] else "not"
+        have = None not in (*eo, *el)  # a bound is None when no bootstrap interval holds the estimate
+        verdict = "reproduced" if have and eo[1] > el[2] else "partly" if eo[0] > el[0] else "not"
         headline.append({"name": f"head {_label(h)}: rank-3 label keys, adjusted variance explained by the ordinal "
                                  f"({MUTATION_NAMES[mut]})",
-                         "ours": eo[0], "ci": [eo[1], eo[2]], "n": len(ks["coords"]), "paper": PAPER["nth"],
-                         "verdict": verdict,
-                         "why": f"by label: {el[0]:.2f} [{el[1]:.2f}, {el[2]:.2f}]",
-                         # undecided: the two intervals overlap
-                         "miss": miss_from(verdict, "model", eo[1] <= el[2] and el[1] <= eo[2])})
+                         "ours": eo[0], "ci": [eo[1], eo[2]] if eo[1] is not None else None, "n": len(ks["coords"]),
+                         "paper": PAPER["nth"], "verdict": verdict,
+                         "why": f"by label: {_eta_text(el)}" + ("" if have else
+                                "; no interval where resampling moves the statistic past its estimate"),
+                         # undecided: the two intervals overlap, or one has none
+                         "miss": miss_from(verdict, "model", not have or (eo[1] <= el[2] and el[1] <= eo[2]))})
     detect = detectable_difference(n_lists, p=max(min(a[0], 0.99), 0.01))
     return {
         "meta": {"model_key": model.interp_key, "n_discover": len(res["D"]), "n_eval": n_e, "options_lists_eval": n_lists,

@@ -172,3 +172,33 @@ def test_correct_letter_notebook_executes(qwen, tmp_path, monkeypatch):
     assert set(numbers["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
     for row in numbers["headline"]:
         assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1], row["name"]
+
+
+def test_stored_gpu_run_of_the_full_setting():
+    """The stored H200 run of the full setting (benchmarks/): 200 held-out items, the headline
+    contract, intervals that hold their estimates, 20 random draws per ablation control whose
+    permutation p-values follow from the stored accuracies; the report section shows it."""
+    import html
+
+    from interp.reports import correct_letter as report
+    from interp.reports.headline import check_headline
+    from interp.reports.stored import render_stored, stored_runs
+    from interp.stats import permutation_pvalue
+
+    (run,) = stored_runs(report.GPU_RUNS)
+    m, s = run["meta"], run["meta"]["settings"]
+    assert m["device"] == "cuda" and s["n_eval"] >= 200 and s["n_draws"] >= 10
+    check_headline("correct-letter", run)
+    for h in run["headline"]:
+        if h["ci"] is not None:
+            assert h["ci"][0] - 1e-9 <= h["ours"] <= h["ci"][1] + 1e-9, h["name"]
+    base = run["scores"]["accuracy"]
+    for table in ("ablation", "ablation_nodes"):
+        for mode in s["ablation_modes"]:
+            row = run[table][mode]
+            ours = row["drop"][0]
+            for kind, r in row["random"].items():
+                assert len(r["accuracy"]) == s["n_draws"]
+                assert r["p_value"] == pytest.approx(permutation_pvalue(ours, [base - a for a in r["accuracy"]]), abs=1e-6)
+    page = render_stored([run], report.GPU_RUNS)
+    assert run["file"] in page and all(html.escape(h["name"]) in page for h in run["headline"])

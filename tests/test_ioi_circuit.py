@@ -502,3 +502,29 @@ def _check_reuse(num: dict) -> None:
             assert "no interval" in row["why"] and ("misses the estimate" in oi["why"] or "near-tie" in oi["why"])
         else:
             assert row["ci"] == oi["ci"] and oi["ci"][0] <= ov <= oi["ci"][1]
+
+
+def test_stored_gpu_run_of_the_full_setting():
+    """The stored H200 run of the full setting (benchmarks/): 300 Colored Objects prompts and 20
+    random draws per control on both models, and it obeys every rule a run here obeys (heads chosen
+    by their IOI evidence, mover check, overlap interval, headline contract); the report section
+    shows its provenance and every headline row."""
+    import html
+
+    from interp.reports import circuit_reuse as report
+    from interp.reports.stored import render_stored, stored_runs
+
+    (run,) = stored_runs(report.GPU_RUNS)
+    m, s = run["meta"], run["meta"]["settings"]
+    assert m["device"] == "cuda" and m["setting"] == "cuda"
+    assert s["n_intervention"] >= 300 and s["n_random"] >= 10 and len(s["models"]) == 2
+    _check_reuse(run)
+    for x in run["models"]:
+        assert x["n_intervention"] == s["n_intervention"] and x["n_path_patching"] == s["n_prompts"]
+        for variant in ("attend", "move", "block"):
+            r = x["random"][variant]
+            assert len(r["accuracies"]) == s["n_random"]
+            assert min(r["accuracies"]) == pytest.approx(r["min"]) and r["ci"][0] <= r["mean"] <= r["ci"][1]
+        assert x["end_runner_verified"]["unedited_max_abs_diff"] <= x["end_runner_verified"]["tolerance"]
+    page = render_stored([run], report.GPU_RUNS)
+    assert run["file"] in page and all(html.escape(h["name"]) in page for h in run["headline"])

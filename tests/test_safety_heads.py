@@ -306,18 +306,19 @@ def test_stored_gpu_runs_are_the_papers_protocol_and_shown(tmp_path):
     cuda; every headline interval holds its estimate; the report section shows each run's verdicts
     and Table 3, and a folder without them says so."""
     from interp.reports import safety_heads as rep
+    from interp.reports.stored import stored_runs
 
-    runs = rep.stored_runs()
-    assert [r["format"] for r in runs] == [fmt for fmt, _, _ in rep.GPU_RUNS]
+    runs = stored_runs(rep.GPU_RUNS)
+    assert [r["label"] for r in runs] == [fmt for fmt, _, _ in rep.GPU_RUNS]
     for r in runs:
         m = r["meta"]
         assert m["device"] == "cuda" and m["n_fit"] == m["n_eval"] == 100 and m["n_benign"] > 50
         assert m["settings"]["max_new"] == 128 and m["settings"]["sampling"] and m["settings"]["ablate_all"]
-        assert list(r["formats"]) == [r["format"]]
+        assert list(r["formats"]) == [r["label"]]
         for h in r["headline"]:
             if h["ci"] is not None:
                 assert h["ci"][0] - 1e-9 <= h["ours"] <= h["ci"][1] + 1e-9, h["name"]
-        grid = r["formats"][r["format"]]["decodings"]["greedy"]["grid"]
+        grid = r["formats"][r["label"]]["decodings"]["greedy"]["grid"]
         assert set(grid) >= {"dataset UA", "dataset SC", "query UA", "query SC"}
         assert all(len(cells) == 5 for cells in grid.values())
     page = rep.render_stored(runs)
@@ -325,4 +326,4 @@ def test_stored_gpu_runs_are_the_papers_protocol_and_shown(tmp_path):
         assert r["file"] in page and "Table 3 of the paper" in page
         assert sum(h["verdict"] is not None for h in r["headline"]) >= 3
         assert all(html.escape(h["name"].split(" (")[0]) in page for h in r["headline"])
-    assert "No stored GPU run" in rep.render_stored(rep.stored_runs(tmp_path))
+    assert "No stored GPU run" in rep.render_stored(stored_runs(rep.GPU_RUNS, tmp_path))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from interp.reports.ioi import plot_effect
+from interp.reports import stored
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -34,6 +35,9 @@ FULL = {"n_prompts": 32, "n_select": 64, "n_intervention": 300, "n_random": 20,
 #: ``--device cuda``: the full setting's sizes on a GPU.
 CUDA = dict(FULL)
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
+#: The full setting run on a GPU machine without network, stored in benchmarks/ (``interp.reports.stored``).
+GPU_RUNS = (("full setting on an H200: 300 Colored Objects prompts, 32 path-patching prompts per task, 20 random draws, "
+             "SmolLM2 and Qwen", "gpu_h200_circuit_reuse_full.json", "interp reproduce circuit-reuse --device cuda"),)
 
 #: Merullo et al. (ICLR 2024), GPT-2 medium, as quoted in shared/papers/circuit-reuse.md
 PAPER = {"overlap": 0.78, "co_accuracy": 0.496, "after": 0.937, "negative_only": 0.781, "inhibition_only": 0.815,
@@ -324,6 +328,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
                          + "<h3>Intervention heads (chosen on IOI)</h3>" + cands + chosen
                          + "<h3>Interventions and controls</h3>" + cond + rnd + err
                          + "<h3>Downstream movers</h3>" + mov))
+    sections.append(("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS)))
     return html_page("Circuit component reuse: IOI vs Colored Objects", sections)
 
 

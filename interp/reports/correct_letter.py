@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports import stored
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -55,6 +56,9 @@ FULL = {"n_discover": 128, "n_eval": 200, "n_mutation": 100, "k_shot": 3, "shot_
 #: ``--device cuda``: the full setting's sizes on a GPU.
 CUDA = dict(FULL)
 SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
+#: The full setting run on a GPU machine without network, stored in benchmarks/ (``interp.reports.stored``).
+GPU_RUNS = (("full setting on an H200: 200 held-out items, 3-shot, 20 random draws, zero and mean ablation",
+             "gpu_h200_correct_letter_full.json", "interp reproduce correct-letter --device cuda"),)
 PAPER = {"rank": "near-lossless at rank 3 (queries/keys of the correct-letter heads), Chinchilla 70B",
          "attention": "correct-letter heads attend from the final token to the correct label",
          "causal": "the output nodes carry the answer: ablating them hurts the correct-label logit",
@@ -523,7 +527,8 @@ def render(num: dict, imgs: dict[str, str]) -> str:
         ("Outside check: ablation vs random heads", img("ablation") + abl),
         ("Subspace compression (fit on D, evaluated on E)", img("rank") + curve),
         ("Label mutations: full head vs rank-3", img("mutations") + mut),
-        ("The 'Nth item' figure: rank-3 key space", img("key_space"))])
+        ("The 'Nth item' figure: rank-3 key space", img("key_space")),
+        ("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS))])
 
 
 def save(res: dict, num: dict, folder) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports import stored
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -76,7 +77,6 @@ GPU_RUNS = (
     ("chat", "gpu_h200_safety_heads_chat.json",
      "interp reproduce safety-heads --device cuda  (overrides: formats=('chat',))"),
 )
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 #: Zhou et al. 2025 (shared/papers/safety-heads.md), Llama-2-7b-chat: ASR increase for 1..5 heads
 #: (rule judge, all requests; baseline ASR 0.04, so nearly all of it is refused -> complied).
@@ -577,7 +577,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         sections.append((f"{fmt} format", "".join(parts) + groups + util))
         sections.append((f"{fmt} format: full responses to requests refused at baseline (greedy)", "".join(ex) or "none refused"))
     sections.append(("Figures", "".join(figures.values())))
-    sections.append(("The paper's protocol on a GPU machine (stored runs)", render_stored(stored_runs())))
+    sections.append(("The paper's protocol on a GPU machine (stored runs)", render_stored(stored.stored_runs(GPU_RUNS))))
     note = ('<p class="note">Differences from the paper: a 0.5B coding model instead of 7B chat models; this project\'s '
             "requests instead of AdvBench / JailbreakBench / MaliciousInstruct; the judge adds degeneration rules "
             "(too short, repetition, perplexity) to the paper's keywords, so broken output is not counted as an "
@@ -602,27 +602,16 @@ def _grid_table(grid: dict, ks) -> str:
             + table(rows, ("ablation", *[f"k={k}" for k in ks], "paper (k=1..5)")))
 
 
-def stored_runs(folder: Path = BENCHMARKS) -> list[dict]:
-    """The GPU_RUNS found in ``folder``: each its numbers.json with the file and command added."""
-    runs = []
-    for fmt, name, command in GPU_RUNS:
-        path = Path(folder) / name
-        if path.exists():
-            runs.append(json.loads(path.read_text()) | {"file": name, "command": command, "format": fmt})
-    return runs
-
-
 def render_stored(runs: list[dict]) -> str:
     """Each stored run: where it ran, its headline with intervals and verdicts, and Table 3 (greedy)."""
     import html as _html
 
     if not runs:
-        return ('<p class="note">No stored GPU run found: they ship in the repository\'s benchmarks/ folder '
-                f"({', '.join(r[1] for r in GPU_RUNS)}).</p>")
+        return stored.render_stored(runs, GPU_RUNS)
     parts = []
     for r in runs:
         m = r["meta"]
-        parts.append(f'<h3>{_html.escape(r["format"])} format, {_html.escape(m["model_key"])}</h3>')
+        parts.append(f'<h3>{_html.escape(r["label"])} format, {_html.escape(m["model_key"])}</h3>')
         parts.append(table([("file", f'benchmarks/{r["file"]}'), ("command", r["command"]),
                             ("device", f'{m["device"]}, {m.get("date", "")}, {m.get("wall_s", 0):.0f} s'),
                             ("requests", f'{m["n_fit"]} to fit Sahara, {m["n_eval"]} held out, {m["n_benign"]} benign'),

@@ -306,3 +306,29 @@ def test_a_changed_run_key_forces_a_recompute(quickstart_report, monkeypatch):
             runner.reproduce("quickstart", out, "quick", progress=False)
     assert before == {f: (quickstart_report.parent / f).read_bytes() for f in before}
     assert runner.reproduce("quickstart", out, "quick", progress=False) == quickstart_report  # still cached
+
+
+def test_each_worker_draws_its_progress_bar_on_its_own_row(tmp_path, monkeypatch):
+    """Two analyses side by side: worker i draws its bars on terminal row i (tqdm's position), so
+    the bars do not overwrite each other; a failing analysis reports its error on the queue."""
+    import queue
+
+    from interp.reports import runner
+
+    rows = []
+
+    class Bar:
+        def __init__(self, *args, position=None, **kwargs):
+            rows.append(position)
+            raise RuntimeError("stop after the bar")
+
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    monkeypatch.setattr("interp.reports.runner.Models", lambda *a: None)
+    for row in (0, 1):
+        todo, done = queue.Queue(), queue.Queue()
+        todo.put("quickstart")
+        args = (tmp_path, "quick", None, "cpu", 0, False, True)
+        runner._worker(todo, done, {"quickstart": "[1/1] "}, args, row)
+        name, page, error = done.get_nowait()
+        assert name == "quickstart" and page is None and "stop after the bar" in error
+    assert rows == [0, 1]

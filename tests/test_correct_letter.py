@@ -145,11 +145,27 @@ def test_report_quick_contract(qwen):
 
     check_headline("correct-letter", num)
     for r in num["headline"]:
-        assert r["ci"][0] - 1e-9 <= r["ours"] <= r["ci"][1] + 1e-9, r
-        assert r["why"]
+        assert r["ci"] is None or r["ci"][0] - 1e-9 <= r["ours"] <= r["ci"][1] + 1e-9, r
+        assert r["why"] and (r["ci"] is not None or "no interval" in r["why"])
     assert str(qwen.cfg.d_head) in num["rank_curve"] and "0" in num["rank_curve"]["joint"]
-    assert set(num["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
+    _check_slots_and_profiles(num, TINY["n_eval"])
     assert "shuffled" in num["mutations"] and num["key_space"]
+
+
+def _check_slots_and_profiles(num: dict, n_eval: int) -> None:
+    """Accuracy by slot partitions the held-out items (the slots' counts add up to them and their
+    weighted accuracies to the accuracy); the held-out head profiles and the attention ratio on
+    correct items are read on the correctly answered items only, as many as the accuracy says."""
+    slots = num["scores"]["accuracy_by_slot"]
+    assert set(slots) == {"0", "1", "2", "3"} and sum(v["n"] for v in slots.values()) == n_eval
+    right = sum(v["ours"] * v["n"] for v in slots.values())
+    assert right / n_eval == pytest.approx(num["scores"]["accuracy"], abs=1e-6)
+    for v in slots.values():
+        assert v["ci"][0] - 1e-9 <= v["ours"] <= v["ci"][1] + 1e-9
+    n_right = round(right)
+    assert num["attention_ratio"]["correct_items"]["n"] == n_right and num["attention_ratio"]["all"]["n"] == n_eval
+    for head, profile in num["profile_heldout"].items():
+        assert profile["n"] == n_right, head
 
 
 def test_correct_letter_notebook_executes(qwen, tmp_path, monkeypatch):
@@ -169,7 +185,7 @@ def test_correct_letter_notebook_executes(qwen, tmp_path, monkeypatch):
     assert numbers["scores"]["accuracy"] > 0.25
     assert {"0", "knocked out (zero)"} <= set(numbers["rank_curve"]["joint"])
     assert len(numbers["ablation"]["zero"]["random"]["uniform"]["accuracy"]) == TINY["n_draws"]
-    assert set(numbers["scores"]["accuracy_by_slot"]) == {"0", "1", "2", "3"}
+    _check_slots_and_profiles(numbers, TINY["n_eval"])
     for row in numbers["headline"]:
         assert row["ci"] is None or row["ci"][0] <= row["ours"] <= row["ci"][1], row["name"]
 
@@ -192,6 +208,7 @@ def test_stored_gpu_run_of_the_full_setting():
     for h in run["headline"]:
         if h["ci"] is not None:
             assert h["ci"][0] - 1e-9 <= h["ours"] <= h["ci"][1] + 1e-9, h["name"]
+    _check_slots_and_profiles(run, s["n_eval"])
     base = run["scores"]["accuracy"]
     for table in ("ablation", "ablation_nodes"):
         for mode in s["ablation_modes"]:

@@ -175,10 +175,13 @@ def cached(folder: Path, key: str) -> dict | None:
 
 def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standard", model_key: str | None = None,
               device: str = "cpu", seed: int = 0, use_cache: bool = True, models: Models | None = None,
-              progress: bool = True, position: str = "", overrides: dict | None = None) -> Path:
+              progress: bool = True, position: str = "", overrides: dict | None = None,
+              bar_row: int | None = None) -> Path:
     """Run one analysis and write ``out_dir/NAME/report.html`` (+ numbers.json, run.json and the
     analysis's own files); a finished run with the same key is reused. Returns the page's path.
-    ``overrides`` replace single entries of the setting (``settings_of``)."""
+    ``overrides`` replace single entries of the setting (``settings_of``); ``position`` prefixes the
+    progress bar's label ("[2/6] "), ``bar_row`` is its terminal row (one per worker process, so
+    side-by-side analyses do not draw over each other)."""
     module = analysis(name)
     settings = settings_of(name, setting, device, overrides)
     folder = Path(out_dir) / name
@@ -191,7 +194,8 @@ def reproduce(name: str, out_dir: str | Path = "reports", setting: str = "standa
     folder.mkdir(parents=True, exist_ok=True)
     models = models or Models(device, model_key)
     start = time.time()
-    bar = tqdm(total=module.steps(settings), desc=f"{position}{name}", unit="step", disable=not progress)
+    bar = tqdm(total=module.steps(settings), desc=f"{position}{name}", unit="step", disable=not progress,
+               position=bar_row)
 
     def tick(label: str = "") -> None:
         bar.set_postfix_str(label)
@@ -262,9 +266,9 @@ def reproduce_all(names=None, out_dir: str | Path = "reports", setting: str = "s
     return pages
 
 
-def _worker(todo, done, label: dict, args: tuple) -> None:
+def _worker(todo, done, label: dict, args: tuple, row: int = 0) -> None:
     """A worker process: take analyses off ``todo`` until it is empty (or a sentinel), report each
-    page (or the error) on ``done``."""
+    page (or the error) on ``done``; its progress bars are drawn on terminal row ``row``."""
     out_dir, setting, model_key, device, seed, use_cache, progress = args
     models = Models(device, model_key)
     while True:
@@ -273,7 +277,7 @@ def _worker(todo, done, label: dict, args: tuple) -> None:
             return
         try:
             done.put((name, str(reproduce(name, out_dir, setting, model_key, device, seed, use_cache, models,
-                                          progress, label[name])), None))
+                                          progress, label[name], bar_row=row)), None))
         except BaseException as exc:  # reported to the parent, which raises it
             done.put((name, None, f"{type(exc).__name__}: {exc}"))
             return
@@ -288,7 +292,7 @@ def _in_workers(order: list[str], jobs: int, label: dict, args: tuple) -> dict[s
         todo.put(name)
     for _ in range(jobs):
         todo.put(None)
-    workers = [ctx.Process(target=_worker, args=(todo, done, label, args), daemon=True) for _ in range(jobs)]
+    workers = [ctx.Process(target=_worker, args=(todo, done, label, args, row), daemon=True) for row in range(jobs)]
     for w in workers:
         w.start()
     pages, errors = {}, []

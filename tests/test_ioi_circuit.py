@@ -528,3 +528,27 @@ def test_stored_gpu_run_of_the_full_setting():
         assert x["end_runner_verified"]["unedited_max_abs_diff"] <= x["end_runner_verified"]["tolerance"]
     page = render_stored([run], report.GPU_RUNS)
     assert run["file"] in page and all(html.escape(h["name"]) in page for h in run["headline"])
+
+
+def test_stored_gpu_run_of_the_ioi_full_setting():
+    """The stored H200 run of the IOI full setting: discovery and held-out prompt counts as set,
+    the headline contract, intervals that hold their estimates, as many random head sets as set,
+    each the circuit's size; the report section shows it."""
+    import html
+
+    from interp.reports import ioi as report
+    from interp.reports.headline import check_headline
+    from interp.reports.stored import render_stored, stored_runs
+
+    (run,) = stored_runs(report.GPU_RUNS)
+    m, s = run["meta"], run["meta"]["settings"]
+    assert m["device"] == "cuda" and s == {**report.FULL, "greedy": list(report.FULL["greedy"])}
+    check_headline("ioi", run)
+    for h in run["headline"]:
+        if h["ci"] is not None:
+            assert h["ci"][0] - 1e-9 <= h["ours"] <= h["ci"][1] + 1e-9, h["name"]
+    n_heads = run["evaluation"]["n_heads"]
+    assert len(run["random_sets"]) == s["n_random_sets"] and all(len(r["heads"]) == n_heads for r in run["random_sets"])
+    assert n_heads == len(run["heads"])
+    page = render_stored([run], report.GPU_RUNS)
+    assert run["file"] in page and all(html.escape(h["name"]) in page for h in run["headline"])

@@ -321,3 +321,31 @@ def test_cuda_setting_fits_the_models_window(model):
         assert len(ep) + CUDA["max_new"] <= model.cfg.n_ctx, (ep.needle_id, len(ep))
         assert len(ep) > max(CUDA["lengths"]) - 2 * CUDA["buffer"] - 200, (ep.needle_id, len(ep))
         assert find_span(ep.tokens, ep.answer_ids) == ep.needle_span
+
+
+def test_stored_gpu_runs_at_long_contexts():
+    """The stored H200 runs (benchmarks/): contexts up to 8,192 tokens, every needle at every length
+    and depth, the headline contract with intervals that hold their estimates, the masking rows
+    over all episodes; the report section shows each run and names its file."""
+    import html
+
+    from interp.reports import retrieval_heads as report
+    from interp.reports.headline import check_headline
+    from interp.reports.stored import render_stored, stored_runs
+
+    runs = stored_runs(report.GPU_RUNS)
+    assert [r["file"] for r in runs] == [e[1] for e in report.GPU_RUNS]
+    for run in runs:
+        m, s = run["meta"], run["meta"]["settings"]
+        n = len(s["lengths"]) * len(s["depths"]) * len(s["needles"])
+        assert m["device"] == "cuda" and max(s["lengths"]) == 8192 and len(s["needles"]) == 10
+        assert len(run["recall_by_episode"]) == n and all(0 <= e["recall"] <= 100 for e in run["recall_by_episode"])
+        check_headline("retrieval-heads", run)
+        masking = [h for h in run["headline"] if h["name"].startswith("NIAH recall")]
+        assert len(masking) == 1 + 2 * len(s["ks"]) and all(h["n"] == n for h in masking)
+        for h in run["headline"]:
+            if h["ci"] is not None:
+                assert h["ci"][0] - 1e-9 <= h["ours"] <= h["ci"][1] + 1e-9, h["name"]
+    page = render_stored(runs, report.GPU_RUNS)
+    assert all(r["file"] in page for r in runs)
+    assert all(html.escape(h["name"]) in page for r in runs for h in r["headline"])

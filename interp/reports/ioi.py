@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from interp.reports import stored
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -32,7 +33,12 @@ STANDARD = {"n_discover": 8, "n_eval": 24, "n_reference": 24, "n_random": 4, "gr
             "n_random_sets": 10}
 FULL = {"n_discover": 48, "n_eval": 96, "n_reference": 128, "n_random": 30, "greedy": [3, 4, 5],
         "n_random_sets": 30}
-SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
+#: ``--device cuda``: the full setting's sizes on a GPU.
+CUDA = dict(FULL)
+SETTINGS = {"quick": QUICK, "standard": STANDARD, "full": FULL, "cuda": CUDA}
+#: The full setting run on a GPU machine without network, stored in benchmarks/ (``interp.reports.stored``).
+GPU_RUNS = (("full setting on an H200: discovery on 48 prompts, 96 held out, 30 random draws",
+             "gpu_h200_ioi_full.json", "interp reproduce ioi --device cuda"),)
 
 #: Wang et al. 2022, GPT-2 small (100,000 prompts), as quoted in shared/papers/ioi.md
 PAPER = {"F_model": 3.56, "frac_io_gt_s": 0.993, "n_heads": 26, "n_head_positions": 0.011,
@@ -118,13 +124,14 @@ def numbers(res: dict) -> dict:
     """Everything the report states, JSON-ready."""
     from interp.methods.ioi import path_effect, ratio_ci
     from interp.stats import bootstrap_ci, detectable_difference, permutation_pvalue, proportion_ci
+    from interp.tasks.prompts import model_device
 
     model, found, ev = res["model"], res["found"], res["evaluation"]
     heldout = res["heldout"]
     n = len(heldout)
     pp = ev["per_prompt"]
     with torch.no_grad():
-        logits = model(heldout.clean_tokens)
+        logits = model(heldout.clean_tokens.to(model_device(model)))
         at = logits[torch.arange(n), heldout.answer_pos].softmax(-1)
         p_io = at[torch.arange(n), heldout.answer_ids].cpu()
     f_model = pp["F_model"]
@@ -467,6 +474,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("Name movers: attention against the logit they write (held-out)", figures.get("movers", "") + corr),
         ("Backup name movers", backup or '<p class="note">No name movers found.</p>'),
         ("The template/name-order fix: how the numbers moved", gen_html),
+        ("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS)),
     ])
 
 

@@ -95,17 +95,22 @@ def quick(model):
 
 
 def test_quick_circuit_is_ordered_and_every_class_has_evidence(quick):
-    """Each class sits upstream of the class it feeds; a stage-3/4 class needs a pattern score
-    above the null threshold that beats the other candidate; each stage checked itself."""
+    """Every head of a class sits upstream of at least one head of the class it feeds; a stage-3/4
+    class needs a pattern score above the null threshold that beats the other candidate; each
+    stage checked itself."""
     res, _ = quick
     found = res["found"]
     by = found.by_class()
     assert by.get("name mover"), "no name movers found"
-    first = lambda c: min(l for l, _ in by[c])  # noqa: E731
-    for up, down in (("s-inhibition", "name mover"), ("induction", "s-inhibition"),
-                     ("duplicate token", "s-inhibition"), ("previous token", "induction")):
+    # stage 3's receivers: the S-inhibition heads and the movers that also move the movers' queries
+    by["stage 3"] = by.get("s-inhibition", []) + list(found.settings.get("dual_role", []))
+    last = lambda c: max(l for l, _ in by[c])  # noqa: E731
+    for up, down in (("s-inhibition", "name mover"), ("induction", "stage 3"),
+                     ("duplicate token", "stage 3"), ("previous token", "induction")):
         if by.get(up) and by.get(down):
-            assert max(l for l, _ in by[up]) < first(down), (up, down)
+            assert max(l for l, _ in by[up]) < last(down), (up, down)
+    e2 = ioi.path_effect(found.stages["mover queries"])
+    assert all(h in by["name mover"] and float(e2[h]) >= 0.02 for h in found.settings.get("dual_role", []))
     thr = found.threshold
     assert math.isfinite(thr) and 0 < thr < 0.5
     for h, c in found.classes.items():

@@ -50,14 +50,20 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
 
 
 def bootstrap_indices(n: int, stat: Callable[[list[int]], float], n_boot: int = 1000, level: float = 0.95,
-                      seed: int = 0) -> tuple[float, float, float]:
+                      seed: int = 0, bias_corrected: bool = False) -> tuple[float, float, float]:
     """(estimate, low, high) of ``stat(indices)`` over items 0..n-1 resampled with replacement: for
-    statistics of several aligned samples (a rank correlation of two score lists, say)."""
+    statistics of several aligned samples (a rank correlation of two score lists, say).
+    ``bias_corrected``: Efron's BC interval (``bias_corrected_interval``) instead of the percentile
+    one, for a statistic that resampling moves on average. Both raise ValueError when they miss
+    the estimate."""
     if n <= 0:
         raise ValueError("bootstrap of an empty sample")
     rng = random.Random(seed)
     boots = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(n_boot))
-    return _percentile_interval(stat(list(range(n))), boots, level)
+    estimate = stat(list(range(n)))
+    if bias_corrected:
+        return bias_corrected_interval(estimate, boots, level)
+    return _percentile_interval(estimate, boots, level)
 
 
 def bias_corrected_interval(estimate: float, boots: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:

@@ -231,9 +231,9 @@ def select_heads(model, prompts: PromptSet, ioi_stages: dict[str, Result], n_inh
 
     ``prompts``: IOI pairs corrupted S2 -> IO (the stages' prompts). Every candidate's evidence is
     returned (``"candidates"``), accepted or not, so the report can show why."""
-    prompts = on_model_device(model, prompts)
     from interp.interventions import fixed_patch, intervene
 
+    prompts = on_model_device(model, prompts)
     e1, e2 = path_effect(ioi_stages["logits"]), path_effect(ioi_stages["mover queries"])
     movers = list(ioi_stages["mover queries"].meta["receiver_heads"])
     cands = top_heads(e2, n_candidates, float("-inf"), before_layer=min(l for l, _ in movers), exclude=movers)

@@ -45,7 +45,7 @@ from jaxtyping import Float, Int
 from interp.errors import ComponentError, EngineUnsupported, PromptError, VerificationError
 from interp.hooks import hook_name
 from interp.interventions import HEAD_KINDS, EditSet, model_edits
-from interp.stats import bias_corrected_interval, bootstrap_ci, proportion_ci
+from interp.stats import bootstrap_ci, bootstrap_indices, proportion_ci
 from interp.tasks.mcq import MCQSet
 from interp.verify import tolerance
 from interp.weights import Weights, rotary_tables, rotate, unsupported
@@ -740,14 +740,10 @@ def variance_explained(coords: torch.Tensor, groups: torch.Tensor, clusters: tor
         within = (total - between) / max(N - k, 1)
         return float((between - (k - 1) * within) / total) if total > 0 else float("nan")
 
-    rng = random.Random(seed)
-    n = len(ids)
-    est = eta(range(n))
-    boots = [eta([rng.randrange(n) for _ in range(n)]) for _ in range(500)]
     try:
-        _, lo, hi = bias_corrected_interval(est, boots)
+        est, lo, hi = bootstrap_indices(len(ids), eta, n_boot=500, seed=seed, bias_corrected=True)
     except ValueError:
-        return float(est), None, None
+        return float(eta(range(len(ids)))), None, None
     return float(est), float(lo), float(hi)
 
 

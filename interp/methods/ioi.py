@@ -144,9 +144,9 @@ def copy_scores(model, prompts: PromptSet, heads: list[Head], top: int = 5, posi
     unembedding; success if the name is among the top 5. The negative copy score negates the OV
     output (negative name movers write the name's opposite). Returns {(l, h): (copy, negative)}.
     """
-    prompts = on_model_device(model, prompts)
     from interp.weights import Weights
 
+    prompts = on_model_device(model, prompts)
     w = Weights.from_model(model)
     pos = prompts.positions[position]
     names = prompts.clean_tokens[torch.arange(len(prompts)), pos]
@@ -184,9 +184,9 @@ def mover_attention_and_logits(model, prompts: PromptSet, heads: list[Head]) -> 
     scale (from the same run) times the final norm's weight, dotted with W_U[:, name]. Returns
     {(l, h): {"attn_IO", "attn_S1", "attn_S2", "logit_IO", "logit_S"}: [batch] each}.
     """
-    prompts = on_model_device(model, prompts)
     from interp.attribution import _final_norm_weight
 
+    prompts = on_model_device(model, prompts)
     layers = sorted({l for l, _ in heads})
     names = {hook_name("pattern", l) for l in layers} | {hook_name("z", l) for l in layers} | {"ln_final.hook_scale"}
     with torch.no_grad():
@@ -211,8 +211,7 @@ def mover_attention_and_logits(model, prompts: PromptSet, heads: list[Head]) -> 
 
 # ----------------------------------------------------------------------- query-head path patching
 def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int, int, str]],
-                           receiver_positions=None, progress: bool = False, before_first: bool = False,
-                           verify: int = 2) -> Result:
+                           receiver_positions=None, progress: bool = False, verify: int = 2) -> Result:
     """Path patching into the q/k/v of individual *query* heads: Result[layer, head] of senders.
 
     ``receivers``: (layer, query head, "q"|"k"|"v"). A query receiver is a query head already;
@@ -222,14 +221,10 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
     change on. The fixed patches would also act in the corrupted run, where they must not change a
     sender's corrupted output: each sender layer therefore runs with the receivers (and fixes) of
     later layers only, which are all it can reach. ``clean`` and ``corrupted`` are the model's own.
-
-    ``before_first``: only senders in layers before the first receiver's (upstream of every
-    receiver; the others read as no effect, ``meta["sender_layers"]``): one sweep instead of one per
-    receiver layer, and the cost of a sweep grows with the positions after the receivers'.
     """
-    prompts = on_model_device(model, prompts)
     from interp.reference import readout
 
+    prompts = on_model_device(model, prompts)
     rep = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
     receivers = [(int(l), int(h), str(k)) for l, h, k in receivers]
     if not receivers:
@@ -257,7 +252,7 @@ def path_patch_query_heads(model, prompts: PromptSet, receivers: list[tuple[int,
                 out.append(fixed_patch("z", l, clean_z[l], heads=others))
         return out
 
-    layers = sorted({l for l, _, _ in receivers})[: 1 if before_first else None]
+    layers = sorted({l for l, _, _ in receivers})
     values = each = None
     complete = True
     meta = {}

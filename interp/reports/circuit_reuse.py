@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from interp.reports.ioi import plot_effect
 from interp.reports import stored
+from interp.reports.ioi import plot_effect
 from interp.reports.headline import headline_table, inside, miss_from
 from interp.reports.page import fig_to_img, html_page, new_figure, table
 
@@ -328,7 +328,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
                          + "<h3>Intervention heads (chosen on IOI)</h3>" + cands + chosen
                          + "<h3>Interventions and controls</h3>" + cond + rnd + err
                          + "<h3>Downstream movers</h3>" + mov))
-    sections.append(("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS)))
+    sections.append(("The full setting on a GPU machine (stored run)", stored.section(GPU_RUNS)))
     return html_page("Circuit component reuse: IOI vs Colored Objects", sections)
 
 

@@ -528,7 +528,7 @@ def render(num: dict, imgs: dict[str, str]) -> str:
         ("Subspace compression (fit on D, evaluated on E)", img("rank") + curve),
         ("Label mutations: full head vs rank-3", img("mutations") + mut),
         ("The 'Nth item' figure: rank-3 key space", img("key_space")),
-        ("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS))])
+        ("The full setting on a GPU machine (stored run)", stored.section(GPU_RUNS))])
 
 
 def save(res: dict, num: dict, folder) -> str:

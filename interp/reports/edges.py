@@ -25,6 +25,7 @@ import torch
 from interp.methods.edge_audit import TOP_KS
 from interp.reports.headline import headline_table
 from interp.reports.page import fig_to_img, html_page, new_figure, table
+from interp.reports.stored import BENCHMARKS
 
 TITLE = "Edge-level circuits: exact edge patching, and EAP / EAP-IG audited against it"
 DEFAULT_MODEL = None
@@ -56,7 +57,6 @@ GPU_RUNS = (
      "reproduce('edges', d, device='cuda', overrides={'cases': ((None, 'colored-objects'),)}) "
      "(page: gpu_h200_edges_report_smollm2_colored_objects16.html)"),
 )
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def stored_gpu_audits(folder: Path = BENCHMARKS) -> list[dict]:

@@ -474,7 +474,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("Name movers: attention against the logit they write (held-out)", figures.get("movers", "") + corr),
         ("Backup name movers", backup or '<p class="note">No name movers found.</p>'),
         ("The template/name-order fix: how the numbers moved", gen_html),
-        ("The full setting on a GPU machine (stored run)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS)),
+        ("The full setting on a GPU machine (stored run)", stored.section(GPU_RUNS)),
     ])
 
 

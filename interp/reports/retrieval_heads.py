@@ -424,7 +424,7 @@ def render(num: dict, figures: dict[str, str]) -> str:
         ("Masking: recall against K", figures["recall_k"] + figures["masking"]),
         ("Stability of the top heads across needles", stab_html),
         ("Where the top heads look on failed episodes", reg_html),
-        ("Long contexts on a GPU machine (stored runs)", stored.render_stored(stored.stored_runs(GPU_RUNS), GPU_RUNS))])
+        ("Long contexts on a GPU machine (stored runs)", stored.section(GPU_RUNS))])
 
 
 def save(res: dict, num: dict, folder) -> str:

@@ -612,11 +612,10 @@ def render_stored(runs: list[dict]) -> str:
     for r in runs:
         m = r["meta"]
         parts.append(f'<h3>{_html.escape(r["label"])} format, {_html.escape(m["model_key"])}</h3>')
-        parts.append(table([("file", f'benchmarks/{r["file"]}'), ("command", r["command"]),
-                            ("device", f'{m["device"]}, {m.get("date", "")}, {m.get("wall_s", 0):.0f} s'),
-                            ("requests", f'{m["n_fit"]} to fit Sahara, {m["n_eval"]} held out, {m["n_benign"]} benign'),
-                            ("generation", f'{m["settings"]["max_new"]} new tokens, greedy'
-                             + (" and top-5 sampling" if m["settings"]["sampling"] else ""))]))
+        parts.append(stored.provenance(r, [
+            ("requests", f'{m["n_fit"]} to fit Sahara, {m["n_eval"]} held out, {m["n_benign"]} benign'),
+            ("generation", f'{m["settings"]["max_new"]} new tokens, greedy'
+             + (" and top-5 sampling" if m["settings"]["sampling"] else ""))]))
         parts.append(headline_table(r["headline"]) + f'<p class="note">{_html.escape(r["detectable"])}.</p>')
         for fmt, F in r["formats"].items():
             parts.append(_grid_table(F["decodings"]["greedy"]["grid"], r["ks"]))

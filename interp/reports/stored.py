@@ -4,7 +4,8 @@ Some settings are too large for a 2-core machine (hundreds of prompts on two mod
 paper length). They ran on a GPU machine without network (``interp reproduce NAME --device cuda``),
 and their ``numbers.json`` ships in ``benchmarks/``. An analysis lists its runs as
 ``(label, file, command)``; ``stored_runs`` reads the ones present, ``render_stored`` shows each
-one's provenance and its headline table (intervals, the paper's numbers, verdicts).
+one's provenance and its headline table (intervals, the paper's numbers, verdicts), ``section``
+does both for a report page.
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ def stored_runs(entries, folder: Path = BENCHMARKS) -> list[dict]:
     return runs
 
 
-def provenance(run: dict) -> str:
-    """Where and how a stored run ran: its file, command, device, date, wall time and settings."""
+def provenance(run: dict, extra: list[tuple[str, str]] = ()) -> str:
+    """Where and how a stored run ran: its file, command, device, date, wall time and settings
+    (and the ``extra`` rows an analysis adds)."""
     m = run["meta"]
     sizes = ", ".join(f"{k} {v}" for k, v in m.get("settings", {}).items() if isinstance(v, (int, float)))
     return table([("file", f'benchmarks/{run["file"]}'), ("command", run["command"]),
                   ("device", f'{m["device"]}, {m.get("date", "")}, {m.get("wall_s", 0):.0f} s'),
-                  ("sizes", sizes)])
+                  ("sizes", sizes), *extra])
 
 
 def render_stored(runs: list[dict], entries) -> str:
@@ -49,3 +51,8 @@ def render_stored(runs: list[dict], entries) -> str:
         if r.get("detectable"):
             parts.append(f'<p class="note">{html.escape(r["detectable"])}.</p>')
     return "".join(parts)
+
+
+def section(entries, folder: Path = BENCHMARKS) -> str:
+    """A report's section on its stored runs: ``render_stored`` of the ``entries`` found in ``folder``."""
+    return render_stored(stored_runs(entries, folder), entries)

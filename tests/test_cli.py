@@ -100,8 +100,9 @@ def test_bad_heads_and_analysis(prompts_file, tmp_path, capsys, monkeypatch):
         line = one_line_error(*run_cli(["reproduce", "safety-heads", "--device", "cuda", "--out", str(prompts_file)],
                                    capsys)[::2])
         assert "is a file" in line
-        line = one_line_error(*run_cli(["reproduce", "ioi", "--device", "cuda", "--out", str(tmp_path)], capsys)[::2])
-        assert "ioi has no GPU setting" in line
+        line = one_line_error(*run_cli(["reproduce", "quickstart", "--device", "cuda", "--out", str(tmp_path)],
+                                       capsys)[::2])
+        assert "quickstart has no GPU setting" in line
 
 
 def test_argparse_errors_are_one_line(capsys):

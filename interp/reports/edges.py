@@ -20,8 +20,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from interp.methods.edge_audit import TOP_KS
 from interp.reports.headline import headline_table
 from interp.reports.page import fig_to_img, html_page, new_figure, table

@@ -28,7 +28,6 @@ and the other formats' groups are in its provenance).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

@@ -9,6 +9,11 @@ weights (no weights can be brought to that machine). Each row times TransformerL
 checks they agree, and reports the FLOP floor of the minimal recomputation, the achieved TFLOP/s
 and the peak memory. Where a TransformerLens sweep would take too long its time per patched
 forward is measured on a sample of cells and multiplied out (marked "extrapolated").
+
+Our side is timed twice: the first call of a sweep (a new engine: its cached runs computed, the
+sweep run eagerly) and the same sweep repeated (the engine kept on the model reuses its cached
+runs and, on a GPU, replays the sweep as a CUDA graph; ``interp.graphs``). Both are medians of
+``repeats`` calls with their min-max.
 """
 from __future__ import annotations
 
@@ -64,6 +69,7 @@ class Row:
     peak_gib: float
     ours_err: tuple | None = None
     tl_err: tuple | None = None
+    first_times: list | None = None  # a new engine each call: no cached runs, no CUDA graph
 
     @property
     def tl_s(self) -> float:
@@ -77,23 +83,31 @@ class Row:
     def speedup(self) -> float:
         return self.tl_s / self.ours_s
 
+    @property
+    def first_speedup(self) -> float | None:
+        return self.tl_s / statistics.median(self.first_times) if self.first_times else None
+
     def markdown(self, peak_tflops: float | None) -> str:
         achieved = self.floor_tflop / self.ours_s
         vs_floor = f"{peak_tflops / achieved:.1f}x" if peak_tflops else "-"
         spread = lambda ts, f: f"{f(statistics.median(ts))} ({f(min(ts))}-{f(max(ts))})"  # noqa: E731
         tl = spread(self.tl_times, lambda x: f"{x:.2f}") + ("*" if self.tl_extrapolated else "")
         ours = spread(self.ours_times, lambda x: f"{x:.3f}")
-        ratio = f"{self.speedup:.1f}" if self.speedup < 10 else f"{self.speedup:.0f}"
+        x = lambda r: f"{r:.1f}x" if r < 10 else f"{r:.0f}x"  # noqa: E731
+        first = spread(self.first_times, lambda x: f"{x:.3f}") if self.first_times else "-"
+        first_ratio = x(self.first_speedup) if self.first_times else "-"
         err = lambda e: "-" if e is None else f"{e[0]:.1e} / {e[1]:.1e}"  # noqa: E731
-        return (f"| {self.shape} | {self.dtype} | {self.batch}x{self.n_pos} | {self.sweep} | {tl} | {ours} | "
-                f"**{ratio}x** | {self.max_abs_diff:.1e} | {err(self.ours_err)} | {err(self.tl_err)} | "
+        return (f"| {self.shape} | {self.dtype} | {self.batch}x{self.n_pos} | {self.sweep} | {tl} | {first} | {ours} | "
+                f"{first_ratio} | **{x(self.speedup)}** | {self.max_abs_diff:.1e} | {err(self.ours_err)} | {err(self.tl_err)} | "
                 f"{self.floor_tflop:.3f} | {achieved:.2f} | {vs_floor} | {self.peak_gib:.1f} |")
 
 
-HEADER = ("| model shape | dtype | prompts | sweep | TransformerLens s, median (min-max) | interp s, median (min-max) "
-          "| speed-up | max abs diff | interp error vs fp32, mean / max | TransformerLens error vs fp32, mean / max "
-          "| FLOP floor (TFLOP) | achieved TFLOP/s | time vs floor | peak GiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model shape | dtype | prompts | sweep | TransformerLens s, median (min-max) "
+          "| interp s, first call, median (min-max) | interp s, repeated, median (min-max) "
+          "| speed-up, first call | speed-up, repeated | max abs diff | interp error vs fp32, mean / max "
+          "| TransformerLens error vs fp32, mean / max "
+          "| FLOP floor (TFLOP) | achieved TFLOP/s (repeated) | time vs floor (repeated) | peak GiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def host_cpu() -> str:
@@ -152,7 +166,7 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
     import pandas as pd
     from transformer_lens import patching
 
-    from interp.sweep import sweep_patch
+    from interp.sweep import release, sweep_patch
 
     device = model.cfg.device
     L, H, T = model.cfg.n_layers, model.cfg.n_heads, prompts.n_pos
@@ -170,6 +184,12 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
     tl_times = [t * len(cells) / len(sample) for t in tl_times]
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+
+    def first_call():  # what a sweep of new prompts costs: a new engine, eager
+        release(model)
+        return sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, verify=0)
+
+    first_times, _ = _times(first_call, device, repeats)
     ours_times, result = _times(lambda: sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False,
                                                     verify=0), device, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" and torch.cuda.is_available() else float("nan")
@@ -178,7 +198,8 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
     verify_s = time.perf_counter() - t - statistics.median(ours_times)
     at = tuple(torch.as_tensor(sample[a].to_numpy().copy()) for a in axes)
     ours = result.values[at]
-    out = dict(tl_times=tl_times, extrapolated=len(sample) < len(cells), ours_times=ours_times,
+    out = dict(tl_times=tl_times, extrapolated=len(sample) < len(cells), ours_times=ours_times, first_times=first_times,
+               cuda_graph=result.meta.get("cuda_graph"),
                max_abs_diff=(ours - tl_vals.float().cpu()).abs().max().item(), peak=peak, ours=result.values,
                verified=verified, verify_s=verify_s)
     if truth is not None:
@@ -210,10 +231,11 @@ def run_gpu(shapes=("gpt2-small", "smollm2-135m", "qwen2.5-0.5b", "llama-2-7b"),
                 rows.append(Row(shape, str(dtype).replace("torch.", ""), batch, T,
                                 "head_out by pos" if by_pos else "head_out all pos", r["tl_times"], r["extrapolated"],
                                 r["ours_times"], r["max_abs_diff"], floor_flops(model.cfg, batch, T, by_pos) / 1e12,
-                                r["peak"], r.get("ours_err"), r.get("tl_err")))
+                                r["peak"], r.get("ours_err"), r.get("tl_err"), r["first_times"]))
                 print(rows[-1].markdown(790.0), flush=True)
                 print(f"  (self-check: {r['verified']['cells']} cells re-run, max abs diff "
-                      f"{r['verified']['max_abs_diff']:.1e}, {r['verify_s']:.2f} s)", flush=True)
+                      f"{r['verified']['max_abs_diff']:.1e}, {r['verify_s']:.2f} s; CUDA graph: {r['cuda_graph']})",
+                      flush=True)
         del model, exact
         torch.cuda.empty_cache()
     return rows
@@ -246,7 +268,8 @@ def run_cpu(n_prompts: int = 8, repeats: int = 5) -> list[Row]:
         rows.append(Row("smollm2-135m (real)", "float32", n_prompts, prompts.n_pos,
                         "head_out by pos" if by_pos else "head_out all pos", r["tl_times"], r["extrapolated"],
                         r["ours_times"], r["max_abs_diff"],
-                        floor_flops(model.cfg, n_prompts, prompts.n_pos, by_pos) / 1e12, float("nan")))
+                        floor_flops(model.cfg, n_prompts, prompts.n_pos, by_pos) / 1e12, float("nan"),
+                        first_times=r["first_times"]))
         print(rows[-1].markdown(peak), flush=True)
         bound = rows[-1].tl_s / (rows[-1].floor_tflop / peak)
         print(f"(at that rate the floor takes {rows[-1].floor_tflop / peak:.1f} s: at most {bound:.1f}x "

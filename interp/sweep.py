@@ -88,8 +88,19 @@ class RunCache:
     final: torch.Tensor | None = None  # the final residual stream [B, T, d]
 
 
+@dataclass
+class _Recorded:
+    """A sweep run once eagerly: its chunks (p0, variant indices) and values, then its graph."""
+
+    chunks: list
+    eager: torch.Tensor
+    graph: object = None  # interp.graphs.CapturedSweep once recorded
+    evidence: dict | None = None  # the recording's check (None: not tried yet)
+
+
 # ----------------------------------------------------------------------------------------- engine
 READOUTS = ("metric", "per_example", "residual")
+GRAPH_MAX_SHARE = 1 / 16  # the largest working set (share of GPU memory) recorded as a CUDA graph
 
 
 class SweepEngine:
@@ -108,13 +119,15 @@ class SweepEngine:
         interventions: ``interp.interventions.Intervention``s applied to the base run and every
             variant, after those registered on the model (e.g. Sahara's group, ablated while the
             next head is chosen).
+        graphs: on a GPU, record a sweep asked for a second time as a CUDA graph and replay it
+            from then on (``interp.graphs``; small sweeps are bound by kernel launches).
 
     Raises EngineUnsupported (before any work) when the model has a feature, a hook or an edit the
     engine does not model.
     """
 
     def __init__(self, model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
-                 memory_budget: int | None = None, eps: float = 1e-5, interventions=()):
+                 memory_budget: int | None = None, eps: float = 1e-5, interventions=(), graphs: bool = True):
         if direction not in ("denoise", "noise"):
             raise ComponentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
         self.model, self.metric, self.direction = model, metric, direction
@@ -141,6 +154,9 @@ class SweepEngine:
         self._indices: dict[tuple, torch.Tensor] = {}
         self.cos = self.sin = None
         self.eps = float(eps)
+        self.graphs = graphs and self.device.type == "cuda"
+        self._recorded: dict[tuple, _Recorded] = {}  # sweeps run eagerly once, by graph_key
+        self.last_graph: dict | None = None  # the evidence of the last run's graph, if it replayed one
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
@@ -149,6 +165,7 @@ class SweepEngine:
         have = self._caches.get(which)
         if have is None or (need_pattern and have.pattern is None):
             tokens = self.base_tokens if which == "base" else self.source_tokens
+            self._recorded.clear()  # recorded graphs read the cached runs they were recorded with
             with torch.no_grad():
                 self._caches[which] = self._forward_cache(tokens, need_pattern)
         return self._caches[which]
@@ -160,6 +177,7 @@ class SweepEngine:
                for w in ("base", "source")):
             return
         B = len(self.prompts)
+        self._recorded.clear()  # recorded graphs read the cached runs they were recorded with
         with torch.no_grad():
             both = self._forward_cache(torch.cat([self.base_tokens, self.source_tokens]), need_pattern)
         for which, rows in (("base", slice(0, B)), ("source", slice(B, None))):
@@ -467,11 +485,20 @@ class SweepEngine:
             raise ComponentError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         B = len(self.prompts)
         shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
+        self.last_graph = None
+        key = self.graph_key(component, variants, readout) if checkpoint is None else None
+        if key is not None and key in self._recorded:
+            replayed = self._replay(key, component, variants, readout)
+            if replayed is not None:
+                if progress:
+                    tqdm(total=len(variants), initial=len(variants), desc=f"sweep {component} (replayed)",
+                         leave=False).close()
+                return replayed
         values = torch.full((len(variants), *shape), float("nan"))
         done = torch.zeros(len(variants), dtype=torch.bool)
-        key = None if checkpoint is None else self._key(component, variants, readout)
+        ckpt_key = None if checkpoint is None else self._key(component, variants, readout)
         if checkpoint is not None:
-            values, done = ckpt.load(ckpt.check_path(checkpoint), key, values, done)
+            values, done = ckpt.load(ckpt.check_path(checkpoint), ckpt_key, values, done)
         self.check_memory(component)
         if component not in ABLATIONS:
             self.cache_both(need_pattern=component == "head_pattern")
@@ -498,14 +525,60 @@ class SweepEngine:
                 done[part] = True
                 if checkpoint is not None:  # a checkpoint holds host values: copy now
                     values[part] = vals.float().cpu()
-                    ckpt.save(checkpoint, key, values, done)
+                    ckpt.save(checkpoint, ckpt_key, values, done)
                 else:
-                    on_device.append((part, vals))
+                    on_device.append((p0, part, vals))
                 bar.update(len(part))
                 i += len(part)
-        for part, vals in on_device:
+        for _, part, vals in on_device:
             values[part] = vals.float().cpu()
         bar.close()
+        if key is not None and key not in self._recorded:
+            self._recorded[key] = _Recorded([(p0, part) for p0, part, _ in on_device], values.clone())
+        return values
+
+    # -- CUDA graphs -----------------------------------------------------------------------------
+    def graph_key(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
+        """What a recorded graph of this sweep is for, or None when the sweep is not recorded:
+        off the GPU, ``graphs=False``, a metric other than the logit difference (its code may read
+        the device), the residual readout, edits with replacement values, or a working set over
+        ``GRAPH_MAX_SHARE`` of the GPU's memory (a large sweep is bound by FLOPs, not launches, and
+        its graph would hold that memory until the engine is released)."""
+        if not self.graphs or self.metric is not logit_diff or readout == "residual":
+            return None
+        if any(e.value is not None for e in self.edits.edits):
+            return None
+        T = self.prompts.n_pos
+        working = max(min(len(idx), self._chunk_size(T - p0)) * self._variant_bytes(T - p0)
+                      for p0, idx in self.groups(variants).items())  # the largest chunk's
+        if working > torch.cuda.get_device_properties(self.device).total_memory * GRAPH_MAX_SHARE:
+            return None
+        return component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+
+    def _replay(self, key, component, variants, readout) -> torch.Tensor | None:
+        """The values of a sweep run before, by its graph (recorded now if this is its second run),
+        or None when it cannot be recorded."""
+        from interp.graphs import capture
+        from interp.verify import tolerance
+
+        rec = self._recorded[key]
+        if rec.graph is None and rec.evidence is None:  # the second run: record, check against the first
+            N = len(variants)
+
+            def body():
+                with torch.no_grad():
+                    parts = [self.run_suffix(self.starts(component, [variants[j] for j in part], p0), p0, readout)
+                             for p0, part in rec.chunks]
+                    out = torch.empty((N, *parts[0].shape[1:]), device=self.device, dtype=parts[0].dtype)
+                    out[self._index([j for _, part in rec.chunks for j in part])] = torch.cat(parts)
+                    return out
+
+            scale = rec.eager.abs().max().item() if rec.eager.numel() else 0.0
+            rec.graph, rec.evidence = capture(body, rec.eager, tolerance(self.w.W_Q.dtype, scale))
+        if rec.graph is None:
+            return None
+        values = rec.graph.replay()
+        self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
         return values
 
     @staticmethod
@@ -528,11 +601,14 @@ class SweepEngine:
         return out
 
     def _chunk_size(self, S: int) -> int:
+        return max(1, int(self.memory_budget // self._variant_bytes(S)))
+
+    def _variant_bytes(self, S: int) -> int:
+        """Activation bytes of one variant's forward over S positions."""
         c = self.cfg
-        B = len(self.prompts)
         elt = torch.finfo(self.w.W_Q.dtype).bits // 8
-        per_variant = B * S * (6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * (c.d_head + self.prompts.n_pos)) * max(elt, 4)
-        return max(1, int(self.memory_budget // per_variant))
+        return len(self.prompts) * S * (6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * (c.d_head + self.prompts.n_pos)) \
+            * max(elt, 4)
 
     def _key(self, component, variants, readout: str = "metric") -> str:
         """What the values depend on: the sweep, the prompts, the weights' values, the edits."""
@@ -586,6 +662,46 @@ def engine_unsupported(model, prompts: PromptSet | None = None) -> str | None:
     return None
 
 
+def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=logit_diff,
+                  memory_budget: int | None = None) -> SweepEngine:
+    """The engine of the last sweep on ``model`` when it was built from exactly what this call
+    hands over, else a new one (which is kept on the model for the next call).
+
+    "Exactly": the same prompts (every tensor, by value), direction, metric, memory budget and
+    hooks and edits on the model (by value), and weights whose values are unchanged
+    (``Weights.from_model`` re-checks them at every call). A kept engine keeps its cached runs and
+    its recorded CUDA graphs (``interp.graphs``), so a repeated sweep costs one graph replay. One
+    engine per model is kept; ``release(model)`` frees it."""
+    key = (_prompts_digest(prompts), direction, metric, memory_budget, model_edits(model).digest())
+    held = getattr(model, "_interp_engine", None)
+    if held is not None and held[0] == key and held[1].w is Weights.from_model(model):
+        return held[1]
+    release(model)
+    engine = SweepEngine(model, prompts, direction, metric, memory_budget)
+    object.__setattr__(model, "_interp_engine", (key, engine))
+    return engine
+
+
+def release(model) -> None:
+    """Forget the engine kept on ``model`` (its cached runs and CUDA graphs)."""
+    if getattr(model, "_interp_engine", None) is not None:
+        object.__setattr__(model, "_interp_engine", None)
+
+
+def _prompts_digest(prompts: PromptSet) -> str:
+    """A hash of every tensor of a prompt set (tokens, answers, positions, groups)."""
+    h = hashlib.sha256()
+    named = {"clean": prompts.clean_tokens, "corrupted": prompts.corrupted_tokens, "answer": prompts.answer_ids,
+             "distractor": prompts.distractor_ids, "answer_pos": prompts.answer_pos, "groups": prompts.groups,
+             **{f"pos:{k}": v for k, v in sorted(prompts.positions.items())}}
+    for name, t in named.items():
+        h.update(name.encode())
+        if t is not None:
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _default_budget(device) -> int:
     if device.type == "cuda":
         return int(available_bytes(device) // 4)
@@ -602,15 +718,22 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     ``verify`` cells (drawn with ``seed``) are re-run through the reference loop after the sweep,
     and the baselines are checked against the bridge before it (``interp.verify``); the evidence
     is ``meta["verified"]``. Raises EngineUnsupported before any sweep work if the engine cannot
-    run this model exactly, VerificationError if a re-checked cell disagrees."""
-    engine = SweepEngine(model, prompts, direction, metric, memory_budget)
+    run this model exactly, VerificationError if a re-checked cell disagrees.
+
+    The engine is kept on the model for the next call (``shared_engine``): asked again for the same
+    sweep of the same prompts and unchanged weights and hooks, it reuses its cached runs, and on a
+    GPU replays the sweep as a CUDA graph from the second repetition on (``meta["cuda_graph"]``:
+    the replay's check against the eager run)."""
+    engine = shared_engine(model, prompts, direction, metric, memory_budget)
     axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
     engine.check_memory(component)  # before any forward
     check = SweepCheck(engine, component, variants, verify, seed)
     values = engine.run(component, variants, checkpoint, progress)
     verified = check.check(values)
     clean, corrupted = engine.clean_and_corrupted()
+    meta = {"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),
+            "engine": "batched", "verified": verified}
+    if engine.last_graph is not None:
+        meta["cuda_graph"] = engine.last_graph
     return Result(values.reshape([len(index[a]) for a in axes]), axes, component,
-                  getattr(metric, "__name__", "metric"), clean=clean, corrupted=corrupted,
-                  meta={"index": {a: index[a] for a in axes}, "direction": direction,
-                        "n_prompts": len(prompts), "engine": "batched", "verified": verified})
+                  getattr(metric, "__name__", "metric"), clean=clean, corrupted=corrupted, meta=meta)

@@ -64,7 +64,10 @@ def _twin(model, dtype: torch.dtype):
     TransformerBridge blocks wire capture hooks on first use (``_maybe_wire_capture_hooks``) whose
     closures point at the original block (its ``hook_mlp_in``, its attention's captured residual);
     a deep copy would keep calling them. The copy drops them and wires its own on first use."""
-    twin = copy.deepcopy(model)
+    # what the engines keep on the model (stacked weights, the last sweep's engine with its CUDA
+    # graphs) stays behind: the twin builds its own
+    kept = (model.__dict__.get(name) for name in ("_interp_weights", "_interp_engine"))
+    twin = copy.deepcopy(model, {id(v): None for v in kept if v is not None})
     for module in twin.modules():
         for key, fn in list(module._forward_pre_hooks.items()):
             if "_maybe_wire_capture_hooks" in getattr(fn, "__qualname__", ""):

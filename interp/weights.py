@@ -222,19 +222,42 @@ def weights_fingerprint(model) -> tuple:
     shape and version counter, and a checksum of its values.
 
     The checksum of a tensor W [..., n] is W @ r for a fixed random r [n]: one multiply-add per
-    weight (about 0.1 s for SmolLM2-135M on 2 CPU cores, milliseconds on a GPU), and it changes
+    weight (about 0.1 s for SmolLM2-135M on 2 CPU cores, a millisecond on a GPU), and it changes
     when any row changes (unless the change is orthogonal to r, which random r makes vanishingly
     unlikely; permuting heads changes it too). It catches what the version counters miss: an
-    in-place edit through ``param.data``, which gets a fresh version counter.
+    in-place edit through ``param.data``, which gets a fresh version counter. On a GPU the
+    tensors of one dtype and last dimension are stacked (up to 256 MiB at a time) and checked in
+    one product: one product per tensor was 150 launches, 8 ms for GPT-2 small on an H200.
     """
     tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
     meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in tensors)
     with torch.no_grad():
         sums = {}  # per device: one vector of every checksum (compared with one sync)
-        for t in tensors:
-            s = t.detach().reshape(-1, t.shape[-1]) @ _probe(t.shape[-1], t.device, t.dtype) if t.ndim else t.detach()[None]
-            sums.setdefault(t.device, []).append(s.float())
+        for group in _checksum_groups(tensors):
+            rows = group[0] if len(group) == 1 else torch.cat(group)
+            sums.setdefault(rows.device, []).append((rows @ _probe(rows.shape[-1], rows.device, rows.dtype)).float())
     return meta, {d: torch.cat(v) for d, v in sums.items()}
+
+
+_STACK_BYTES = 256 << 20
+
+
+def _checksum_groups(tensors) -> list[list[torch.Tensor]]:
+    """The tensors as [rows, n] matrices, in groups that share one checksum product: one per tensor
+    on a CPU (no copies), stacks of up to 256 MiB of one device, dtype and n on a GPU."""
+    groups, open_ = [], {}
+    for t in tensors:
+        rows = t.detach().reshape(-1, t.shape[-1]) if t.ndim else t.detach()[None, None]
+        if rows.device.type != "cuda":
+            groups.append([rows])
+            continue
+        key = (rows.device, rows.dtype, rows.shape[-1])
+        group = open_.get(key)
+        if group is None or sum(g.numel() for g in group) * rows.element_size() + rows.nbytes > _STACK_BYTES:
+            group = open_[key] = []
+            groups.append(group)
+        group.append(rows)
+    return groups
 
 
 def same_fingerprint(a: tuple, b: tuple) -> bool:

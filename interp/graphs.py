@@ -1,0 +1,78 @@
+"""CUDA graphs of a sweep: capture its chunks once, replay them with no host work.
+
+A small sweep is bound by kernel launches, not by FLOPs: GPT-2 small's head-output sweep over
+16 prompts x 16 tokens is about 400 launches for 7.8 ms of GPU time, and by position 16 times as
+many (H200, BENCHMARKS.md). A CUDA graph records those launches once; replaying it costs one
+launch from the host, and the GPU runs the recorded kernels back to back.
+
+A graph reads its inputs at the addresses they had when it was recorded, so a replay is only
+right if nothing it reads has changed. ``SweepEngine`` keeps that promise: a graph belongs to one
+engine and one sweep (component, readout, the variants in order, the chunks), the engine's cached
+runs and stacked weights are never rewritten, and ``interp.sweep.shared_engine`` hands an engine
+to a new call only when the weights (by value), the hooks and edits on the model and the prompts
+are what the engine was built from. The first replay is compared with the eager run of the same
+sweep before a graph is kept (``CapturedSweep.check``); a graph that disagrees is dropped with a
+warning and the eager numbers stand.
+
+Only sweeps whose every step can be recorded are captured (``interp.sweep.SweepEngine.graphable``):
+the logit-difference metric, no residual readout, edits that scale (no replacement values, whose
+checks read the device), no checkpoint (it copies each chunk to the host).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+
+class CapturedSweep:
+    """The chunks of one sweep recorded as one CUDA graph.
+
+    Args:
+        body: ``body() -> [N, ...]`` runs every chunk and returns the values of all variants in
+            order (on the device); it is run once on a side stream to warm up, then recorded.
+    """
+
+    def __init__(self, body: Callable[[], torch.Tensor]):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # lazy initialisation (cuBLAS workspaces) outside the capture
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = body()
+        self.replays = 0
+
+    def replay(self) -> torch.Tensor:
+        """Run the recorded kernels again; the values (a host copy, float32)."""
+        self.graph.replay()
+        self.replays += 1
+        return self.out.float().cpu()
+
+    def check(self, eager: torch.Tensor, tolerance: float) -> tuple[bool, float]:
+        """Replay once and compare with the eager values of the same sweep: (agrees, max |diff|)."""
+        diff = (self.replay() - eager.float()).abs().max().item() if eager.numel() else 0.0
+        return diff <= tolerance, diff  # NaN fails
+
+
+def capture(body: Callable[[], torch.Tensor], eager: torch.Tensor, tolerance: float) -> tuple[CapturedSweep | None, dict]:
+    """Record ``body`` and check its first replay against ``eager``: (graph or None, evidence).
+
+    None (with a warning) when recording fails or the replay disagrees: the caller keeps running
+    the sweep eagerly."""
+    try:
+        graph = CapturedSweep(body)
+    except Exception as err:  # an operation that cannot be recorded: eager it stays
+        warnings.warn(f"this sweep could not be recorded as a CUDA graph ({type(err).__name__}: {err}); "
+                      "it runs without one", stacklevel=3)
+        return None, {"captured": False, "error": f"{type(err).__name__}: {err}"}
+    ok, diff = graph.check(eager, tolerance)
+    evidence = {"captured": ok, "replay_vs_eager_max_abs_diff": diff, "tolerance": tolerance}
+    if not ok:
+        warnings.warn(f"a CUDA graph of this sweep replayed values {diff:.3g} away from the eager run "
+                      f"(tolerance {tolerance:.2g}): the graph is dropped and the sweep runs without one",
+                      stacklevel=3)
+        return None, evidence
+    return graph, evidence

@@ -1,0 +1,145 @@
+"""A sweep engine kept on the model between calls (``interp.sweep.shared_engine``) and its CUDA
+graphs (``interp.graphs``): reused only when everything it was built from is unchanged, never a
+stale number."""
+import pytest
+import torch
+
+import interp
+from interp.random_models import random_model, random_prompts
+from interp.reference import run_cells
+from interp.sweep import release, shared_engine, sweep_patch
+
+
+@pytest.fixture
+def tiny():
+    model = random_model("tiny-llama", "cpu", torch.float32)
+    return model, random_prompts(model, batch=3, n_pos=6)
+
+
+def _down_proj(model, layer: int):
+    return next(p for n, p in model.named_parameters() if f"layers.{layer}." in n and "down_proj" in n)
+
+
+def _reference(model, prompts, values):
+    """The reference loop's value of every cell of an all-position head-output sweep."""
+    from interp.components import Variant
+
+    L, H = values.shape
+    cells = [Variant(l, h, None) for l in range(L) for h in range(H)]
+    return run_cells(model, prompts, "head_out", cells).reshape(L, H)
+
+
+def test_a_repeated_sweep_reuses_the_engine_and_its_cached_runs(tiny):
+    model, prompts = tiny
+    first = sweep_patch(model, prompts, "head_out", progress=False)
+    engine = shared_engine(model, prompts)
+    cached = engine.cache("base")
+    again = sweep_patch(model, prompts, "head_out", progress=False)
+    assert shared_engine(model, prompts) is engine and engine.cache("base") is cached  # not recomputed
+    torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+    release(model)
+    assert shared_engine(model, prompts) is not engine
+
+
+def test_changed_weights_hooks_or_prompts_get_a_new_engine_and_the_right_numbers(tiny):
+    model, prompts = tiny
+    before = sweep_patch(model, prompts, "head_out", progress=False)
+    engine = shared_engine(model, prompts)
+
+    with torch.no_grad():  # an in-place edit through .data: a fresh version counter, caught by value
+        _down_proj(model, 0).data.mul_(3.0)
+    edited = sweep_patch(model, prompts, "head_out", progress=False)
+    assert shared_engine(model, prompts) is not engine
+    assert (edited.values - before.values).abs().max() > 1e-3  # the edit moved the numbers
+    torch.testing.assert_close(edited.values, _reference(model, prompts, edited.values), atol=1e-5, rtol=0)
+
+    engine = shared_engine(model, prompts)
+    with interp.ablate(model, [(0, 1)], "zero"):  # a hook registered on the model
+        ablated = sweep_patch(model, prompts, "head_out", progress=False)
+        assert shared_engine(model, prompts) is not engine
+        torch.testing.assert_close(ablated.values, _reference(model, prompts, ablated.values), atol=1e-5, rtol=0)
+    assert (ablated.values - edited.values).abs().max() > 1e-3  # the hook moved the numbers
+
+    other = random_prompts(model, batch=3, n_pos=6, seed=1)
+    engine = shared_engine(model, prompts)
+    assert shared_engine(model, other) is not engine
+    moved = sweep_patch(model, other, "head_out", progress=False)
+    torch.testing.assert_close(moved.values, _reference(model, other, moved.values), atol=1e-5, rtol=0)
+
+
+def test_the_same_prompts_by_value_reuse_the_engine(tiny):
+    model, prompts = tiny
+    engine = shared_engine(model, prompts)
+    copy = prompts.to("cpu")
+    copy.clean_tokens = prompts.clean_tokens.clone()
+    assert shared_engine(model, copy) is engine
+    copy.clean_tokens[0, 2] = (copy.clean_tokens[0, 2] + 1) % model.cfg.d_vocab  # one token differs
+    assert shared_engine(model, copy) is not engine
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("by_pos", [False, True])
+def test_cuda_graph_replays_equal_the_eager_sweep(dtype, by_pos):
+    """The first run is eager, the second records the graph and checks its replay against the
+    first, later runs replay it; every run's numbers are the eager run's."""
+    model = random_model("tiny-llama", "cuda", dtype)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    runs = [sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False) for _ in range(4)]
+    assert "cuda_graph" not in runs[0].meta
+    evidence = runs[1].meta.get("cuda_graph")
+    assert evidence is not None and evidence["captured"], evidence
+    assert evidence["replay_vs_eager_max_abs_diff"] <= evidence["tolerance"]
+    if dtype == torch.float32:  # the same kernels in the same order (16-bit products may pick other algorithms)
+        assert evidence["replay_vs_eager_max_abs_diff"] == 0.0
+    for r in runs[1:]:
+        torch.testing.assert_close(r.values, runs[0].values, atol=evidence["tolerance"], rtol=0)
+        torch.testing.assert_close(r.values, runs[1].values, atol=0, rtol=0)  # every replay alike
+    assert runs[-1].meta["cuda_graph"]["replays"] == 4  # the check's replay and one per later run
+
+
+@cuda
+def test_cuda_graph_is_not_replayed_after_an_edit():
+    """An in-place weight edit after a graph was recorded: a new engine, eager, right numbers."""
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(3):
+        sweep_patch(model, prompts, "head_out", progress=False)
+    with torch.no_grad():
+        _down_proj(model, 0).data.mul_(3.0)
+    after = sweep_patch(model, prompts, "head_out", progress=False)
+    assert "cuda_graph" not in after.meta
+    torch.testing.assert_close(after.values, _reference(model, prompts, after.values), atol=1e-4, rtol=0)
+
+
+@cuda
+def test_a_sweep_with_a_recomputed_cache_drops_its_graph():
+    """A head-pattern sweep recomputes the cached runs (with patterns): graphs recorded on the old
+    cached runs are dropped, not replayed over freed memory."""
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(2):
+        first = sweep_patch(model, prompts, "head_out", progress=False)
+    sweep_patch(model, prompts, "head_pattern", progress=False)
+    again = sweep_patch(model, prompts, "head_out", progress=False)
+    assert "cuda_graph" not in again.meta
+    torch.testing.assert_close(again.values, first.values, atol=1e-5, rtol=0)
+
+
+def test_copies_for_the_reference_side_leave_the_kept_engine_behind():
+    """A 16-bit sweep's self-check copies the model to fp32 (``verify._twin``): the engine kept on
+    the model (on a GPU, with CUDA graphs, which cannot be copied) must not come along."""
+    from interp.verify import _twin
+
+    model = random_model("tiny-llama", "cpu", torch.bfloat16)
+    prompts = random_prompts(model, batch=3, n_pos=6)
+    first = sweep_patch(model, prompts, "head_out", progress=False)
+    assert shared_engine(model, prompts) is not None
+    twin = _twin(model, torch.float32)
+    assert twin.__dict__.get("_interp_engine") is None and twin.__dict__.get("_interp_weights") is None
+    again = sweep_patch(model, prompts, "head_out", progress=False)  # checked against a fresh fp32 twin
+    assert again.meta["verified"]["cells"] == 2
+    torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)

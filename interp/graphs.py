@@ -1,8 +1,8 @@
 """CUDA graphs of a sweep: capture its chunks once, replay them with no host work.
 
-A small sweep is bound by kernel launches, not by FLOPs: GPT-2 small's head-output sweep over
-16 prompts x 16 tokens is about 400 launches for 7.8 ms of GPU time, and by position 16 times as
-many (H200, BENCHMARKS.md). A CUDA graph records those launches once; replaying it costs one
+A small sweep is bound by kernel launches and host work, not by FLOPs: GPT-2 small's head-output
+sweep over 16 prompts x 16 tokens took 39 ms on a first call for 7.4 ms of GPU time (H200,
+BENCHMARKS.md, "Repeated sweeps"). A CUDA graph records those launches once; replaying it costs one
 launch from the host, and the GPU runs the recorded kernels back to back.
 
 A graph reads its inputs at the addresses they had when it was recorded, so a replay is only
@@ -14,7 +14,7 @@ are what the engine was built from. The first replay is compared with the eager 
 sweep before a graph is kept (``CapturedSweep.check``); a graph that disagrees is dropped with a
 warning and the eager numbers stand.
 
-Only sweeps whose every step can be recorded are captured (``interp.sweep.SweepEngine.graphable``):
+Only sweeps whose every step can be recorded are captured (``interp.sweep.SweepEngine.graph_key``):
 the logit-difference metric, no residual readout, edits that scale (no replacement values, whose
 checks read the device), no checkpoint (it copies each chunk to the host).
 """

@@ -27,8 +27,9 @@ from interp.metrics import logit_diff
 from interp.random_models import SHAPES, random_model, random_prompts  # noqa: F401 (re-exported)
 from interp.tasks.prompts import PromptSet
 
-def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool) -> float:
-    """FLOPs of the minimal exact recomputation of a head-output sweep.
+def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool, positions=None) -> float:
+    """FLOPs of the minimal exact recomputation of a head-output sweep (by position: of the
+    patches at ``positions``, default all).
 
     A patch of head h at layer l (at position p) must recompute layer l's MLP and every later
     layer, at positions >= p only (attending to all earlier keys), and two logits per example.
@@ -38,7 +39,7 @@ def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool) -> float:
     mlp = 2 * d * cfg.d_mlp * (3 if cfg.gated_mlp else 2)
     proj = 2 * d * dh * (2 * H + 2 * Hkv)
     total = 0.0
-    for p0 in (range(n_pos) if by_pos else [0]):
+    for p0 in ((range(n_pos) if positions is None else positions) if by_pos else [0]):
         S = n_pos - p0
         ctx = sum(range(p0 + 1, n_pos + 1))  # keys seen by the recomputed queries
         attn_layer = S * proj + 4 * H * dh * ctx
@@ -289,7 +290,8 @@ def _kernel_row(name: str, dtype, shape: str, reference, fused, args, device) ->
 def bench_kernels(device: str = "cuda") -> list[str]:
     """Each Triton kernel against its PyTorch reference on engine-sized inputs: markdown rows."""
     from interp.kernels import (add_norm, add_norm_reference, head_scatter, head_scatter_reference, norm_logit_diff,
-                                norm_logit_diff_reference, prefix_attention, prefix_attention_reference)
+                                norm_logit_diff_reference, prefix_attention, prefix_attention_reference, rope,
+                                rope_reference, silu_mul, silu_mul_reference)
 
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -322,4 +324,17 @@ def bench_kernels(device: str = "cuda") -> list[str]:
         rows.append(_kernel_row("prefix_attention", dtype, f"N={N} B={B} S={S} P={P} H={H}/{Hkv} dh={dh}",
                                 prefix_attention_reference, prefix_attention, (q, k, v, k_pre, v_pre, dh ** -0.5),
                                 device))
+    # RoPE on a view of the fused q/k/v product, SiLU x up on the fused gate/up product: the shapes of
+    # SmolLM2's all-position head sweep at 16 x 64 (270 variants) and Llama-2-7B's at 16 x 128
+    for N, S, H, Hkv, dh, n in [(270, 64, 9, 3, 64, 1536), (32, 128, 32, 32, 128, 11008)]:
+        dtype, B = torch.bfloat16, 16
+        qkv = torch.randn(N, B, S, (H + 2 * Hkv) * dh, device=device, dtype=dtype)
+        q = qkv[..., :H * dh].unflatten(-1, (H, dh))
+        cos, sin = torch.randn(2, S, dh, device=device, dtype=dtype)
+        rows.append(_kernel_row("rope", dtype, f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh}", rope_reference, rope,
+                                (q, cos, sin), device))
+        gate_up = torch.randn(N * B * S, 2 * n, device=device, dtype=dtype)
+        rows.append(_kernel_row("silu_mul", dtype, f"rows={N * B * S} n={n}", silu_mul_reference, silu_mul,
+                                (gate_up,), device))
+        del qkv, gate_up
     return rows

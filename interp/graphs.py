@@ -51,14 +51,18 @@ class CapturedSweep:
         self.replays += 1
         return self.out.float().cpu()
 
-    def check(self, eager: torch.Tensor, tolerance: float) -> tuple[bool, float]:
-        """Replay once and compare with the eager values of the same sweep: (agrees, max |diff|)."""
-        diff = (self.replay() - eager.float()).abs().max().item() if eager.numel() else 0.0
-        return diff <= tolerance, diff  # NaN fails
+    def check(self, eager: torch.Tensor, tolerance: float) -> tuple[bool, float, torch.Tensor]:
+        """Replay once and compare with the eager values of the same sweep: (agrees, max |diff|,
+        the replayed values)."""
+        values = self.replay()
+        diff = (values - eager.float()).abs().max().item() if eager.numel() else 0.0
+        return diff <= tolerance, diff, values  # NaN fails
 
 
-def capture(body: Callable[[], torch.Tensor], eager: torch.Tensor, tolerance: float) -> tuple[CapturedSweep | None, dict]:
-    """Record ``body`` and check its first replay against ``eager``: (graph or None, evidence).
+def capture(body: Callable[[], torch.Tensor], eager: torch.Tensor,
+            tolerance: float) -> tuple[CapturedSweep | None, dict, torch.Tensor | None]:
+    """Record ``body`` and check its first replay against ``eager``: (graph or None, evidence,
+    the checked replay's values or None).
 
     None (with a warning) when recording fails or the replay disagrees: the caller keeps running
     the sweep eagerly."""
@@ -67,12 +71,12 @@ def capture(body: Callable[[], torch.Tensor], eager: torch.Tensor, tolerance: fl
     except Exception as err:  # an operation that cannot be recorded: eager it stays
         warnings.warn(f"this sweep could not be recorded as a CUDA graph ({type(err).__name__}: {err}); "
                       "it runs without one", stacklevel=3)
-        return None, {"captured": False, "error": f"{type(err).__name__}: {err}"}
-    ok, diff = graph.check(eager, tolerance)
+        return None, {"captured": False, "error": f"{type(err).__name__}: {err}"}, None
+    ok, diff, values = graph.check(eager, tolerance)
     evidence = {"captured": ok, "replay_vs_eager_max_abs_diff": diff, "tolerance": tolerance}
     if not ok:
         warnings.warn(f"a CUDA graph of this sweep replayed values {diff:.3g} away from the eager run "
                       f"(tolerance {tolerance:.2g}): the graph is dropped and the sweep runs without one",
                       stacklevel=3)
-        return None, evidence
-    return graph, evidence
+        return None, evidence, None
+    return graph, evidence, values

@@ -32,6 +32,7 @@ import torch
 
 from interp.errors import ComponentError, EngineUnsupported
 from interp.hooks import hook_name
+from interp.module_walk import submodules
 
 HEAD_KINDS = ("q", "k", "v", "z")  # [batch, pos, head, d_head] (k, v: key/value heads)
 RESID_KINDS = ("resid_pre", "attn_out", "mlp_out")  # [batch, pos, d_model]
@@ -277,9 +278,12 @@ def model_edits(model) -> EditSet:
             if where.get(id(hp)) != (edit.kind, edit.layer):
                 raise ForeignHookError(f"an edit of {edit.hook_name} is registered on {hp.name}")
             edits.append(edit)
-    for name, module in model.named_modules():
+    for module in submodules(model):  # no names: this walk runs at every sweep call
+        if not (module._forward_hooks or module._forward_pre_hooks):
+            continue
         for fn in list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values()):
             if not _from_library(fn):
+                name = next(n for n, m in model.named_modules() if m is module)
                 raise ForeignHookError(f"PyTorch forward hook {_describe_hook(fn)} on module "
                                        f"{name or type(module).__name__}")
     return EditSet(edits)

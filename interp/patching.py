@@ -157,8 +157,7 @@ def _reference_key(model, prompts, component, direction, metric, variants) -> st
 
     h = hashlib.sha256(json.dumps(["reference", component, direction, getattr(metric, "__name__", "metric"),
                                    [(v.layer, v.head, v.pos) for v in variants]]).encode())
-    h.update(prompts.clean_tokens.cpu().numpy().tobytes())
-    h.update(prompts.corrupted_tokens.cpu().numpy().tobytes())
+    h.update(prompts.digest().encode())
     h.update(fingerprint_digest(weights_fingerprint(model)).encode())
     for hp in {id(p): p for p in model.hook_points()}.values():
         for handle in hp.fwd_hooks:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from interp.errors import EngineUnsupported, InterpError
-from interp.kernels import add_norm
+from interp.kernels import add_norm, rope, silu_mul
+from interp.module_walk import tensors
 
 
 # --------------------------------------------------------------------------------------- weights
@@ -72,6 +73,8 @@ class Weights:
     W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
     W_qkv: torch.Tensor | None = None  # [L, d, (H + 2 Hkv) dh]: q, k, v in one matmul
     b_qkv: torch.Tensor | None = None  # [L, (H + 2 Hkv) dh]
+    W_gate_in: torch.Tensor | None = None  # [L, d, 2 d_mlp]: a gated MLP's gate and up in one matmul (GPU)
+    b_gate_in: torch.Tensor | None = None  # [L, 2 d_mlp]
 
     def __post_init__(self):
         L, H, d, dh = self.W_Q.shape
@@ -80,16 +83,21 @@ class Weights:
         if self.b_Q is not None:
             self.b_qkv = torch.cat([self.b_Q.reshape(L, -1), self.b_K.reshape(L, -1), self.b_V.reshape(L, -1)], -1)
         self._split = [H * dh, self.W_K.shape[1] * dh, self.W_K.shape[1] * dh]
+        if self.W_gate is not None and self.W_gate.is_cuda:  # on a CPU two products cost the same as one
+            self.W_gate_in = torch.cat([self.W_gate, self.W_in], -1).contiguous()
+            if self.b_in is not None:
+                self.b_gate_in = torch.cat([torch.zeros_like(self.b_in), self.b_in], -1)
 
     @classmethod
     def from_model(cls, model) -> "Weights":
         """The model's weights, stacked once and cached on the model until a parameter's values
         change (``weights_fingerprint``). Raises EngineUnsupported for architectures the engines
         do not model (``unsupported``)."""
-        reason = unsupported(model)
+        every = tensors(model)  # one walk of the modules, shared by both checks
+        reason = unsupported(model, every=every)
         if reason:
             raise EngineUnsupported(reason)
-        fp = weights_fingerprint(model)
+        fp = weights_fingerprint(model, every)
         cached = getattr(model, "_interp_weights", None)
         if cached is not None and same_fingerprint(cached[0], fp):
             return cached[1]
@@ -163,7 +171,9 @@ class Weights:
     def mlp_normed(self, layer, h):
         """The MLP of the already normalised residual h = ln2(x)."""
         b_in = None if self.b_in is None else self.b_in[layer]
-        if self.W_gate is not None:
+        if self.W_gate_in is not None:  # gate and up as one product, SiLU x up in one kernel
+            post = silu_mul(_linear(h, self.W_gate_in[layer], None if b_in is None else self.b_gate_in[layer]))
+        elif self.W_gate is not None:
             post = F.silu(h @ self.W_gate[layer]) * _linear(h, self.W_in[layer], b_in)
         elif self.act in TANH_GELU and h.is_cuda and b_in is not None:  # bias + GELU in the matmul's epilogue
             post = torch._addmm_activation(b_in, h.reshape(-1, h.shape[-1]), self.W_in[layer],
@@ -186,9 +196,9 @@ def _linear(x, W, b):
 
 
 def rotate(x, cos, sin):
-    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]."""
-    a, b = x.chunk(2, -1)
-    return x * cos[:, None] + torch.cat([-b, a], -1) * sin[:, None]
+    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]
+    (``interp.kernels.rope``: one fused kernel on a GPU)."""
+    return rope(x, cos, sin)
 
 
 def rotary_tables(model, n_pos: int, device, dtype):
@@ -217,7 +227,7 @@ def _probe(n: int, device, dtype) -> torch.Tensor:
     return _PROBES[key]
 
 
-def weights_fingerprint(model) -> tuple:
+def weights_fingerprint(model, every: list[torch.Tensor] | None = None) -> tuple:
     """What the engines' cached weights depend on: every parameter's and floating buffer's pointer,
     shape and version counter, and a checksum of its values.
 
@@ -228,12 +238,13 @@ def weights_fingerprint(model) -> tuple:
     in-place edit through ``param.data``, which gets a fresh version counter. On a GPU the
     tensors of one dtype and last dimension are stacked (up to 256 MiB at a time) and checked in
     one product: one product per tensor was 150 launches, 8 ms for GPT-2 small on an H200.
+    ``every``: the model's tensors (``interp.module_walk.tensors``), when the caller has them.
     """
-    tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
-    meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in tensors)
+    every = tensors(model) if every is None else every
+    meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in every)
     with torch.no_grad():
         sums = {}  # per device: one vector of every checksum (compared with one sync)
-        for group in _checksum_groups(tensors):
+        for group in _checksum_groups(every):
             rows = group[0] if len(group) == 1 else torch.cat(group)
             sums.setdefault(rows.device, []).append((rows @ _probe(rows.shape[-1], rows.device, rows.dtype)).float())
     return meta, {d: torch.cat(v) for d, v in sums.items()}
@@ -242,21 +253,22 @@ def weights_fingerprint(model) -> tuple:
 _STACK_BYTES = 256 << 20
 
 
-def _checksum_groups(tensors) -> list[list[torch.Tensor]]:
+def _checksum_groups(every) -> list[list[torch.Tensor]]:
     """The tensors as [rows, n] matrices, in groups that share one checksum product: one per tensor
     on a CPU (no copies), stacks of up to 256 MiB of one device, dtype and n on a GPU."""
-    groups, open_ = [], {}
-    for t in tensors:
+    groups, open_ = [], {}  # open_: key -> [group, its bytes]
+    for t in every:
         rows = t.detach().reshape(-1, t.shape[-1]) if t.ndim else t.detach()[None, None]
         if rows.device.type != "cuda":
             groups.append([rows])
             continue
         key = (rows.device, rows.dtype, rows.shape[-1])
         group = open_.get(key)
-        if group is None or sum(g.numel() for g in group) * rows.element_size() + rows.nbytes > _STACK_BYTES:
-            group = open_[key] = []
-            groups.append(group)
-        group.append(rows)
+        if group is None or group[1] + rows.nbytes > _STACK_BYTES:
+            group = open_[key] = [[], 0]
+            groups.append(group[0])
+        group[0].append(rows)
+        group[1] += rows.nbytes
     return groups
 
 
@@ -291,12 +303,13 @@ def sliding_window(model) -> int | None:
     return int(window)
 
 
-def unsupported(model, n_pos: int | None = None) -> str | None:
+def unsupported(model, n_pos: int | None = None, every: list[torch.Tensor] | None = None) -> str | None:
     """The first feature of ``model`` (run on prompts of ``n_pos`` tokens) that the engines do not
     model, or None. The engines model pre-norm decoders: RMSNorm or LayerNorm, rotary (full,
-    rotate-half) or absolute positions, gated (SiLU) or plain MLPs, GQA, biases."""
+    rotate-half) or absolute positions, gated (SiLU) or plain MLPs, GQA, biases. ``every``: the
+    model's tensors (``interp.module_walk.tensors``), when the caller has them."""
     cfg, hf = model.cfg, _hf_config(model)
-    devices = {p.device for p in model.parameters()}
+    devices = {t.device for t in (tensors(model) if every is None else every) if isinstance(t, torch.nn.Parameter)}
     if len(devices) > 1:
         return f"weights split over {len(devices)} devices (load_model(n_devices=...))"
     norm = str(cfg.normalization_type)

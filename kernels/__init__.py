@@ -8,6 +8,9 @@ from interp.kernels.norm_logit_diff import norm_logit_diff, norm_logit_diff_refe
 from interp.kernels.head_scatter import head_scatter, head_scatter_reference
 from interp.kernels.add_norm import add_norm, add_norm_reference
 from interp.kernels.prefix_attention import prefix_attention, prefix_attention_reference
+from interp.kernels.rope import rope, rope_reference
+from interp.kernels.silu_mul import silu_mul, silu_mul_reference
 
 __all__ = ["norm_logit_diff", "norm_logit_diff_reference", "head_scatter", "head_scatter_reference",
-           "add_norm", "add_norm_reference", "prefix_attention", "prefix_attention_reference"]
+           "add_norm", "add_norm_reference", "prefix_attention", "prefix_attention_reference",
+           "rope", "rope_reference", "silu_mul", "silu_mul_reference"]

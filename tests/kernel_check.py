@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from interp.kernels import (add_norm, add_norm_reference, head_scatter, head_scatter_reference, norm_logit_diff,
-                           norm_logit_diff_reference, prefix_attention, prefix_attention_reference)
+                           norm_logit_diff_reference, prefix_attention, prefix_attention_reference, rope,
+                           rope_reference, silu_mul, silu_mul_reference)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIZES = ("small", "large", "int64")
@@ -319,6 +320,82 @@ def _prefix_attention_int64(dtype, N=3, S=20, H=2, Hkv=1, dh=16, P=5):
     return run
 
 
+# --- rope -----------------------------------------------------------------------------------------
+# Both sides round x * cos, rotate_half(x) * sin and their sum to the dtype, from products that are
+# exact in fp32 for 16-bit inputs: equal bit for bit in the interpreter, one ulp apart at most on an
+# H200 (the GPU compiler's order of the last steps). In fp32 the kernel may fuse a product and the
+# sum into one multiply-add (one rounding fewer): ulps=2 of |out|.
+
+def _rope_inputs(device, dtype, N, B, S, H, Hkv, dh, p0):
+    """q and k as views of the engine's fused projection, and tables sliced at position p0."""
+    qkv = torch.randn(N, B, S, (H + 2 * Hkv) * dh, device=device, dtype=dtype)
+    q, k, _ = (t.unflatten(-1, (-1, dh)) for t in qkv.split([H * dh, Hkv * dh, Hkv * dh], -1))
+    angles = torch.randn(p0 + S, dh, device=device) * 3
+    return q, k, angles.cos().to(dtype)[p0:], angles.sin().to(dtype)[p0:]
+
+
+def _rope(device, dtype, N, B, S, H, Hkv, dh, p0=0):
+    def run():
+        q, k, cos, sin = _rope_inputs(device, dtype, N, B, S, H, Hkv, dh, p0)
+        out = {}
+        for name, x in (("q", q), ("k", k)):
+            want = rope_reference(x, cos, sin)
+            out[name] = (rope(x, cos, sin), want, tolerance(dtype, amax(want), 2))
+        return out
+    return run
+
+
+def _rope_mixed_dtypes(device, dtype):
+    """fp32 tables with 16-bit (or fp64 with fp32) x: PyTorch promotes; the dispatcher must fall back."""
+    def run():
+        q, _, cos, sin = _rope_inputs(device, dtype, 1, 2, 5, 4, 2, 16, 0)
+        wide = torch.float64 if dtype == torch.float32 else torch.float32
+        want = rope_reference(q, cos.to(wide), sin.to(wide))
+        return {"q": (rope(q, cos.to(wide), sin.to(wide)), want, 0.0)}
+    return run
+
+
+def _rope_int64(dtype, H=2, dh=16):
+    """Interpreter: 3 rows (positions) 2^30 elements apart, so row 2 starts at 2^31."""
+    def run():
+        stride = 1 << 30
+        x = reserved(2 * stride + H * dh, dtype).as_strided((3, H, dh), (stride, dh, 1))
+        x.copy_(torch.randn(3, H, dh, dtype=dtype))
+        angles = torch.randn(3, dh) * 3
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        with int32_overflow_raises():
+            got = rope(x, cos, sin)
+        want = rope_reference(x, cos, sin)
+        return {"x": (got, want, tolerance(dtype, amax(want), 2))}
+    return run
+
+
+# --- silu_mul -------------------------------------------------------------------------------------
+# Both sides round silu(gate) to the dtype, then its product with up. silu goes through exp, whose
+# fp32 value may differ in its last bits between the two (the GPU's exp is an approximation good to
+# ~2 ulps): that can move the rounded silu one ulp, and the product with it: ulps=4 of |out|.
+
+def _silu_mul(device, dtype, shape):
+    def run():
+        gate_up = torch.randn(*shape, device=device, dtype=dtype) * 4
+        want = silu_mul_reference(gate_up)
+        return {"out": (silu_mul(gate_up), want, tolerance(dtype, amax(want), 4))}
+    return run
+
+
+def _silu_mul_int64(dtype, n=1100):
+    """Interpreter: 3 rows 2^30 elements apart, so row 2 starts at 2^31."""
+    def run():
+        stride = 1 << 30
+        gate_up = reserved(2 * stride + 2 * n, dtype).as_strided((3, 2 * n), (stride, 1))
+        gate_up.copy_(torch.randn(3, 2 * n, dtype=dtype) * 4)
+        with int32_overflow_raises():
+            got = silu_mul(gate_up)
+        want = silu_mul_reference(gate_up)
+        return {"out": (got, want, tolerance(dtype, amax(want), 4))}
+    return run
+
+
 def cases(device, dtypes, sizes):
     """The cases for this device, dtypes (torch dtypes) and sizes, in order. Builds no tensor."""
     out = []
@@ -350,6 +427,14 @@ def cases(device, dtypes, sizes):
                     _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
             add("prefix_attention", "N=1 B=2 S=6 H=2/1 dh=80 P=3 (fallback)", False,
                 _prefix_attention(device, dtype, 1, 2, 6, 2, 1, 80, 3, exact=True))
+            # (N, B, S, H, Hkv, dh, p0): SmolLM2, Qwen2.5-0.5B, Llama-2-7B heads; dh=80 no power of two
+            for N, B, S, H, Hkv, dh, p0 in [(2, 3, 7, 4, 2, 16, 0), (1, 2, 5, 9, 3, 64, 3), (1, 1, 4, 14, 2, 64, 0),
+                                            (1, 1, 3, 32, 32, 128, 9), (1, 2, 3, 3, 1, 80, 1)]:
+                add("rope", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} p0={p0}", True,
+                    _rope(device, dtype, N, B, S, H, Hkv, dh, p0))
+            add("rope", "tables in a wider dtype (fallback)", False, _rope_mixed_dtypes(device, dtype))
+            for shape in [(3, 13, 2 * 1536), (2, 5, 2 * 1100), (37, 2 * 4864)]:
+                add("silu_mul", f"{list(shape)}", True, _silu_mul(device, dtype, shape))
             if dtype != torch.float32:  # the engine's fp32 residual stream under 16-bit weights
                 add("add_norm", "[3,13,576] fp32 residual", True,
                     _add_norm(device, dtype, (3, 13, 576), False, True, True, False, fp32_residual=True))
@@ -371,8 +456,14 @@ def cases(device, dtypes, sizes):
                                            (64, 4, 100, 12, 12, 64, 0), (16, 4, 300, 32, 32, 128, 700)]:
                 add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
                     _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
+            for N, B, S, H, Hkv, dh in [(64, 16, 64, 9, 3, 64), (16, 16, 128, 32, 32, 128)]:
+                add("rope", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh}", True, _rope(device, dtype, N, B, S, H, Hkv, dh))
+            for shape in [(135 * 16 * 64, 2 * 1536), (16 * 16 * 128, 2 * 11008)]:
+                add("silu_mul", f"{list(shape)}", True, _silu_mul(device, dtype, shape))
         if "int64" in sizes:
             if device == "cpu":
+                add("rope", "rows 2^30 apart (row 2 at 2^31)", True, _rope_int64(dtype))
+                add("silu_mul", "rows 2^30 apart (row 2 at 2^31)", True, _silu_mul_int64(dtype))
                 add("norm_logit_diff", "rows 2^30 apart (row 2 at 2^31), direct launch", True,
                     _norm_logit_diff_int64(dtype))
                 add("head_scatter", "out [2, 2^19, 4096] (variant 1 at 2^31), direct launch", True,
@@ -389,6 +480,10 @@ def cases(device, dtypes, sizes):
                     _add_norm(device, dtype, ((1 << 19) + 1, 4096), False, True, True, False))
                 add("prefix_attention", "N=520 B=8 S=128 H=32/32 dh=128 P=64 (q past 2^31)", True,
                     _prefix_attention(device, dtype, 520, 8, 128, 32, 32, 128, 64))
+                add("rope", "N=1 B=4097 S=128 H=32/32 dh=128 (q and out past 2^31)", True,
+                    _rope(device, dtype, 1, 4097, 128, 32, 32, 128))
+                add("silu_mul", "[2^19+1, 2*4096] (out past 2^31)", True,
+                    _silu_mul(device, dtype, ((1 << 19) + 1, 2 * 4096)))
     names = [c.name for c in out]
     assert len(set(names)) == len(names) and not any(": " in n for n in names), names
     return out
@@ -446,11 +541,13 @@ def main(argv=None):
     from interp.kernels._triton import use_triton
     assert use_triton(torch.zeros(1, device=a.device)), "Triton path not active: set TRITON_INTERPRET=1 on CPU"
     from interp.kernels import (add_norm_triton, head_scatter_triton, norm_logit_diff_triton,
-                                prefix_attention_triton)
+                                prefix_attention_triton, rope_triton, silu_mul_triton)
     launches = {"norm_logit_diff": Launches(norm_logit_diff_triton, "norm_logit_diff_kernel"),
                 "head_scatter": Launches(head_scatter_triton, "head_scatter_kernel"),
                 "add_norm": Launches(add_norm_triton, "add_norm_kernel"),
-                "prefix_attention": Launches(prefix_attention_triton, "prefix_attention_kernel")}
+                "prefix_attention": Launches(prefix_attention_triton, "prefix_attention_kernel"),
+                "rope": Launches(rope_triton, "rope_kernel"),
+                "silu_mul": Launches(silu_mul_triton, "silu_mul_kernel")}
     failures = 0
     for case in todo:
         failures += not run_case(case, launches)

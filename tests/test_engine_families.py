@@ -120,8 +120,8 @@ def test_a_feature_the_checks_miss_is_caught_by_the_baseline_check(monkeypatch):
 
     model = random_model("tiny-gemma2", "cpu", torch.float32)
     prompts = random_prompts(model, batch=2, n_pos=7)
-    monkeypatch.setattr(interp.sweep, "unsupported", lambda model, n_pos=None: None)
-    monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None: None)
+    monkeypatch.setattr(interp.sweep, "unsupported", lambda model, n_pos=None, every=None: None)
+    monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None, every=None: None)
     with pytest.raises(EngineUnsupported, match="differs from the model's own"):
         patch(model, prompts, "head_out", layers=[1], engine="batched", progress=False)
 
@@ -133,9 +133,10 @@ def test_a_model_split_over_devices_is_refused_by_the_batched_engine(monkeypatch
     model = random_model("tiny-llama", "cpu", torch.float32)
     prompts = random_prompts(model, batch=2, n_pos=5)
     assert engine_unsupported(model, prompts) is None
-    params = list(model.parameters())
-    split = params[:-1] + [torch.nn.Parameter(torch.zeros_like(params[-1], device="meta"))]
-    monkeypatch.setattr(model, "parameters", lambda recurse=True: iter(split))
+    name, last = list(model.named_parameters())[-1]
+    owner = model.get_submodule(name.rpartition(".")[0])
+    monkeypatch.setitem(owner._parameters, name.rpartition(".")[2],
+                        torch.nn.Parameter(torch.zeros_like(last, device="meta")))
     assert "split over 2 devices" in engine_unsupported(model, prompts)
     with pytest.raises(EngineUnsupported, match="split over 2 devices"):
         patch(model, prompts, "head_out", layers=[1], engine="batched", progress=False)

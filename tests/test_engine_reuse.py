@@ -77,6 +77,43 @@ def test_the_same_prompts_by_value_reuse_the_engine(tiny):
     assert shared_engine(model, copy) is not engine
 
 
+def test_the_same_tokens_with_other_answers_are_other_prompts(tiny, tmp_path):
+    """Tokens alone do not fix a sweep's numbers: another answer (or answer position) is another
+    prompt set for the kept engine and for a checkpoint, which must not resume the old numbers."""
+    from dataclasses import replace
+
+    model, prompts = tiny
+    other = replace(prompts, answer_ids=prompts.distractor_ids, distractor_ids=prompts.answer_ids)
+    assert other.digest() != prompts.digest() and prompts.to("cpu").digest() == prompts.digest()
+    engine = shared_engine(model, prompts)
+    assert shared_engine(model, other) is not engine
+    path = tmp_path / "sweep.pt"
+    first = sweep_patch(model, prompts, "head_out", checkpoint=path, progress=False)
+    with pytest.raises(interp.errors.InterpError, match="different sweep"):
+        sweep_patch(model, other, "head_out", checkpoint=path, progress=False)
+    swapped = sweep_patch(model, other, "head_out", progress=False)
+    torch.testing.assert_close(swapped.values, -first.values, atol=1e-5, rtol=0)  # swapped answers: minus
+
+
+def test_the_module_walk_finds_every_parameter_buffer_and_hook():
+    """``interp.module_walk`` (one walk per call, no names) sees what ``parameters()``,
+    ``buffers()`` and ``modules()`` see, and a foreign PyTorch hook is still named in the error."""
+    from interp.interventions import ForeignHookError, model_edits
+    from interp.module_walk import submodules, tensors
+
+    model = random_model("tiny-llama", "cpu", torch.float32)
+    assert sorted(map(id, submodules(model))) == sorted(map(id, model.modules()))
+    expected = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    assert sorted(map(id, tensors(model))) == sorted(map(id, expected))
+    mlp = model.blocks[1].mlp
+    handle = mlp.register_forward_hook(lambda m, i, o: o * 2)
+    try:
+        with pytest.raises(ForeignHookError, match=r"on module blocks\.1\..*mlp"):
+            model_edits(model)
+    finally:
+        handle.remove()
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
@@ -98,7 +135,7 @@ def test_cuda_graph_replays_equal_the_eager_sweep(dtype, by_pos):
     for r in runs[1:]:
         torch.testing.assert_close(r.values, runs[0].values, atol=evidence["tolerance"], rtol=0)
         torch.testing.assert_close(r.values, runs[1].values, atol=0, rtol=0)  # every replay alike
-    assert runs[-1].meta["cuda_graph"]["replays"] == 4  # the check's replay and one per later run
+    assert runs[-1].meta["cuda_graph"]["replays"] == 3  # the check's replay (run 2's values), runs 3 and 4
 
 
 @cuda

@@ -7,6 +7,7 @@ have the same token length, so that a position means the same thing in both runs
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,22 @@ class PromptSet:
     @property
     def n_pos(self) -> int:
         return self.clean_tokens.shape[1]
+
+    def digest(self) -> str:
+        """A sha256 of every tensor of the set (tokens, answers, distractors, answer positions,
+        named positions, groups): equal digests, equal prompts for every metric and sweep. The key
+        of checkpoints and of the engine kept on a model (the tokens alone are not enough: the
+        same prompts with other answers give other numbers)."""
+        h = hashlib.sha256()
+        named = {"clean": self.clean_tokens, "corrupted": self.corrupted_tokens, "answer": self.answer_ids,
+                 "distractor": self.distractor_ids, "answer_pos": self.answer_pos, "groups": self.groups,
+                 **{f"pos:{k}": v for k, v in sorted(self.positions.items())}}
+        for name, t in named.items():
+            h.update(name.encode())
+            if t is not None:
+                h.update(str((tuple(t.shape), t.dtype)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def to(self, device: str | torch.device) -> "PromptSet":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731

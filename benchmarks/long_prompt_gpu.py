@@ -1,0 +1,93 @@
+"""A long-prompt head-by-position sweep on one GPU: time, peak memory, time vs the FLOP floor.
+
+    python benchmarks/long_prompt_gpu.py                    # Llama-2-7B shape (random weights), bf16,
+                                                            # 16 prompts x 128 tokens, positions 0-7
+    python benchmarks/long_prompt_gpu.py --positions 0-127  # the whole sweep (~25 min on one H200)
+
+The first positions are the longest suffixes (each patch at position p recomputes positions >= p),
+so a run over positions 0-7 is the sweep's largest working set: if it fits, the whole sweep fits.
+Its time against the floor of those positions (``interp.bench.floor_flops``) gives the rate, and the
+whole sweep's time at that rate is printed as an estimate (labelled so). Eight cells are checked
+against TransformerLens's loop (``get_act_patch_attn_head_out_by_pos``) in the same run. The timed
+sweep runs with ``verify=0``; the engine's own self-check (a fp32 twin) is run apart and reported,
+refusal included. Random weights: speed does not depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def _positions(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+    import torch
+    from transformer_lens import patching
+
+    from interp.bench import floor_flops
+    from interp.errors import EngineUnsupported
+    from interp.metrics import logit_diff
+    from interp.random_models import random_model, random_prompts
+    from interp.sweep import sweep_patch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="llama-2-7b")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--n-pos", type=int, default=128)
+    p.add_argument("--positions", default="0-7", help="first-last position patched (default 0-7)")
+    a = p.parse_args(argv)
+    pos = _positions(a.positions)
+    model = random_model(a.shape, "cuda", torch.bfloat16)
+    prompts = random_prompts(model, a.batch, a.n_pos)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    result = sweep_patch(model, prompts, "head_out", by_pos=True, positions=pos, progress=False, verify=0)
+    torch.cuda.synchronize()
+    took = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    floor = floor_flops(model.cfg, a.batch, a.n_pos, True, pos)
+    whole = floor_flops(model.cfg, a.batch, a.n_pos, True)
+    print(f"{a.shape} bf16 {a.batch}x{a.n_pos} head_out by position, positions {pos[0]}-{pos[-1]}: {took:.1f} s, "
+          f"peak {peak:.1f} GiB, floor {floor / 1e15:.1f} PFLOP ({floor / 790e12:.1f} s at 790 TFLOP/s), "
+          f"time vs floor {took / (floor / 790e12):.2f}x ({floor / took / 1e12:.0f} TFLOP/s); "
+          f"whole sweep: floor {whole / 790e12 / 60:.1f} min, estimated at this rate {whole / (floor / took) / 60:.1f} min",
+          flush=True)
+
+    metric = lambda logits: logit_diff(logits, prompts).mean()  # noqa: E731
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    cells = pd.DataFrame({"layer": [0, 3 % L, 9 % L, 15 % L, 20 % L, 26 % L, L - 2, L - 1],
+                          "pos": [pos[i % len(pos)] for i in (0, 7, 2, 5, 1, 6, 3, 4)],
+                          "head": [5 % H, 0, H - 1, 12 % H, 7 % H, 19 % H, 2 % H, H - 2]})
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompts.clean_tokens)
+        t = time.perf_counter()
+        tl = patching.get_act_patch_attn_head_out_by_pos(model, prompts.corrupted_tokens, cache, metric,
+                                                         index_axis_names=None, index_df=cells)
+        torch.cuda.synchronize()
+    per_cell = (time.perf_counter() - t) / len(cells)
+    ours = torch.stack([result.values[l, p - pos[0], h] for l, p, h in cells.itertuples(index=False)])
+    print(f"vs TransformerLens on {len(cells)} cells: max abs diff {(ours - tl.float().cpu()).abs().max().item():.2e}; "
+          f"TransformerLens {per_cell * 1e3:.0f} ms per cell, {per_cell * a.n_pos * L * H / 60:.0f} min for the whole "
+          "sweep", flush=True)
+    del cache
+    torch.cuda.empty_cache()
+    try:
+        check = sweep_patch(model, prompts, "head_out", by_pos=True, positions=pos[:1], layers=[0, L - 1],
+                            progress=False, verify=2)
+        print("self-check (fp32 twin, 2 cells):", check.meta["verified"])
+    except EngineUnsupported as err:
+        print("self-check refused:", err)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -686,9 +686,11 @@ def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=
 
 
 def release(model) -> None:
-    """Forget the engine kept on ``model`` (its cached runs and CUDA graphs)."""
-    if getattr(model, "_interp_engine", None) is not None:
-        object.__setattr__(model, "_interp_engine", None)
+    """Forget the engine kept on ``model`` (its cached runs and CUDA graphs) and the fp32 copy its
+    self-checks keep (``interp.verify.fp32_reference``)."""
+    for name in ("_interp_engine", "_interp_twin"):
+        if getattr(model, name, None) is not None:
+            object.__setattr__(model, name, None)
 
 
 def _default_budget(device) -> int:

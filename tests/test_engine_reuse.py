@@ -176,7 +176,46 @@ def test_copies_for_the_reference_side_leave_the_kept_engine_behind():
     first = sweep_patch(model, prompts, "head_out", progress=False)
     assert shared_engine(model, prompts) is not None
     twin = _twin(model, torch.float32)
-    assert twin.__dict__.get("_interp_engine") is None and twin.__dict__.get("_interp_weights") is None
+    assert all(twin.__dict__.get(name) is None for name in ("_interp_engine", "_interp_weights", "_interp_twin"))
     again = sweep_patch(model, prompts, "head_out", progress=False)  # checked against a fresh fp32 twin
     assert again.meta["verified"]["cells"] == 2
     torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+
+
+def test_the_fp32_copy_of_a_16_bit_model_is_kept_between_self_checks_while_nothing_changes(monkeypatch):
+    """A bf16 sweep's self-check runs on an fp32 copy of the model; the copy is kept for the next
+    check, and made anew after a weight edit or under an ablation (whose hooks it must carry), so
+    the check always runs on the model as it is."""
+    import interp.verify
+    from interp.interventions import model_edits
+
+    model = random_model("tiny-llama", "cpu", torch.bfloat16)
+    prompts = random_prompts(model, batch=3, n_pos=6)
+    first = sweep_patch(model, prompts, "head_out", progress=False)
+    twin = model.__dict__["_interp_twin"][2]
+    again = sweep_patch(model, prompts, "head_out", progress=False)
+    assert model.__dict__["_interp_twin"][2] is twin
+    assert again.meta["verified"] == first.meta["verified"]
+
+    with torch.no_grad():
+        _down_proj(model, 0).data.mul_(3.0)
+    edited = sweep_patch(model, prompts, "head_out", progress=False)
+    fresh = model.__dict__["_interp_twin"][2]
+    assert fresh is not twin
+    torch.testing.assert_close(_down_proj(fresh, 0), _down_proj(model, 0).float(), atol=0, rtol=0)
+    assert (edited.values - first.values).abs().max() > 1e-3
+
+    with interp.ablate(model, [(1, 0)], "zero"):
+        ablated = sweep_patch(model, prompts, "head_out", progress=False)  # checked on a copy with the hook
+        assert model.__dict__["_interp_twin"][2] is not fresh
+        assert len(model_edits(model.__dict__["_interp_twin"][2]).edits) == 1
+    after = sweep_patch(model, prompts, "head_out", progress=False)
+    assert not model_edits(model.__dict__["_interp_twin"][2]).edits
+    assert (ablated.values - after.values).abs().max() > 1e-3
+    torch.testing.assert_close(after.values, edited.values, atol=0, rtol=0)
+
+    release(model)
+    assert model.__dict__.get("_interp_twin") is None
+    monkeypatch.setattr(interp.verify, "KEEP_TWIN_SHARE", 0.0)  # too large to keep: made per check
+    sweep_patch(model, prompts, "head_out", progress=False)
+    assert model.__dict__.get("_interp_twin") is None

@@ -69,8 +69,8 @@ def test_a_wrong_cell_is_still_refused(tight):
 def test_an_unmodelled_feature_is_still_refused(tight, monkeypatch):
     """Gemma 2's soft-capping and post-norms with the static feature list off: far from float64 too."""
     model = random_model("tiny-gemma2", "cpu", torch.float32)
-    monkeypatch.setattr(interp.sweep, "unsupported", lambda model, n_pos=None: None)
-    monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None: None)
+    monkeypatch.setattr(interp.sweep, "unsupported", lambda model, n_pos=None, every=None: None)
+    monkeypatch.setattr(interp.weights, "unsupported", lambda model, n_pos=None, every=None: None)
     with pytest.raises(EngineUnsupported, match=r"differs from the model's own .*float64 referee: final_residual engine"):
         patch(model, random_prompts(model, batch=2, n_pos=7), "head_out", layers=[1], engine="batched", progress=False)
 

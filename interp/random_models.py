@@ -45,6 +45,8 @@ SHAPES = {
                                    num_key_value_heads=2, head_dim=16, **_TINY)),
     "tiny-qwen3": ("qwen3", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=16, **_TINY)),
+    "tiny-llama-mlp-bias": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, mlp_bias=True, **_TINY)),
     "tiny-mistral": ("mistral", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, sliding_window=6, **_TINY)),
 }

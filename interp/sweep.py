@@ -679,7 +679,7 @@ def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=
     held = getattr(model, "_interp_engine", None)
     if held is not None and held[0] == key and held[1].w is Weights.from_model(model):
         return held[1]
-    release(model)
+    object.__setattr__(model, "_interp_engine", None)  # (the self-checks' fp32 copy stays: verify)
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     object.__setattr__(model, "_interp_engine", (key, engine))
     return engine

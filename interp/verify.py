@@ -92,27 +92,49 @@ def fp32_reference(model, dtype: torch.dtype):
     copy of it (``_twin``).
 
     The copy is kept on the model for the next check (its deep copy took 2 s of each self-check of
-    GPT-2 small on an H200, 7 s of SmolLM2's) while the weights (by value, ``Weights.from_model``)
-    and the edits registered on the model are those it was copied with, and only when it takes at
-    most ``KEEP_TWIN_SHARE`` of the memory free on its device; ``interp.sweep.release`` frees it."""
+    GPT-2 small on an H200, 7 s of SmolLM2's) and reused only when it is still the model as it is:
+    every parameter and buffer equal to the model's cast to fp32 (compared exactly, at every call),
+    the same edits registered (and no other hook left on the copy), the same train/eval flags. It is
+    kept only when it takes at most ``KEEP_TWIN_SHARE`` of the memory free on its device;
+    ``interp.sweep.release`` frees it."""
     if dtype not in LOW_PRECISION:
         return model
-    from interp.interventions import model_edits
-    from interp.weights import Weights
-
-    try:
-        key = (Weights.from_model(model), model_edits(model).digest())
-    except EngineUnsupported:  # hooks or an architecture the engines do not read: never kept
-        key = None
+    key = _twin_key(model)
     held = model.__dict__.get("_interp_twin")
-    if (key is not None and held is not None and held[0] is key[0] and held[1] == key[1]
-            and model_edits(held[2]).digest() == key[1]):  # and no hook was left on the copy
-        return held[2]
+    if key is not None and held is not None and held[0] == key and _twin_key(held[1]) == key \
+            and _same_values(model, held[1]):
+        return held[1]
     object.__setattr__(model, "_interp_twin", None)  # the old copy goes before a new one is made
     twin = _twin(model, torch.float32)
     if key is not None and _bytes(twin) <= KEEP_TWIN_SHARE * available_bytes(next(twin.parameters()).device):
-        object.__setattr__(model, "_interp_twin", (*key, twin))
+        object.__setattr__(model, "_interp_twin", (key, twin))
     return twin
+
+
+def _twin_key(model) -> tuple | None:
+    """What a kept copy must share with the model besides its values: the edits registered on it
+    and the modules' train/eval flags; None when a hook is not an edit (no copy is kept then)."""
+    from interp.interventions import model_edits
+    from interp.module_walk import submodules
+
+    try:
+        edits = model_edits(model).digest()
+    except EngineUnsupported:
+        return None
+    return edits, tuple(m.training for m in submodules(model))
+
+
+def _same_values(model, twin) -> bool:
+    """Whether every parameter and floating buffer of ``twin`` equals the model's, cast to the
+    twin's dtype (exact: a cast from 16 bits to fp32 loses nothing). One host sync in all."""
+    from interp.module_walk import tensors
+
+    ours, theirs = tensors(model), tensors(twin)
+    if len(ours) != len(theirs) or any(a.shape != b.shape or a.device != b.device for a, b in zip(ours, theirs)):
+        return False
+    with torch.no_grad():
+        equal = [(a.to(b.dtype) == b).all() for a, b in zip(ours, theirs)]
+        return bool(torch.stack(equal).all()) if equal else True
 
 
 #: What the engines and checks keep on a model between calls (a twin copies none of them).

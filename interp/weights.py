@@ -73,7 +73,9 @@ class Weights:
     W_pos: torch.Tensor | None  # [n_ctx, d] for absolute positions
     W_qkv: torch.Tensor | None = None  # [L, d, (H + 2 Hkv) dh]: q, k, v in one matmul
     b_qkv: torch.Tensor | None = None  # [L, (H + 2 Hkv) dh]
-    W_gate_in: torch.Tensor | None = None  # [L, d, 2 d_mlp]: a gated MLP's gate and up in one matmul (GPU)
+    # [L, d, 2 d_mlp]: a gated MLP's gate and up in one matmul (GPU only; a copy, like W_qkv: +5.8 GB
+    # for Llama-2-7B in bf16)
+    W_gate_in: torch.Tensor | None = None
     b_gate_in: torch.Tensor | None = None  # [L, 2 d_mlp]
 
     def __post_init__(self):
@@ -196,8 +198,9 @@ def _linear(x, W, b):
 
 
 def rotate(x, cos, sin):
-    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos [S, dh]
-    (``interp.kernels.rope``: one fused kernel on a GPU)."""
+    """RoPE, rotate-half convention: x*cos + rotate_half(x)*sin. x [..., S, heads, dh]; cos, sin
+    [S, dh] (one fused kernel on a GPU, ``interp.kernels.rope``) or any shape broadcasting as
+    ``cos[:, None]`` (one position per row of a decoder step: [R, 1, dh])."""
     return rope(x, cos, sin)
 
 
@@ -231,10 +234,12 @@ def weights_fingerprint(model, every: list[torch.Tensor] | None = None) -> tuple
     """What the engines' cached weights depend on: every parameter's and floating buffer's pointer,
     shape and version counter, and a checksum of its values.
 
-    The checksum of a tensor W [..., n] is W @ r for a fixed random r [n]: one multiply-add per
-    weight (about 0.1 s for SmolLM2-135M on 2 CPU cores, a millisecond on a GPU), and it changes
-    when any row changes (unless the change is orthogonal to r, which random r makes vanishingly
-    unlikely; permuting heads changes it too). It catches what the version counters miss: an
+    The checksum of a tensor W [..., n] is W @ r for a fixed random r [n], in fp32 whatever W's
+    dtype: one multiply-add per weight (about 0.1 s for SmolLM2-135M on 2 CPU cores, a millisecond
+    on a GPU), and it changes when any row changes by more than its fp32 rounding (unless the change
+    is orthogonal to r, which random r makes vanishingly unlikely; permuting heads changes it too).
+    Computed in a 16-bit dtype it was rounded to 8 bits and missed a quarter of single-weight edits
+    of 0.01 in a bf16 model. It catches what the version counters miss: an
     in-place edit through ``param.data``, which gets a fresh version counter. On a GPU the
     tensors of one dtype and last dimension are stacked (up to 256 MiB at a time) and checked in
     one product: one product per tensor was 150 launches, 8 ms for GPT-2 small on an H200.
@@ -242,11 +247,18 @@ def weights_fingerprint(model, every: list[torch.Tensor] | None = None) -> tuple
     """
     every = tensors(model) if every is None else every
     meta = tuple((t.data_ptr(), tuple(t.shape), t._version, t.dtype) for t in every)
-    with torch.no_grad():
-        sums = {}  # per device: one vector of every checksum (compared with one sync)
-        for group in _checksum_groups(every):
-            rows = group[0] if len(group) == 1 else torch.cat(group)
-            sums.setdefault(rows.device, []).append((rows @ _probe(rows.shape[-1], rows.device, rows.dtype)).float())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round fp32 weights to 10 bits first
+    try:
+        with torch.no_grad():
+            sums = {}  # per device: one vector of every checksum (compared with one sync)
+            for group in _checksum_groups(every):
+                rows = group[0] if len(group) == 1 else torch.cat(group)
+                # in fp32: a 16-bit checksum is rounded to 8 or 11 bits and misses small edits
+                probe = _probe(rows.shape[-1], rows.device, torch.float32)
+                sums.setdefault(rows.device, []).append(rows.float() @ probe)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return meta, {d: torch.cat(v) for d, v in sums.items()}
 
 
@@ -340,6 +352,8 @@ def unsupported(model, n_pos: int | None = None, every: list[torch.Tensor] | Non
     extra = {n for n, _ in model.blocks[0].named_children()} - known
     if extra:  # e.g. Gemma 2/3's post-attention and post-MLP norms: the residual algebra differs
         return f"blocks with {', '.join(sorted(extra))}"
+    if cfg.gated_mlp and getattr(hf, "mlp_bias", False):  # the stacked weights hold no gate bias
+        return "a gated MLP with biases (mlp_bias)"
     attn = {n for n, _ in model.blocks[0].attn.named_children()}
     if attn & {"q_norm", "k_norm", "q_layernorm", "k_layernorm"}:
         return "query/key norms"

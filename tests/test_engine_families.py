@@ -82,6 +82,7 @@ UNSUPPORTED = {
     "tiny-phi": "parallel attention and MLP",
     "tiny-gemma2": "soft-capping",
     "tiny-qwen3": "query/key norms",
+    "tiny-llama-mlp-bias": "gated MLP with biases",
 }
 
 

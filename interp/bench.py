@@ -187,7 +187,7 @@ def bench_sweep(model, prompts: PromptSet, by_pos: bool, max_tl_cells: int | Non
         torch.cuda.reset_peak_memory_stats()
 
     def first_call():  # what a sweep of new prompts costs: a new engine, eager
-        release(model)
+        release(model, engine_only=True)
         return sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, verify=0)
 
     first_times, _ = _times(first_call, device, repeats)

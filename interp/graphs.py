@@ -48,16 +48,18 @@ class CapturedSweep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = body()
-        self.replays = 0
+        self.launches = 0  # replays started
+        self.replays = 0  # replays whose values were collected (a discarded launch is not one)
 
     def launch(self) -> None:
         """Queue the recorded kernels on the current stream and return at once (``collect`` waits
         for them)."""
         self.graph.replay()
-        self.replays += 1
+        self.launches += 1
 
     def collect(self) -> torch.Tensor:
         """The values of the last launch (a host copy, float32; waits for the GPU)."""
+        self.replays += 1
         return self.out.float().cpu()
 
     def replay(self) -> torch.Tensor:

@@ -50,6 +50,7 @@ a random sample of its cells against the reference loop; the evidence goes into 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -174,10 +175,14 @@ class SweepEngine:
                 self._caches[which] = self._forward_cache(tokens, need_pattern)
         return self._caches[which]
 
-    def _drop_graphs(self) -> None:
-        """Forget the recorded sweeps, after any launched replay has ended (``launch``)."""
+    def join(self) -> None:
+        """Wait for a replay started by ``launch``: before anything it reads may be freed."""
         if self._side is not None:
             self._side.synchronize()
+
+    def _drop_graphs(self) -> None:
+        """Forget the recorded sweeps, after any launched replay has ended."""
+        self.join()
         self._recorded.clear()
 
     def cache_both(self, need_pattern: bool = False) -> None:
@@ -498,15 +503,19 @@ class SweepEngine:
         B = len(self.prompts)
         shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
         self.last_graph = None
-        if launched is not None and checkpoint is None:
-            rec = self._recorded[launched]
-            if progress:
-                tqdm(total=len(variants), initial=len(variants), desc=f"sweep {component} (replayed)",
-                     leave=False).close()
-            self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
-            torch.cuda.current_stream(self.device).wait_stream(self._side)
-            return rec.graph.collect()
         key = self.graph_key(component, variants, readout) if checkpoint is None else None
+        if launched is not None:
+            rec = self._recorded.get(launched)
+            if launched != key or rec is None or rec.graph is None:  # not this sweep's: never read
+                self.join()
+            else:
+                if progress:
+                    tqdm(total=len(variants), initial=len(variants), desc=f"sweep {component} (replayed)",
+                         leave=False).close()
+                torch.cuda.current_stream(self.device).wait_stream(self._side)
+                values = rec.graph.collect()
+                self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
+                return values
         if key is not None and key in self._recorded:
             replayed = self._replay(key, component, variants, readout)
             if replayed is not None:
@@ -564,7 +573,7 @@ class SweepEngine:
         the device), the residual readout, edits with replacement values, or a working set over
         ``GRAPH_MAX_SHARE`` of the GPU's memory (a large sweep is bound by FLOPs, not launches, and
         its graph would hold that memory until the engine is released)."""
-        if not self.graphs or self.metric is not logit_diff or readout == "residual":
+        if not self.graphs or self.metric is not logit_diff or readout == "residual" or not variants:
             return None
         if any(e.value is not None for e in self.edits.edits):
             return None
@@ -717,6 +726,8 @@ def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=
     held = getattr(model, "_interp_engine", None)
     if held is not None and held[0] == key and held[1].w is Weights.from_model(model):
         return held[1]
+    if held is not None:
+        held[1].join()
     object.__setattr__(model, "_interp_engine", None)  # (the self-checks' fp32 copy stays: verify)
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     object.__setattr__(model, "_interp_engine", (key, engine))
@@ -729,15 +740,16 @@ def kept_engine(model) -> SweepEngine | None:
     return None if held is None else held[1]
 
 
-def release(model) -> None:
+def release(model, engine_only: bool = False) -> None:
     """Forget what the engines and checks keep on ``model`` between calls (``interp.verify.KEPT_ON_MODEL``):
     the last sweep's engine (its cached runs and CUDA graphs), the stacked weights (on a GPU with
     fused q/k/v and gate/up copies: 5.8 GB more for Llama-2-7B in bf16) and the fp32 copy of the
-    self-checks (``interp.verify.fp32_reference``). The next sweep builds them again."""
+    self-checks (``interp.verify.fp32_reference``). The next sweep builds them again.
+    ``engine_only``: forget the engine alone, as a sweep of other prompts does."""
     held = kept_engine(model)
-    if held is not None and held._side is not None:
-        held._side.synchronize()  # a launched replay ends before its graph can go
-    for name in KEPT_ON_MODEL:
+    if held is not None:
+        held.join()  # a launched replay ends before its graph can go
+    for name in ("_interp_engine",) if engine_only else KEPT_ON_MODEL:
         if getattr(model, name, None) is not None:
             object.__setattr__(model, name, None)
 
@@ -775,20 +787,19 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
             launched = held.launch(component, planned[2])
     try:
         engine = shared_engine(model, prompts, direction, metric, memory_budget)
+        if engine is not held:  # the model or the prompts changed: the replay is discarded
+            launched = None  # (shared_engine waited for it before letting its engine go)
+            planned = engine.variants(component, by_pos, layers, heads, positions)
+        axes, index, variants = planned
+        engine.check_memory(component)  # before any forward
+        check = SweepCheck(engine, component, variants, verify, seed)
+        values = engine.run(component, variants, checkpoint, progress, launched=launched)
     except BaseException:
-        if launched is not None:  # let the replay end before its graph can be freed
-            torch.cuda.synchronize(held.device)
+        if launched is not None:  # the replay ends before anything it reads can be freed
+            with contextlib.suppress(RuntimeError):  # (a CUDA error would only hide the first one)
+                held.join()
         raise
-    if engine is not held:
-        if launched is not None:  # the model or the prompts changed: discard the replay (as above)
-            torch.cuda.synchronize(held.device)
-            launched = None
-        planned = engine.variants(component, by_pos, layers, heads, positions)
     del held
-    axes, index, variants = planned
-    engine.check_memory(component)  # before any forward
-    check = SweepCheck(engine, component, variants, verify, seed)
-    values = engine.run(component, variants, checkpoint, progress, launched=launched)
     verified = check.check(values)
     clean, corrupted = engine.clean_and_corrupted()
     meta = {"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),

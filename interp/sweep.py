@@ -726,9 +726,7 @@ def shared_engine(model, prompts: PromptSet, direction: str = "denoise", metric=
     held = getattr(model, "_interp_engine", None)
     if held is not None and held[0] == key and held[1].w is Weights.from_model(model):
         return held[1]
-    if held is not None:
-        held[1].join()
-    object.__setattr__(model, "_interp_engine", None)  # (the self-checks' fp32 copy stays: verify)
+    release(model, engine_only=True)  # (the stacked weights and the self-checks' fp32 copy stay)
     engine = SweepEngine(model, prompts, direction, metric, memory_budget)
     object.__setattr__(model, "_interp_engine", (key, engine))
     return engine

@@ -29,7 +29,8 @@ residual stream, cannot be read here: the engine refuses (``EngineUnsupported``)
 (``interp.weights``, fingerprinted by value, so in-place edits are seen).
 
 Variants with the same first recomputed position are packed into the batch dimension of one forward
-(variants join the batch at their own layer). Each layer of that forward is seven launches on a
+(variants join the batch at their own layer: one residual stream for the whole chunk, updated in
+place, whose first rows are those running). Each layer of that forward is seven launches on a
 GPU: a residual add fused with the next norm (``interp.kernels.add_norm``), the q/k/v product,
 attention over the shared cached prefix (``interp.kernels.prefix_attention``), the output product, a
 second add + norm, and the MLP's two products with biases (and GELU) in the matmul epilogue. Rotary
@@ -324,32 +325,38 @@ class SweepEngine:
         """
         L, w = self.cfg.n_layers, self.w
         blocks = sorted(starts, key=lambda s: (s[0], {"pre": 0, "mid": 1, "final": 2}[s[1]]))
-        x = h = None  # the rows' residual stream and its normalisation for the next sublayer
+        # One residual stream for all rows, in join order, updated in place: the rows running at a
+        # sublayer are always its first `n` (no copy of the stream when variants join).
+        first = blocks[0][2]
+        x_all = torch.empty((sum(b[2].shape[0] for b in blocks), *first.shape[1:]), dtype=first.dtype,
+                            device=first.device)
+        h_all = torch.empty_like(x_all, dtype=w.W_Q.dtype)  # its normalisation for the next sublayer
+        n = 0  # rows joined so far
         bi = 0
 
-        def join(layer, point, x, h, norm):
-            """Append the variants that start here (with their normalised residual)."""
-            nonlocal bi
-            new = []
+        def join(layer, point, norm):
+            """Write the variants that start here (and their normalised residual) after the rows
+            already running."""
+            nonlocal bi, n
             while bi < len(blocks) and blocks[bi][0] == layer and blocks[bi][1] == point:
-                new.append(blocks[bi][2])
+                new = blocks[bi][2]
+                x_all[n:n + len(new)] = new
+                if norm is not None:
+                    h_all[n:n + len(new)] = w.norm(new, norm)
+                n += len(new)
                 bi += 1
-            if not new:
-                return x, h
-            new = new[0] if len(new) == 1 else torch.cat(new)
-            h_new = None if norm is None else w.norm(new, norm)
-            if x is None:
-                return new, h_new
-            return torch.cat([x, new]), (None if norm is None else torch.cat([h, h_new]))
 
         for layer in range(blocks[0][0], L):
-            x, h = join(layer, "pre", x, h, w.ln1[layer])
-            if x is not None:
-                x, h = w.add_norm(x, self._attention(layer, h, p0), w.ln2[layer])
-            x, h = join(layer, "mid", x, h, w.ln2[layer])
-            if x is not None:
-                x, h = w.add_norm(x, w.mlp_normed(layer, h), w.ln1_after(layer))
-        x, _ = join(L, "final", x, h, None)
+            join(layer, "pre", w.ln1[layer])
+            if n:
+                x, h = x_all[:n], h_all[:n]
+                w.add_norm(x, self._attention(layer, h, p0), w.ln2[layer], out=(x, h))
+            join(layer, "mid", w.ln2[layer])
+            if n:
+                x, h = x_all[:n], h_all[:n]
+                w.add_norm(x, w.mlp_normed(layer, h), w.ln1_after(layer), out=(x, h))
+        join(L, "final", None)
+        x = x_all
         if readout == "residual":
             values = self._final_residual(x, p0)
         else:

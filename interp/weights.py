@@ -156,12 +156,15 @@ class Weights:
         """norm(x) * w + b in the weights' dtype, statistics in fp32 (interp.kernels.add_norm)."""
         return add_norm(x, None, *params, self.eps, self.center, self.W_Q.dtype)[1]
 
-    def add_norm(self, x, delta, params):
+    def add_norm(self, x, delta, params, out=None):
         """(x + delta, norm(x + delta) * w + b) in one pass: a residual add (in x's dtype) and the
-        next pre-norm (in the weights' dtype); params None after the last layer: (x + delta, None)."""
+        next pre-norm (in the weights' dtype); params None after the last layer: (x + delta, None).
+        ``out``: (x_out, h_out) to write into, x_out may be x (``interp.kernels.add_norm``)."""
         if params is None:
-            return x + delta.to(x.dtype), None
-        return add_norm(x, delta, *params, self.eps, self.center, self.W_Q.dtype)
+            if out is None:
+                return x + delta.to(x.dtype), None
+            return torch.add(x, delta.to(x.dtype), out=out[0]), None
+        return add_norm(x, delta, *params, self.eps, self.center, self.W_Q.dtype, out=out)
 
     def ln1_after(self, layer):
         """The pre-attention norm of the layer after ``layer`` (None after the last layer)."""

@@ -253,16 +253,26 @@ def _head_scatter_int64(dtype, R=1 << 19, d=4096, dh=16, BLOCK_R=128, BLOCK_D=25
 # are sums over d (K = d) of squares in another order, a relative error that the rsqrt halves and that
 # scales h (summed = max|h| / 2); it shows in fp32 only.
 
-def _add_norm(device, dtype, shape, center, has_delta, has_w, has_b, fp32_residual=False):
-    """``fp32_residual``: the engine under 16-bit weights, x (and x_new) fp32, delta and h 16-bit."""
+def _add_norm(device, dtype, shape, center, has_delta, has_w, has_b, fp32_residual=False, in_place=False):
+    """``fp32_residual``: the engine under 16-bit weights, x (and x_new) fp32, delta and h 16-bit.
+    ``in_place``: as the engine calls it, out=(x, h) with x the input itself (rows of a larger
+    buffer whose other rows must stay as they were)."""
     def run():
         d = shape[-1]
         x = torch.randn(*shape, device=device, dtype=torch.float32 if fp32_residual else dtype) * 3
         delta = torch.randn(*shape, device=device, dtype=dtype) if has_delta else None
         w = torch.rand(d, device=device, dtype=dtype) + 0.5 if has_w else None
         b = torch.randn(d, device=device, dtype=dtype) if has_b else None
-        got = add_norm(x, delta, w, b, 1e-5, center, dtype)
         want = add_norm_reference(x, delta, w, b, 1e-5, center, dtype)
+        if in_place:
+            buf = torch.cat([x, x[:1] + 1])  # one more row after x, not to be touched
+            h_buf = torch.full_like(buf, 7.0, dtype=dtype)
+            x_in, h_out = buf[: len(x)], h_buf[: len(x)]
+            got = add_norm(x_in, delta, w, b, 1e-5, center, dtype, out=(x_in, h_out))
+            assert got[0].data_ptr() == buf.data_ptr() and got[1].data_ptr() == h_buf.data_ptr()
+            assert torch.equal(buf[len(x):], x[:1] + 1) and bool((h_buf[len(x):] == 7).all()), "wrote past out"
+        else:
+            got = add_norm(x, delta, w, b, 1e-5, center, dtype)
         assert got[0].dtype == x.dtype and got[1].dtype == dtype, (got[0].dtype, got[1].dtype)
         h_max = amax(want[1])
         return {"residual": (got[0], want[0], 0.0),
@@ -452,6 +462,8 @@ def cases(device, dtypes, sizes):
                                               (300, True, False, (False, False))]:
                 add("add_norm", f"[3,13,{d}] center={center} delta={has_delta} w,b={wb}", True,
                     _add_norm(device, dtype, (3, 13, d), center, has_delta, *wb))
+            add("add_norm", "[3,13,768] center=True in place", True,
+                _add_norm(device, dtype, (3, 13, 768), True, True, True, True, in_place=True))
             # (N, B, S, H, Hkv, dh, P): S > 64 spans two query blocks (BLOCK_M <= 64); Hkv < H is GQA
             for N, B, S, H, Hkv, dh, P in [(3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6), (1, 2, 70, 2, 1, 16, 67),
                                            (1, 2, 70, 4, 2, 64, 37), (1, 1, 80, 4, 1, 128, 50)]:
@@ -472,6 +484,9 @@ def cases(device, dtypes, sizes):
             if dtype != torch.float32:  # the engine's fp32 residual stream under 16-bit weights
                 add("add_norm", "[3,13,576] fp32 residual", True,
                     _add_norm(device, dtype, (3, 13, 576), False, True, True, False, fp32_residual=True))
+                add("add_norm", "[3,13,576] fp32 residual, in place", True,
+                    _add_norm(device, dtype, (3, 13, 576), False, True, True, False, fp32_residual=True,
+                              in_place=True))
                 add("head_scatter", "V=3 R=40 dh=64 d=576 fp32 residual", low,
                     _head_scatter_fp32_resid(device, dtype, 3, 40, 64, 576, 9))
         if "large" in sizes:  # the engine's shapes (interp bench's, BENCHMARKS.md)

@@ -37,7 +37,8 @@ second add + norm, and the MLP's two products with biases (and GELU) in the matm
 models add one RoPE pass each for q and k (``interp.kernels.rope``); gated MLPs compute gate and up
 as one product and SiLU x up in one pass (``interp.kernels.silu_mul``). Small sweeps are bound by
 launches and host work, not FLOPs, so the count matters, and a sweep run again is replayed as a CUDA
-graph (``interp.graphs``; BENCHMARKS.md). Chunks are sized from a
+graph (``interp.graphs``; BENCHMARKS.md), started before the per-call checks (or, too large for a
+graph, run eagerly before them). Chunks are sized from a
 memory budget and halved on out-of-memory; finished chunks can be checkpointed to a file so an
 interrupted sweep resumes.
 
@@ -106,6 +107,10 @@ class _Recorded:
 # ----------------------------------------------------------------------------------------- engine
 READOUTS = ("metric", "per_example", "residual")
 GRAPH_MAX_SHARE = 1 / 16  # the largest working set (share of GPU memory) recorded as a CUDA graph
+# The most work (products' FLOPs, ``SweepEngine.sweep_flops``) of a sweep without a graph that
+# ``launch`` starts before the checks: ~0.3 s of an H200. A discarded launch wastes at most that; a
+# larger sweep would run before its own progress bar, and the checks' ~20 ms are noise beside it.
+LAUNCH_MAX_FLOPS = 2e14
 
 
 class SweepEngine:
@@ -162,7 +167,10 @@ class SweepEngine:
         self.graphs = graphs and self.device.type == "cuda"
         self._recorded: dict[tuple, _Recorded] = {}  # sweeps run eagerly once, by graph_key
         self.last_graph: dict | None = None  # the evidence of the last run's graph, if it replayed one
-        self._side = None  # the CUDA stream of launched replays (``launch``)
+        self._side = None  # the CUDA stream of launched sweeps (``launch``)
+        self._launched_eager = None  # (key, chunks on the device) of an eager sweep ``launch`` started
+        self.eager_launches = 0  # eager sweeps started by ``launch`` (used or discarded)
+        self.last_launched: str | None = None  # "graph" or "eager": the last run's values were launched
 
     # -- caches ---------------------------------------------------------------------------------
     def cache(self, which: str, need_pattern: bool = False) -> RunCache:
@@ -177,9 +185,11 @@ class SweepEngine:
         return self._caches[which]
 
     def join(self) -> None:
-        """Wait for a replay started by ``launch``: before anything it reads may be freed."""
+        """Wait for a sweep started by ``launch``, before anything it reads may be freed; an
+        eager one's values are dropped (``run`` reads them only when handed its key)."""
         if self._side is not None:
             self._side.synchronize()
+        self._launched_eager = None
 
     def _drop_graphs(self) -> None:
         """Forget the recorded sweeps, after any launched replay has ended."""
@@ -509,19 +519,14 @@ class SweepEngine:
             raise ComponentError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         B = len(self.prompts)
         shape = {"metric": (), "per_example": (B,), "residual": (B, self.cfg.d_model)}[readout]
-        self.last_graph = None
+        self.last_graph = self.last_launched = None
         key = self.graph_key(component, variants, readout) if checkpoint is None else None
         if launched is not None:
-            rec = self._recorded.get(launched)
-            if launched != key or rec is None or rec.graph is None:  # not this sweep's: never read
-                self.join()
-            else:
+            values = self._collect(launched, key, component, variants, readout, shape, checkpoint)
+            if values is not None:
                 if progress:
-                    tqdm(total=len(variants), initial=len(variants), desc=f"sweep {component} (replayed)",
-                         leave=False).close()
-                torch.cuda.current_stream(self.device).wait_stream(self._side)
-                values = rec.graph.collect()
-                self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
+                    tqdm(total=len(variants), initial=len(variants), leave=False,
+                         desc=f"sweep {component}" + (" (replayed)" if self.last_launched == "graph" else "")).close()
                 return values
         if key is not None and key in self._recorded:
             replayed = self._replay(key, component, variants, readout)
@@ -541,6 +546,50 @@ class SweepEngine:
         bar = tqdm(total=len(variants), initial=int(done.sum()), desc=f"sweep {component}",
                    disable=not progress, leave=False)
         on_device = []  # finished chunks not yet copied to the host (no sync between chunks)
+        for p0, part, vals in self._chunk_runs(component, variants, readout, done):
+            done[part] = True
+            if checkpoint is not None:  # a checkpoint holds host values: copy now
+                values[part] = vals.float().cpu()
+                ckpt.save(checkpoint, ckpt_key, values, done)
+            else:
+                on_device.append((p0, part, vals))
+            bar.update(len(part))
+        for _, part, vals in on_device:
+            values[part] = vals.float().cpu()
+        bar.close()
+        if key is not None and key not in self._recorded:
+            self._recorded[key] = _Recorded([(p0, part) for p0, part, _ in on_device], values.clone())
+        return values
+
+    def _collect(self, launched: tuple, key: tuple | None, component: str, variants: list[Variant], readout: str,
+                 shape: tuple, checkpoint) -> torch.Tensor | None:
+        """The values of the sweep that ``launch`` started (``launched``: its key), read after it
+        ended; None, after waiting for it, when it is not this sweep (never read then)."""
+        eager, self._launched_eager = self._launched_eager, None
+        if launched[0] == "eager":
+            ours = (eager is not None and eager[0] == launched and checkpoint is None
+                    and launched == self._eager_key(component, variants, readout))
+        else:
+            rec = self._recorded.get(launched)
+            ours = launched == key and rec is not None and rec.graph is not None
+        if not ours:
+            self.join()
+            return None
+        torch.cuda.current_stream(self.device).wait_stream(self._side)
+        if launched[0] == "eager":
+            values = torch.full((len(variants), *shape), float("nan"))
+            for _, part, vals in eager[1]:
+                values[part] = vals.float().cpu()
+            self.last_launched = "eager"
+            return values
+        values = rec.graph.collect()
+        self.last_graph = {**rec.evidence, "replays": rec.graph.replays}
+        self.last_launched = "graph"
+        return values
+
+    def _chunk_runs(self, component: str, variants: list[Variant], readout: str, done: torch.Tensor):
+        """(p0, indices, values on the device) of each chunk of the variants not ``done``, run one
+        after the other: ``_chunk_size`` variants of one start position each, halved on out-of-memory."""
         for p0, idx in self.groups(variants, done).items():
             chunk = self._chunk_size(self.prompts.n_pos - p0)
             i = 0
@@ -558,20 +607,8 @@ class SweepEngine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                done[part] = True
-                if checkpoint is not None:  # a checkpoint holds host values: copy now
-                    values[part] = vals.float().cpu()
-                    ckpt.save(checkpoint, ckpt_key, values, done)
-                else:
-                    on_device.append((p0, part, vals))
-                bar.update(len(part))
+                yield p0, part, vals
                 i += len(part)
-        for _, part, vals in on_device:
-            values[part] = vals.float().cpu()
-        bar.close()
-        if key is not None and key not in self._recorded:
-            self._recorded[key] = _Recorded([(p0, part) for p0, part, _ in on_device], values.clone())
-        return values
 
     # -- CUDA graphs -----------------------------------------------------------------------------
     def graph_key(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
@@ -592,24 +629,71 @@ class SweepEngine:
         return component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
 
     def launch(self, component: str, variants: list[Variant], readout: str = "metric") -> tuple | None:
-        """Start this sweep's recorded graph without waiting for it; its key (hand it to ``run``),
-        or None when the sweep has no checked graph yet.
+        """Start this sweep on the GPU without waiting for it; a key to hand to ``run``, or None
+        when it cannot start ahead. A sweep with a checked CUDA graph replays it; a sweep too large
+        for a graph (``graph_key`` None) runs eagerly, its values kept on the device.
 
-        The launch is speculative: ``sweep_patch`` launches the graph of the engine kept on the model
-        before checking that the model still matches it (weights by value, hooks, edits), so that
-        the checks' host work overlaps the replay, and discards the values when a check fails. A
-        replay writes only into its graph's own buffers, so a discarded one changes nothing."""
+        The launch is speculative: ``sweep_patch`` launches the sweep of the engine kept on the
+        model before checking that the model still matches it (weights by value, hooks, edits,
+        prompts), so that the checks' host work overlaps the GPU's, and discards the values when a
+        check fails. A launched sweep writes only into buffers of its own (a graph's, or tensors
+        it allocates), so a discarded one changes nothing."""
         key = self.graph_key(component, variants, readout)
-        rec = self._recorded.get(key) if key is not None else None
+        if key is None:
+            return self._launch_eager(component, variants, readout)
+        rec = self._recorded.get(key)
         if rec is None or rec.graph is None:
             return None
-        if self._side is None:
-            self._side = torch.cuda.Stream(self.device)
         # On a stream of its own: the checks' reads of the prompts and the weights (on the current
         # stream) do not wait for the replay, which waits for everything queued before it.
+        with self._on_side():
+            rec.graph.launch()
+        return key
+
+    @contextlib.contextmanager
+    def _on_side(self):
+        """Run on the side stream, after everything queued on the current stream."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
         self._side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._side):
-            rec.graph.launch()
+            yield
+
+    def sweep_flops(self, variants: list[Variant]) -> float:
+        """The products' FLOPs of running ``variants``: 2 x the weights of a layer's products x the
+        layers from the variant's on x the tokens from its first recomputed position on (the
+        attention's scores and the unembedding left out)."""
+        w = self.w
+        per_layer = w.W_qkv[0].numel() + w.W_O[0].numel() + w.W_in[0].numel() + w.W_out[0].numel()
+        if w.W_gate is not None:
+            per_layer += w.W_gate[0].numel()
+        L, B, T = self.cfg.n_layers, len(self.prompts), self.prompts.n_pos
+        return float(sum(2 * per_layer * (L - v.layer) * B * (T - (v.pos or 0)) for v in variants))
+
+    def _eager_key(self, component: str, variants: list[Variant], readout: str) -> tuple:
+        return "eager", component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+
+    def _launch_eager(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
+        """``launch`` for a sweep without a graph: only on a GPU, for the engine's own metric (a
+        user's metric could count its calls), and when both cached runs exist (nothing of the
+        engine's is computed on the side stream). Any error: None (``run`` repeats the work and
+        reports it)."""
+        if (self.device.type != "cuda" or self.metric is not logit_diff or component in ABLATIONS or not variants
+                or self.sweep_flops(variants) > LAUNCH_MAX_FLOPS
+                or any(w not in self._caches or (component == "head_pattern" and self._caches[w].pattern is None)
+                       for w in ("base", "source"))):
+            return None
+        self.join()
+        try:
+            with self._on_side():
+                chunks = list(self._chunk_runs(component, variants, readout,
+                                               torch.zeros(len(variants), dtype=torch.bool)))
+        except Exception:  # noqa: BLE001 (speculative: the checked run repeats it and raises)
+            self.join()
+            return None
+        key = self._eager_key(component, variants, readout)
+        self._launched_eager = (key, chunks)
+        self.eager_launches += 1
         return key
 
     def _replay(self, key, component, variants, readout) -> torch.Tensor | None:
@@ -781,7 +865,9 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     sweep of the same prompts and unchanged weights and hooks, it reuses its cached runs, and on a
     GPU replays the sweep as a CUDA graph from the second repetition on (``meta["cuda_graph"]``:
     the replay's check against the eager run). That replay starts before the checks of weights,
-    hooks and prompts (their host work runs while the GPU replays) and is discarded if one fails."""
+    hooks and prompts (their host work runs while the GPU replays) and is discarded if one fails;
+    a repeated sweep too large for a graph, and small enough (``LAUNCH_MAX_FLOPS``), likewise runs
+    eagerly before the checks (``SweepEngine.launch``)."""
     held = kept_engine(model)
     if held is not None and held.prompts.n_pos != prompts.n_pos:
         held = None  # (the variants depend only on the model and the prompts' length)

@@ -209,6 +209,17 @@ def _slow_launches(monkeypatch):
     monkeypatch.setattr(CapturedSweep, "launch", slow)
 
 
+def _zero_for_a_while(W):
+    """Queue on the current stream: W zeroed, ~50 ms of sleep, W restored. W is one of the engine's
+    own stacked weights, which the per-call checks do not look at: a sweep that starts without
+    waiting for the current stream reads zeros."""
+    saved = W.clone()
+    torch.cuda.synchronize()
+    W.zero_()
+    torch.cuda._sleep(100_000_000)
+    W.copy_(saved)
+
+
 @cuda
 def test_the_replay_and_the_checks_wait_for_each_other(monkeypatch):
     """The replay's values are read only after it ended (the output buffer holds NaN before it),
@@ -225,12 +236,7 @@ def test_the_replay_and_the_checks_wait_for_each_other(monkeypatch):
     torch.testing.assert_close(slow.values, first.values, atol=0, rtol=0)
 
     monkeypatch.undo()
-    W_O = kept_engine(model).w.W_O  # the engine's own stack: the checks do not look at it
-    saved = W_O.clone()
-    torch.cuda.synchronize()
-    W_O.zero_()
-    torch.cuda._sleep(100_000_000)
-    W_O.copy_(saved)
+    _zero_for_a_while(kept_engine(model).w.W_O)
     late = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
     assert "cuda_graph" in late.meta
     torch.testing.assert_close(late.values, first.values, atol=0, rtol=0)
@@ -391,3 +397,116 @@ def test_the_weight_fingerprint_sees_single_small_edits_in_16_bit():
             if p.data[r, c] == old:  # below this weight's bf16 step: no edit to see
                 continue
         assert not same_fingerprint(before, weights_fingerprint(model)), (i, r, c)
+
+
+def _no_graphs(monkeypatch):
+    """Every sweep too large for a CUDA graph, as a 16 x 64 SmolLM2 sweep is on an H200."""
+    import interp.sweep
+
+    monkeypatch.setattr(interp.sweep, "GRAPH_MAX_SHARE", 0.0)
+
+
+@cuda
+@pytest.mark.parametrize("by_pos", [False, True])
+def test_a_sweep_without_a_graph_starts_before_the_checks_and_gives_the_eager_numbers(monkeypatch, by_pos):
+    """A repeated sweep too large for a graph runs eagerly on the side stream before the checks
+    (``SweepEngine.launch``); its values are those of the first, checked, run, bit for bit. A user's
+    metric, or a sweep over ``LAUNCH_MAX_FLOPS``, is not started ahead."""
+    import interp.sweep
+
+    _no_graphs(monkeypatch)
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    first = sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
+    engine = kept_engine(model)
+    assert engine.eager_launches == 0 and engine.last_launched is None  # nothing was kept to start
+    for n in (1, 2):
+        again = sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
+        assert kept_engine(model) is engine and engine.eager_launches == n and engine.last_launched == "eager"
+        assert "cuda_graph" not in again.meta and again.meta["verified"]["cells"] == 2
+        torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+
+    def metric(logits, prompts):
+        from interp.metrics import logit_diff
+        return logit_diff(logits, prompts)
+
+    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, metric=metric)
+    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False, metric=metric)
+    assert kept_engine(model).eager_launches == 0 and kept_engine(model).last_launched is None
+    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
+    monkeypatch.setattr(interp.sweep, "LAUNCH_MAX_FLOPS", 0.0)
+    sweep_patch(model, prompts, "head_out", by_pos=by_pos, progress=False)
+    assert kept_engine(model).eager_launches == 0 and kept_engine(model).last_launched is None
+
+
+@cuda
+def test_a_launched_eager_sweep_is_discarded_when_the_weights_prompts_or_hooks_changed(monkeypatch):
+    """The eager sweep started ahead ran on the kept engine; after an in-place edit, other prompts
+    of the same length or a foreign hook, its values are not used: the numbers are those of what
+    was handed over (the reference loop's), or the hook's error."""
+    from interp.interventions import ForeignHookError
+
+    _no_graphs(monkeypatch)
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    for _ in range(2):
+        first = sweep_patch(model, prompts, "head_out", progress=False)
+    engine, n = kept_engine(model), kept_engine(model).eager_launches
+    with torch.no_grad():
+        _down_proj(model, 0).data.mul_(3.0)
+    edited = sweep_patch(model, prompts, "head_out", progress=False)
+    assert engine.eager_launches == n + 1 and kept_engine(model) is not engine  # started, then dropped
+    assert kept_engine(model).last_launched is None and engine._launched_eager is None
+    torch.testing.assert_close(edited.values, _reference(model, prompts, edited.values), atol=1e-4, rtol=0)
+    assert (edited.values - first.values).abs().max() > 1e-3  # the edit moves the numbers: a real test
+
+    sweep_patch(model, prompts, "head_out", progress=False)
+    engine, n = kept_engine(model), kept_engine(model).eager_launches
+    other = random_prompts(model, batch=4, n_pos=8, seed=1)
+    moved = sweep_patch(model, other, "head_out", progress=False)
+    assert engine.eager_launches == n + 1 and kept_engine(model).last_launched is None
+    torch.testing.assert_close(moved.values, _reference(model, other, moved.values), atol=1e-4, rtol=0)
+    assert (moved.values - edited.values).abs().max() > 1e-3
+
+    sweep_patch(model, prompts, "head_out", progress=False)
+    engine, n = kept_engine(model), kept_engine(model).eager_launches
+    handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    try:
+        with pytest.raises(ForeignHookError):
+            sweep_patch(model, prompts, "head_out", progress=False)
+        assert engine.eager_launches == n + 1 and engine._launched_eager is None and engine._side.query()
+    finally:
+        handle.remove()
+
+
+@cuda
+def test_a_launched_eager_sweep_and_the_checks_wait_for_each_other(monkeypatch):
+    """The values of an eager sweep started ahead are read only after it ended (its side stream
+    first sleeps ~50 ms, over memory that held NaN), and it starts only after the work queued
+    before the call (a weight it reads is zeroed, a wait, then restored on the current stream)."""
+    from interp.sweep import SweepEngine
+
+    _no_graphs(monkeypatch)
+    model = random_model("tiny-llama", "cuda", torch.float32)
+    prompts = random_prompts(model, batch=4, n_pos=8)
+    first = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    engine = kept_engine(model)
+    engine._side = torch.cuda.Stream(engine.device)
+    with torch.cuda.stream(engine._side):  # the side stream's free memory: NaN
+        [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]
+    real = SweepEngine._chunk_runs
+
+    def slow(self, *args):
+        torch.cuda._sleep(100_000_000)
+        yield from real(self, *args)
+
+    monkeypatch.setattr(SweepEngine, "_chunk_runs", slow)
+    late = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    assert engine.last_launched == "eager"
+    torch.testing.assert_close(late.values, first.values, atol=0, rtol=0)
+
+    monkeypatch.setattr(SweepEngine, "_chunk_runs", real)
+    _zero_for_a_while(engine.w.W_O)
+    after = sweep_patch(model, prompts, "head_out", progress=False, verify=0)
+    assert engine.last_launched == "eager"
+    torch.testing.assert_close(after.values, first.values, atol=0, rtol=0)

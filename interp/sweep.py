@@ -107,8 +107,8 @@ class _Recorded:
 # ----------------------------------------------------------------------------------------- engine
 READOUTS = ("metric", "per_example", "residual")
 GRAPH_MAX_SHARE = 1 / 16  # the largest working set (share of GPU memory) recorded as a CUDA graph
-# The most work (products' FLOPs, ``SweepEngine.sweep_flops``) of a sweep without a graph that
-# ``launch`` starts before the checks: ~0.3 s of an H200. A discarded launch wastes at most that; a
+# The most work (FLOPs, ``SweepEngine.sweep_flops``) of a sweep without a graph that ``launch``
+# starts before the checks: ~0.3 s of an H200 in bf16 (a sixteenth of it in fp32). A discarded launch wastes at most that; a
 # larger sweep would run before its own progress bar, and the checks' ~20 ms are noise beside it.
 LAUNCH_MAX_FLOPS = 2e14
 
@@ -169,6 +169,7 @@ class SweepEngine:
         self.last_graph: dict | None = None  # the evidence of the last run's graph, if it replayed one
         self._side = None  # the CUDA stream of launched sweeps (``launch``)
         self._launched_eager = None  # (key, chunks on the device) of an eager sweep ``launch`` started
+        self._ran: set[tuple] = set()  # eager sweeps this engine ran to the end (``_eager_key``)
         self.eager_launches = 0  # eager sweeps started by ``launch`` (used or discarded)
         self.last_launched: str | None = None  # "graph" or "eager": the last run's values were launched
 
@@ -557,6 +558,8 @@ class SweepEngine:
         for _, part, vals in on_device:
             values[part] = vals.float().cpu()
         bar.close()
+        if checkpoint is None:
+            self._ran.add(self._eager_key(component, variants, readout))
         if key is not None and key not in self._recorded:
             self._recorded[key] = _Recorded([(p0, part) for p0, part, _ in on_device], values.clone())
         return values
@@ -660,26 +663,32 @@ class SweepEngine:
             yield
 
     def sweep_flops(self, variants: list[Variant]) -> float:
-        """The products' FLOPs of running ``variants``: 2 x the weights of a layer's products x the
-        layers from the variant's on x the tokens from its first recomputed position on (the
-        attention's scores and the unembedding left out)."""
+        """The FLOPs of running ``variants``: per layer from the variant's on and per token from its
+        first recomputed position p0 on, 2 x the weights of the layer's products plus 4 x T x
+        heads x d_head for attention's scores and weighted sum over T keys (the unembedding left
+        out)."""
         w = self.w
         per_layer = w.W_qkv[0].numel() + w.W_O[0].numel() + w.W_in[0].numel() + w.W_out[0].numel()
         if w.W_gate is not None:
             per_layer += w.W_gate[0].numel()
         L, B, T = self.cfg.n_layers, len(self.prompts), self.prompts.n_pos
-        return float(sum(2 * per_layer * (L - v.layer) * B * (T - (v.pos or 0)) for v in variants))
+        per_token = 2 * per_layer + 4 * T * w.W_Q.shape[1] * w.W_Q.shape[-1]
+        return float(sum(per_token * (L - v.layer) * B * (T - (v.pos or 0)) for v in variants))
 
     def _eager_key(self, component: str, variants: list[Variant], readout: str) -> tuple:
         return "eager", component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
 
     def _launch_eager(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
         """``launch`` for a sweep without a graph: only on a GPU, for the engine's own metric (a
-        user's metric could count its calls), and when both cached runs exist (nothing of the
-        engine's is computed on the side stream). Any error: None (``run`` repeats the work and
-        reports it)."""
+        user's metric could count its calls), for a sweep this engine ran to the end before (its
+        cached runs and index tables exist: nothing of the engine's is computed on the side stream)
+        and small enough (``LAUNCH_MAX_FLOPS``, a sixteenth of it in fp32, whose products run ~16x
+        slower). An error in it: None, after waiting for it (``run`` repeats the work and reports
+        the error); an interrupt waits for it too."""
+        key = self._eager_key(component, variants, readout)
+        limit = LAUNCH_MAX_FLOPS / (1 if self.w.W_Q.dtype in (torch.bfloat16, torch.float16) else 16)
         if (self.device.type != "cuda" or self.metric is not logit_diff or component in ABLATIONS or not variants
-                or self.sweep_flops(variants) > LAUNCH_MAX_FLOPS
+                or key not in self._ran or self.sweep_flops(variants) > limit
                 or any(w not in self._caches or (component == "head_pattern" and self._caches[w].pattern is None)
                        for w in ("base", "source"))):
             return None
@@ -689,9 +698,12 @@ class SweepEngine:
                 chunks = list(self._chunk_runs(component, variants, readout,
                                                torch.zeros(len(variants), dtype=torch.bool)))
         except Exception:  # noqa: BLE001 (speculative: the checked run repeats it and raises)
-            self.join()
+            with contextlib.suppress(RuntimeError):
+                self.join()
             return None
-        key = self._eager_key(component, variants, readout)
+        except BaseException:
+            self.join()
+            raise
         self._launched_eager = (key, chunks)
         self.eager_launches += 1
         return key
@@ -872,11 +884,11 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
     if held is not None and held.prompts.n_pos != prompts.n_pos:
         held = None  # (the variants depend only on the model and the prompts' length)
     launched = None
-    if held is not None:
-        planned = held.variants(component, by_pos, layers, heads, positions)
-        if checkpoint is None:  # the kept graph runs while the checks below make sure it may
-            launched = held.launch(component, planned[2])
     try:
+        if held is not None:
+            planned = held.variants(component, by_pos, layers, heads, positions)
+            if checkpoint is None:  # the kept sweep runs while the checks below make sure it may
+                launched = held.launch(component, planned[2])
         engine = shared_engine(model, prompts, direction, metric, memory_budget)
         if engine is not held:  # the model or the prompts changed: the replay is discarded
             launched = None  # (shared_engine waited for it before letting its engine go)
@@ -886,7 +898,7 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
         check = SweepCheck(engine, component, variants, verify, seed)
         values = engine.run(component, variants, checkpoint, progress, launched=launched)
     except BaseException:
-        if launched is not None:  # the replay ends before anything it reads can be freed
+        if held is not None:  # a launched sweep ends before anything it reads can be freed
             with contextlib.suppress(RuntimeError):  # (a CUDA error would only hide the first one)
                 held.join()
         raise

@@ -410,8 +410,9 @@ def _no_graphs(monkeypatch):
 @pytest.mark.parametrize("by_pos", [False, True])
 def test_a_sweep_without_a_graph_starts_before_the_checks_and_gives_the_eager_numbers(monkeypatch, by_pos):
     """A repeated sweep too large for a graph runs eagerly on the side stream before the checks
-    (``SweepEngine.launch``); its values are those of the first, checked, run, bit for bit. A user's
-    metric, or a sweep over ``LAUNCH_MAX_FLOPS``, is not started ahead."""
+    (``SweepEngine.launch``); its values are those of the first, checked, run, bit for bit. A sweep
+    the engine has not run to the end before, a user's metric, or a sweep over ``LAUNCH_MAX_FLOPS``
+    is not started ahead."""
     import interp.sweep
 
     _no_graphs(monkeypatch)
@@ -425,6 +426,9 @@ def test_a_sweep_without_a_graph_starts_before_the_checks_and_gives_the_eager_nu
         assert kept_engine(model) is engine and engine.eager_launches == n and engine.last_launched == "eager"
         assert "cuda_graph" not in again.meta and again.meta["verified"]["cells"] == 2
         torch.testing.assert_close(again.values, first.values, atol=0, rtol=0)
+    for n in (2, 3):  # another sweep on the same engine starts ahead only once it ran to the end
+        sweep_patch(model, prompts, "head_out", by_pos=not by_pos, progress=False)
+        assert engine.eager_launches == n and engine.last_launched == (None if n == 2 else "eager")
 
     def metric(logits, prompts):
         from interp.metrics import logit_diff

@@ -108,8 +108,9 @@ class _Recorded:
 READOUTS = ("metric", "per_example", "residual")
 GRAPH_MAX_SHARE = 1 / 16  # the largest working set (share of GPU memory) recorded as a CUDA graph
 # The most work (FLOPs, ``SweepEngine.sweep_flops``) of a sweep without a graph that ``launch``
-# starts before the checks: ~0.3 s of an H200 in bf16 (a sixteenth of it in fp32). A discarded launch wastes at most that; a
-# larger sweep would run before its own progress bar, and the checks' ~20 ms are noise beside it.
+# starts before the checks: ~0.3 s of an H200 in bf16 (a sixteenth of it in fp32). A discarded
+# launch wastes at most that; a larger sweep would run before its own progress bar, and the checks'
+# ~20 ms are noise beside it.
 LAUNCH_MAX_FLOPS = 2e14
 
 
@@ -169,7 +170,7 @@ class SweepEngine:
         self.last_graph: dict | None = None  # the evidence of the last run's graph, if it replayed one
         self._side = None  # the CUDA stream of launched sweeps (``launch``)
         self._launched_eager = None  # (key, chunks on the device) of an eager sweep ``launch`` started
-        self._ran: set[tuple] = set()  # eager sweeps this engine ran to the end (``_eager_key``)
+        self._ran: set[int] = set()  # hashes of the ``_eager_key`` of sweeps this engine ran to the end
         self.eager_launches = 0  # eager sweeps started by ``launch`` (used or discarded)
         self.last_launched: str | None = None  # "graph" or "eager": the last run's values were launched
 
@@ -558,8 +559,8 @@ class SweepEngine:
         for _, part, vals in on_device:
             values[part] = vals.float().cpu()
         bar.close()
-        if checkpoint is None:
-            self._ran.add(self._eager_key(component, variants, readout))
+        if checkpoint is None and self.device.type == "cuda":  # (only a GPU launches ahead)
+            self._ran.add(hash(self._eager_key(component, variants, readout)))
         if key is not None and key not in self._recorded:
             self._recorded[key] = _Recorded([(p0, part) for p0, part, _ in on_device], values.clone())
         return values
@@ -676,6 +677,7 @@ class SweepEngine:
         return float(sum(per_token * (L - v.layer) * B * (T - (v.pos or 0)) for v in variants))
 
     def _eager_key(self, component: str, variants: list[Variant], readout: str) -> tuple:
+        """What an eager sweep started by ``launch`` is of (compared whole before its values are read)."""
         return "eager", component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
 
     def _launch_eager(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
@@ -688,7 +690,7 @@ class SweepEngine:
         key = self._eager_key(component, variants, readout)
         limit = LAUNCH_MAX_FLOPS / (1 if self.w.W_Q.dtype in (torch.bfloat16, torch.float16) else 16)
         if (self.device.type != "cuda" or self.metric is not logit_diff or component in ABLATIONS or not variants
-                or key not in self._ran or self.sweep_flops(variants) > limit
+                or hash(key) not in self._ran or self.sweep_flops(variants) > limit
                 or any(w not in self._caches or (component == "head_pattern" and self._caches[w].pattern is None)
                        for w in ("base", "source"))):
             return None

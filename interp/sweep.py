@@ -630,7 +630,7 @@ class SweepEngine:
                       for p0, idx in self.groups(variants).items())  # the largest chunk's
         if working > torch.cuda.get_device_properties(self.device).total_memory * GRAPH_MAX_SHARE:
             return None
-        return component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+        return self._sweep_id(component, variants, readout)
 
     def launch(self, component: str, variants: list[Variant], readout: str = "metric") -> tuple | None:
         """Start this sweep on the GPU without waiting for it; a key to hand to ``run``, or None
@@ -676,23 +676,27 @@ class SweepEngine:
         per_token = 2 * per_layer + 4 * T * w.W_Q.shape[1] * w.W_Q.shape[-1]
         return float(sum(per_token * (L - v.layer) * B * (T - (v.pos or 0)) for v in variants))
 
+    @staticmethod
+    def _sweep_id(component: str, variants: list[Variant], readout: str) -> tuple:
+        """The sweep itself (the rest is the engine's): what its graph and its eager launch are keyed by."""
+        return component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+
     def _eager_key(self, component: str, variants: list[Variant], readout: str) -> tuple:
         """What an eager sweep started by ``launch`` is of (compared whole before its values are read)."""
-        return "eager", component, readout, tuple((v.layer, v.head, v.pos) for v in variants)
+        return ("eager", *self._sweep_id(component, variants, readout))
 
     def _launch_eager(self, component: str, variants: list[Variant], readout: str) -> tuple | None:
         """``launch`` for a sweep without a graph: only on a GPU, for the engine's own metric (a
-        user's metric could count its calls), for a sweep this engine ran to the end before (its
-        cached runs and index tables exist: nothing of the engine's is computed on the side stream)
+        user's metric could count its calls), for a sweep this engine ran to the end before (so its
+        cached runs, with patterns for head_pattern, and its index tables exist, and are never
+        dropped: nothing of the engine's is computed on the side stream)
         and small enough (``LAUNCH_MAX_FLOPS``, a sixteenth of it in fp32, whose products run ~16x
         slower). An error in it: None, after waiting for it (``run`` repeats the work and reports
         the error); an interrupt waits for it too."""
         key = self._eager_key(component, variants, readout)
         limit = LAUNCH_MAX_FLOPS / (1 if self.w.W_Q.dtype in (torch.bfloat16, torch.float16) else 16)
         if (self.device.type != "cuda" or self.metric is not logit_diff or component in ABLATIONS or not variants
-                or hash(key) not in self._ran or self.sweep_flops(variants) > limit
-                or any(w not in self._caches or (component == "head_pattern" and self._caches[w].pattern is None)
-                       for w in ("base", "source"))):
+                or hash(key) not in self._ran or self.sweep_flops(variants) > limit):
             return None
         self.join()
         try:

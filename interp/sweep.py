@@ -746,8 +746,9 @@ class SweepEngine:
         """Indices of the variants still to run, by first recomputed position p0 (0 for
         all-position patches), in order of first appearance: what one forward can batch."""
         out: dict[int, list[int]] = {}
+        finished = [False] * len(variants) if done is None else done.tolist()  # (not done[i]: ~50 ms at 17k)
         for i, v in enumerate(variants):
-            if done is None or not done[i]:
+            if not finished[i]:
                 out.setdefault(0 if v.pos is None else v.pos, []).append(i)
         return out
 

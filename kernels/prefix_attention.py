@@ -9,12 +9,18 @@ and to its own keys and values of positions >= p (the suffix, causally):
 with g = h // (H / Hkv) the key/value head of query head h (grouped-query attention). The reference
 (PyTorch SDPA) has to copy the prefix once per variant and use an explicit mask; the kernel reads
 each example's prefix in place and walks the keys block by block with an online softmax
-(FlashAttention's recurrence), so nothing is copied and no mask is formed.
+(FlashAttention's recurrence), so nothing is copied and no mask is formed. A short suffix (at most
+PACKED_ROWS / 2 query rows per key/value head: the late positions of a by-position sweep) packs the
+query heads of one key/value head and several variants of one example into one program, which load
+each key block once for all of them; one head per program would be mostly padding there (H200, bf16,
+SmolLM2's heads, 135 variants x 16 examples: 4 tokens after 60, 160 -> 59 us; BENCHMARKS.md).
 """
 import torch
 import torch.nn.functional as F
 
 from interp.kernels._triton import use_triton
+
+PACKED_ROWS = 64  # the query rows of a packed program (variants x positions x heads of a group)
 
 
 def prefix_attention_reference(q, k, v, k_pre, v_pre, scale: float):
@@ -47,7 +53,7 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
         return prefix_attention_reference(q, k, v, k_pre, v_pre, scale)
     import triton
 
-    from interp.kernels.prefix_attention_triton import prefix_attention_kernel
+    from interp.kernels.prefix_attention_triton import packed_prefix_attention_kernel, prefix_attention_kernel
 
     Hkv, P = k.shape[3], k_pre.shape[1]
     qr, kr, vr = (t.flatten(0, 1) for t in (q, k, v))  # [N*B, S, heads, dh]; a view where strides allow
@@ -57,13 +63,19 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
     if P == 0 or kp.stride(-1) != 1 or vp.stride(-1) != 1:
         kp, vp = kp.contiguous(), vp.contiguous()
     z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
-    BLOCK_M = max(16, min(64, triton.next_power_of_2(S)))
-    BLOCK_N = max(16, min(64, triton.next_power_of_2(max(S, P))))
-    grid = (N * B, H, triton.cdiv(S, BLOCK_M))
-    prefix_attention_kernel[grid](
-        qr, kr, vr, kp, vp, z, B, S, P, H // Hkv, float(scale),
-        *qr.stride()[:3], *kr.stride()[:3], *vr.stride()[:3], *kp.stride()[:3], *vp.stride()[:3],
-        DH=dh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32,
-        num_warps=4,
-    )
+    strides = (*qr.stride()[:3], *kr.stride()[:3], *vr.stride()[:3], *kp.stride()[:3], *vp.stride()[:3])
+    group = H // Hkv
+    packed = min(N, PACKED_ROWS // (S * group))  # variants of one example per program
+    if packed >= 2:  # a short suffix: (variant, position, head of the group) rows
+        BLOCK_M = max(16, triton.next_power_of_2(packed * S * group))
+        BLOCK_N = max(16, min(64, triton.next_power_of_2(max(packed * S, P))))
+        packed_prefix_attention_kernel[(triton.cdiv(N, packed) * B, Hkv, 1)](
+            qr, kr, vr, kp, vp, z, N, B, S, P, group, packed, float(scale), *strides,
+            DH=dh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4)
+    else:  # one (variant x example, head) per program
+        BLOCK_M = max(16, min(64, triton.next_power_of_2(S)))
+        BLOCK_N = max(16, min(64, triton.next_power_of_2(max(S, P))))
+        prefix_attention_kernel[(N * B, H, triton.cdiv(S, BLOCK_M))](
+            qr, kr, vr, kp, vp, z, B, S, P, group, float(scale), *strides,
+            DH=dh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4)
     return z.view(N, B, S, H, dh)

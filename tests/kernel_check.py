@@ -96,15 +96,22 @@ class Case:
 
 
 class Launches:
-    """Counts launches (``kernel[grid](...)``) of one Triton kernel, to tell which path a dispatcher
-    took. The dispatchers import their kernel when called, so they pick up the counting wrapper."""
+    """Counts launches (``kernel[grid](...)``) of a dispatcher's Triton kernels (one or more in its
+    module), to tell which path it took. The dispatchers import their kernels when called, so they
+    pick up the counting wrappers."""
 
-    def __init__(self, module, name):
-        self.kernel, self.n = getattr(module, name), 0
-        setattr(module, name, self)
+    def __init__(self, module, *names):
+        self.n = 0
+        for name in names:
+            setattr(module, name, _Counted(getattr(module, name), self))
+
+
+class _Counted:
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
 
     def __getitem__(self, grid):
-        self.n += 1
+        self.launches.n += 1
         return self.kernel[grid]
 
 
@@ -315,7 +322,8 @@ def _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P, exact=False):
 
 def _prefix_attention_int64(dtype, N=3, S=20, H=2, Hkv=1, dh=16, P=5):
     """Interpreter: the engine's fused q/k/v, one variant every 2^30 elements, so variant 2 starts at
-    2^31 (variant * stride in int32 would overflow). Through the dispatcher: the grid is N x H x 1."""
+    2^31 (variant * stride in int32 would overflow). Through the dispatcher: S=20, one head per
+    program; S=2, the three variants in one packed program."""
     def run():
         W, stride = (H + 2 * Hkv) * dh, 1 << 30
         qkv = reserved((N - 1) * stride + S * W, dtype).as_strided((N, 1, S, W), (stride, S * W, W, 1))
@@ -464,9 +472,14 @@ def cases(device, dtypes, sizes):
                     _add_norm(device, dtype, (3, 13, d), center, has_delta, *wb))
             add("add_norm", "[3,13,768] center=True in place", True,
                 _add_norm(device, dtype, (3, 13, 768), True, True, True, True, in_place=True))
-            # (N, B, S, H, Hkv, dh, P): S > 64 spans two query blocks (BLOCK_M <= 64); Hkv < H is GQA
+            # (N, B, S, H, Hkv, dh, P): S x H/Hkv > 64 rows span query blocks (BLOCK_M <= 64); Hkv < H is
+            # GQA; a short suffix (S x H/Hkv <= 32) packs variants into the packed kernel, N not a
+            # multiple of them: 7 at 5 per program (S=4), 30 at 21 (S=1), 14 at 10 (S=2, no prefix),
+            # 25 at 21 (S=3, one head per group)
             for N, B, S, H, Hkv, dh, P in [(3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6), (1, 2, 70, 2, 1, 16, 67),
-                                           (1, 2, 70, 4, 2, 64, 37), (1, 1, 80, 4, 1, 128, 50)]:
+                                           (1, 2, 70, 4, 2, 64, 37), (1, 1, 80, 4, 1, 128, 50),
+                                           (7, 2, 4, 9, 3, 64, 21), (30, 2, 1, 9, 3, 64, 63), (14, 3, 2, 6, 2, 32, 0),
+                                           (25, 2, 3, 4, 4, 32, 5), (3, 2, 25, 9, 3, 64, 9)]:
                 add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
                     _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
             add("prefix_attention", "N=1 B=2 S=6 H=2/1 dh=80 P=3 (fallback)", False,
@@ -519,6 +532,8 @@ def cases(device, dtypes, sizes):
                     _head_scatter_int64(dtype))
                 add("prefix_attention", "variants 2^30 apart (variant 2 at 2^31)", True,
                     _prefix_attention_int64(dtype))
+                add("prefix_attention", "variants 2^30 apart (variant 2 at 2^31), packed", True,
+                    _prefix_attention_int64(dtype, S=2))
             elif low:  # real memory: 2^31-element tensors (4 GB in bf16; ~50 GB at the peak, of the
                 # H200's 141). The index arithmetic is the same in every dtype; fp32 would double that.
                 add("norm_logit_diff", "R=2^19+1 d=4096 (x past 2^31)", True,
@@ -594,7 +609,8 @@ def main(argv=None):
     launches = {"norm_logit_diff": Launches(norm_logit_diff_triton, "norm_logit_diff_kernel"),
                 "head_scatter": Launches(head_scatter_triton, "head_scatter_kernel"),
                 "add_norm": Launches(add_norm_triton, "add_norm_kernel"),
-                "prefix_attention": Launches(prefix_attention_triton, "prefix_attention_kernel"),
+                "prefix_attention": Launches(prefix_attention_triton, "prefix_attention_kernel",
+                                                     "packed_prefix_attention_kernel"),
                 "rope": Launches(rope_triton, "rope_kernel"),
                 "silu_mul": Launches(silu_mul_triton, "silu_mul_kernel")}
     failures = 0

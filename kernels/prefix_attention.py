@@ -10,10 +10,11 @@ with g = h // (H / Hkv) the key/value head of query head h (grouped-query attent
 (PyTorch SDPA) has to copy the prefix once per variant and use an explicit mask; the kernel reads
 each example's prefix in place and walks the keys block by block with an online softmax
 (FlashAttention's recurrence), so nothing is copied and no mask is formed. A short suffix (at most
-PACKED_ROWS / 2 query rows per key/value head: the late positions of a by-position sweep) packs the
-query heads of one key/value head and several variants of one example into one program, which load
+PACKED_ROWS / 2 query rows per key/value head, and at least 2 variants: the late positions of a
+by-position sweep) packs the query heads of one key/value head and several variants of one example
+into one program, which load
 each key block once for all of them; one head per program would be mostly padding there (H200, bf16,
-SmolLM2's heads, 135 variants x 16 examples: 4 tokens after 60, 160 -> 59 us; BENCHMARKS.md).
+SmolLM2's heads, 135 variants x 16 examples: 4 tokens after 60, 161 -> 52 us; BENCHMARKS.md).
 """
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,8 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
     strides = (*qr.stride()[:3], *kr.stride()[:3], *vr.stride()[:3], *kp.stride()[:3], *vp.stride()[:3])
     group = H // Hkv
     packed = min(N, PACKED_ROWS // (S * group))  # variants of one example per program
-    if packed >= 2:  # a short suffix: (variant, position, head of the group) rows
-        BLOCK_M = max(16, triton.next_power_of_2(packed * S * group))
+    if packed >= 2:  # a short suffix: (variant, position, head of the group) rows, all in one block
+        BLOCK_M = max(16, triton.next_power_of_2(packed * S * group))  # <= PACKED_ROWS
         BLOCK_N = max(16, min(64, triton.next_power_of_2(max(packed * S, P))))
         packed_prefix_attention_kernel[(triton.cdiv(N, packed) * B, Hkv, 1)](
             qr, kr, vr, kp, vp, z, N, B, S, P, group, packed, float(scale), *strides,

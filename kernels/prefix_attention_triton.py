@@ -7,7 +7,8 @@ otherwise be mostly padding. Its query rows are (variant v, position i, query he
 key/value group), v major: the GROUP query heads that read one key/value head share every key block
 they load, and VARS variants of one example share the prefix blocks. Row r: v = r // (S * GROUP),
 i = (r // GROUP) % S, hh = r % GROUP. The suffix keys of the packed variants form one row of
-columns c = v' * S + j, visible to row (v, i) when v' = v and j <= i.
+columns c = v' * S + j, visible to row (v, i) when v' = v and j <= i; a non-finite value in one
+variant's suffix v stays in that variant's rows (as it would in its own forward).
 """
 import triton
 import triton.language as tl
@@ -73,26 +74,27 @@ def packed_prefix_attention_kernel(Q, K, V, KP, VP, Z, N, B, S, P, GROUP, VARS, 
                                    sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, skp0, skp1, skp2, svp0, svp1, svp2,
                                    DH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                    IEEE: tl.constexpr):
-    # Offsets across variants and examples are int64 (nb: N * B * S * heads * dh passes 2^31 in a
-    # large sweep); those inside one example (i * sq1, jj * skp1: below S x one row of q/k/v) stay int32.
+    # One program: VARS variants of example b, key/value head g, all their VARS x S x GROUP query rows
+    # in one block (BLOCK_M >= that). Offsets across variants and examples are int64 (nb, b: N * B *
+    # S * heads * dh, or B * P * heads * dh, pass 2^31 in a large sweep); those inside one example
+    # (i * sq1, jj * skp1: below S or P x one row of q/k/v) stay int32.
     n0 = (tl.program_id(0) // B).to(tl.int64) * VARS  # the first variant of this program
-    b = tl.program_id(0) % B  # the example
+    b = (tl.program_id(0) % B).to(tl.int64)  # the example
     g = tl.program_id(1)  # the key/value head
     H = tl.num_programs(1) * GROUP
     per_variant = S * GROUP
-    rows = VARS * per_variant
-    first = tl.program_id(2) * BLOCK_M
-    r = first + tl.arange(0, BLOCK_M)
+    r = tl.arange(0, BLOCK_M)
     v_row = r // per_variant
     i = (r // GROUP) % S
     h = g * GROUP + r % GROUP
     nb = (n0 + v_row) * B + b
-    valid = (r < rows) & (n0 + v_row < N)
+    valid = (r < VARS * per_variant) & (n0 + v_row < N)  # padding rows: past the packing or past N
     e = tl.arange(0, DH)
     q = tl.load(Q + nb[:, None] * sq0 + i[:, None] * sq1 + h[:, None] * sq2 + e[None, :],
                 mask=valid[:, None], other=0.0)
-    # Finite start of the running max: a padding row (past the last variant) that sees no key stays
-    # at m = -3e38 (near fp32's lowest), p = 0, l = 0 without an inf - inf; a real row's first key sets m.
+    # A finite start of the running max (fp32's lowest is -3.4e38): a padding row that sees no key
+    # (there is no prefix, and no variant of its own) keeps p = 0 and l = 0 instead of computing
+    # inf - inf, and is not stored. A real row sees at least its own key 0, which sets m.
     m = tl.full([BLOCK_M], -3e38, tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DH], tl.float32)
@@ -103,19 +105,25 @@ def packed_prefix_attention_kernel(Q, K, V, KP, VP, Z, N, B, S, P, GROUP, VARS, 
         k = tl.load(KP + b * skp0 + jj[:, None] * skp1 + g * skp2 + e[None, :], mask=inside, other=0.0)
         v = tl.load(VP + b * svp0 + jj[:, None] * svp1 + g * svp2 + e[None, :], mask=inside, other=0.0)
         m, l, acc = _keys(q, k, v, (jj < P)[None, :], m, l, acc, scale, IEEE)
-    # The suffixes: columns c = v' * S + j from the first row's variant to the last row's key.
-    last = tl.minimum(first + BLOCK_M, rows) - 1
-    c_end = (last // per_variant) * S + (last // GROUP) % S + 1
-    for start in range((first // per_variant) * S, c_end, BLOCK_N):
+    # The suffixes of the packed variants: columns c = v' * S + j, visible to row (v, i) when v' = v
+    # and j <= i.
+    for start in range(0, VARS * S, BLOCK_N):
         c = start + j
         v_col = c // S
         jj = c % S
         nbc = (n0 + v_col) * B + b
-        inside = (c < c_end) & (n0 + v_col < N)
+        inside = (c < VARS * S) & (n0 + v_col < N)
         k = tl.load(K + nbc[:, None] * sk0 + jj[:, None] * sk1 + g * sk2 + e[None, :], mask=inside[:, None], other=0.0)
         v = tl.load(V + nbc[:, None] * sv0 + jj[:, None] * sv1 + g * sv2 + e[None, :], mask=inside[:, None], other=0.0)
         visible = (v_col[None, :] == v_row[:, None]) & (jj[None, :] <= i[:, None]) & inside[None, :]
-        m, l, acc = _keys(q, k, v, visible, m, l, acc, scale, IEEE)
+        # One product serves every packed variant, and 0 x inf is NaN: a non-finite value in one
+        # variant's v (an edit that overflowed, say) must not reach the rows of the others. It is
+        # zeroed in the product, and the rows that see its key become NaN.
+        bad = (v != v) | (tl.abs(v.to(tl.float32)) == float("inf"))
+        m, l, acc = _keys(q, k, tl.where(bad, tl.zeros_like(v), v), visible, m, l, acc, scale, IEEE)
+        bad_key = tl.max(bad.to(tl.int32), 1)  # [BLOCK_N]
+        sees_bad = tl.max((visible & (bad_key[None, :] > 0)).to(tl.int32), 1)  # [BLOCK_M]
+        acc = tl.where(sees_bad[:, None] > 0, float("nan"), acc)
     z = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Z + nb[:, None] * (S * H * DH) + i[:, None] * (H * DH) + h[:, None] * DH + e[None, :],
              z.to(Z.dtype.element_ty), mask=valid[:, None])

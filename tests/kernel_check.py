@@ -26,6 +26,7 @@ import torch
 from interp.kernels import (add_norm, add_norm_reference, head_scatter, head_scatter_reference, norm_logit_diff,
                            norm_logit_diff_reference, prefix_attention, prefix_attention_reference, rope,
                            rope_reference, silu_mul, silu_mul_reference)
+from interp.kernels.prefix_attention import PACKED_ROWS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIZES = ("small", "large", "int64")
@@ -87,12 +88,13 @@ def max_abs_err(got, want):
 class Case:
     """One line of the report. ``run()`` returns {output name: (got, want, tol)}; ``triton`` says
     whether ``kernel``'s Triton kernel must be launched (False: the dispatcher must fall back to the
-    reference). The interpreter's int64 cases launch the kernel themselves, on a few programs of a
-    grid too large to run whole."""
+    reference); ``via``, which one, where the dispatcher has several. The interpreter's int64 cases
+    launch the kernel themselves, on a few programs of a grid too large to run whole."""
     name: str
     kernel: str
     triton: bool
     run: Callable[[], dict]
+    via: str | None = None
 
 
 class Launches:
@@ -101,17 +103,18 @@ class Launches:
     pick up the counting wrappers."""
 
     def __init__(self, module, *names):
-        self.n = 0
+        self.n, self.last = 0, None  # launches, and the name of the last kernel launched
         for name in names:
-            setattr(module, name, _Counted(getattr(module, name), self))
+            setattr(module, name, _Counted(getattr(module, name), name, self))
 
 
 class _Counted:
-    def __init__(self, kernel, launches):
-        self.kernel, self.launches = kernel, launches
+    def __init__(self, kernel, name, launches):
+        self.kernel, self.name, self.launches = kernel, name, launches
 
     def __getitem__(self, grid):
         self.launches.n += 1
+        self.launches.last = self.name
         return self.kernel[grid]
 
 
@@ -320,6 +323,90 @@ def _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P, exact=False):
     return run
 
 
+ONE_HEAD, PACKED = "prefix_attention_kernel", "packed_prefix_attention_kernel"
+
+
+def _prefix_via(N, S, H, Hkv):
+    """The kernel the dispatcher must take: packed when at least 2 variants' rows (S x H/Hkv each)
+    fit in PACKED_ROWS."""
+    return PACKED if min(N, PACKED_ROWS // (S * (H // Hkv))) >= 2 else ONE_HEAD
+
+
+def _prefix_attention_past_n(device, dtype, N=7, B=2, S=4, H=9, Hkv=3, dh=64, P=21):
+    """q, k, v as views of the first N variants of a buffer whose next ones are NaN: the packed
+    programs' last variants are padding, and must read nothing past N."""
+    def run():
+        W = (H + 2 * Hkv) * dh
+        big = torch.randn(N + 8, B, S, W, device=device, dtype=dtype)
+        big[N:] = float("nan")
+        q, k, v = (t.unflatten(-1, (-1, dh)) for t in big[:N].split([H * dh, Hkv * dh, Hkv * dh], -1))
+        k_pre, v_pre = torch.randn(2, B, P, Hkv, dh, device=device, dtype=dtype)
+        args = (q, k, v, k_pre, v_pre, dh ** -0.5)
+        return {"z": (prefix_attention(*args), prefix_attention_reference(*args),
+                      _prefix_attention_tol(dtype, q, k, v, v_pre, dh ** -0.5))}
+    return run
+
+
+def _prefix_attention_inf(device, dtype, N=7, B=2, S=4, H=9, Hkv=3, dh=64, P=21):
+    """An inf in one variant's suffix v (variant 3, example 1, position 2, key/value head 1, dim 5):
+    one product serves all the variants of a packed program, and 0 x inf is NaN, so the kernel must
+    keep it out of the other variants' rows (each variant is its own forward in the reference). The
+    rows that see it (positions >= 2, heads 3-5, dim 5) must not be finite."""
+    def run():
+        q, k, v, k_pre, v_pre, scale = _prefix_attention_inputs(device, dtype, N, B, S, H, Hkv, dh, P)
+        tol = _prefix_attention_tol(dtype, q, k, v, v_pre, scale)
+        v[3, 1, 2, 1, 5] = float("inf")
+        got, want = prefix_attention(q, k, v, k_pre, v_pre, scale), prefix_attention_reference(q, k, v, k_pre, v_pre, scale)
+        seen = torch.isfinite(got[3, 1, 2:, 3:6, 5].float())
+        others = torch.ones(N, B, dtype=torch.bool)
+        others[3, 1] = False
+        return {"z of the other variants": (got[others], want[others], tol),
+                "finite where the inf is seen": (seen.float(), torch.zeros_like(seen, dtype=torch.float), 0.0)}
+    return run
+
+
+def _prefix_attention_first_programs(device, dtype, N=12, B=2, S=4, H=9, Hkv=3, dh=64, P=21):
+    """The packed kernel launched directly on its first programs only (the first VARS = 5 variants of
+    every example) into a NaN output: their rows are right, and nothing past them is written (a
+    padding row stored without its mask would land in the next program's variant)."""
+    def run():
+        from interp.kernels import prefix_attention_triton
+        q, k, v, k_pre, v_pre, scale = _prefix_attention_inputs(device, dtype, N, B, S, H, Hkv, dh, P)
+        group = H // Hkv
+        VARS = PACKED_ROWS // (S * group)
+        qr, kr, vr = (t.flatten(0, 1) for t in (q, k, v))
+        z = torch.full((N * B, S, H, dh), float("nan"), device=device, dtype=dtype)
+        strides = [st for t in (qr, kr, vr, k_pre, v_pre) for st in t.stride()[:3]]
+        prefix_attention_triton.packed_prefix_attention_kernel[(B, Hkv, 1)](
+            qr, kr, vr, k_pre, v_pre, z, N, B, S, P, group, VARS, scale, *strides,
+            DH=dh, BLOCK_M=PACKED_ROWS, BLOCK_N=64, IEEE=dtype == torch.float32, num_warps=4)
+        z = z.view(N, B, S, H, dh)
+        untouched = torch.isnan(z[VARS:].float())
+        return {"z of the first programs": (z[:VARS], prefix_attention_reference(q, k, v, k_pre, v_pre, scale)[:VARS],
+                                            _prefix_attention_tol(dtype, q, k, v, v_pre, scale)),
+                "NaN past them": (untouched.float(), torch.ones_like(untouched, dtype=torch.float), 0.0)}
+    return run
+
+
+def _prefix_attention_int64_prefix(dtype, N=2, B=3, S=1, H=2, Hkv=1, dh=16, P=4):
+    """Interpreter: the cached prefix's examples 2^30 elements apart, so example 2 starts at 2^31
+    (example * stride in int32 would overflow), through the packed kernel (both variants in one program)."""
+    def run():
+        q, k, v, _, _, scale = _prefix_attention_inputs("cpu", dtype, N, B, S, H, Hkv, dh, P)
+        stride = 1 << 30
+        pre = []
+        for _ in range(2):
+            t = reserved((B - 1) * stride + P * Hkv * dh, dtype).as_strided((B, P, Hkv, dh), (stride, Hkv * dh, dh, 1))
+            t.copy_(torch.randn(B, P, Hkv, dh, dtype=dtype))
+            pre.append(t)
+        args = (q, k, v, *pre, scale)
+        with int32_overflow_raises():
+            got = prefix_attention(*args)
+        want = prefix_attention_reference(*args)
+        return {"z": (got, want, _prefix_attention_tol(dtype, q, k, v, pre[1], scale))}
+    return run
+
+
 def _prefix_attention_int64(dtype, N=3, S=20, H=2, Hkv=1, dh=16, P=5):
     """Interpreter: the engine's fused q/k/v, one variant every 2^30 elements, so variant 2 starts at
     2^31 (variant * stride in int32 would overflow). Through the dispatcher: S=20, one head per
@@ -453,9 +540,9 @@ def cases(device, dtypes, sizes):
         dn = str(dtype).removeprefix("torch.")
         low = _low_precision_triton(device, dtype)
 
-        def add(kernel, desc, triton, run):
+        def add(kernel, desc, triton, run, via=None):
             if _on(device, dtype, kernel):
-                out.append(Case(f"{kernel} {desc} {dn}", kernel, triton, run))
+                out.append(Case(f"{kernel} {desc} {dn}", kernel, triton, run, via))
 
         if "small" in sizes:
             for d, center in [(576, False), (768, True)]:
@@ -472,16 +559,24 @@ def cases(device, dtypes, sizes):
                     _add_norm(device, dtype, (3, 13, d), center, has_delta, *wb))
             add("add_norm", "[3,13,768] center=True in place", True,
                 _add_norm(device, dtype, (3, 13, 768), True, True, True, True, in_place=True))
-            # (N, B, S, H, Hkv, dh, P): S x H/Hkv > 64 rows span query blocks (BLOCK_M <= 64); Hkv < H is
-            # GQA; a short suffix (S x H/Hkv <= 32) packs variants into the packed kernel, N not a
-            # multiple of them: 7 at 5 per program (S=4), 30 at 21 (S=1), 14 at 10 (S=2, no prefix),
-            # 25 at 21 (S=3, one head per group)
-            for N, B, S, H, Hkv, dh, P in [(3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6), (1, 2, 70, 2, 1, 16, 67),
-                                           (1, 2, 70, 4, 2, 64, 37), (1, 1, 80, 4, 1, 128, 50),
-                                           (7, 2, 4, 9, 3, 64, 21), (30, 2, 1, 9, 3, 64, 63), (14, 3, 2, 6, 2, 32, 0),
-                                           (25, 2, 3, 4, 4, 32, 5), (3, 2, 25, 9, 3, 64, 9)]:
+            # (N, B, S, H, Hkv, dh, P): one head per program, S > 64 spans query blocks (BLOCK_M <= 64);
+            # Hkv < H is GQA; a short suffix (S x H/Hkv <= 32, N >= 2) takes the packed kernel, N not a
+            # multiple of its packing: 3 at 10 per program (S=5), 7 at 5 (S=4), 30 at 21 (S=1), 14 at
+            # 10 (S=2, no prefix), 25 at 21 (S=3, one head per group)
+            for N, B, S, H, Hkv, dh, P in [(1, 2, 5, 4, 2, 16, 0), (3, 2, 5, 4, 2, 16, 0), (2, 3, 7, 4, 4, 32, 6),
+                                           (1, 2, 70, 2, 1, 16, 67), (1, 2, 70, 4, 2, 64, 37),
+                                           (1, 1, 80, 4, 1, 128, 50), (7, 2, 4, 9, 3, 64, 21),
+                                           (30, 2, 1, 9, 3, 64, 63), (14, 3, 2, 6, 2, 32, 0), (25, 2, 3, 4, 4, 32, 5),
+                                           (3, 2, 25, 9, 3, 64, 9)]:
                 add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
-                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
+                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P), _prefix_via(N, S, H, Hkv))
+            add("prefix_attention", "packed, NaN in the variants past N", low, _prefix_attention_past_n(device, dtype),
+                PACKED)
+            add("prefix_attention", "packed, inf in one variant's v, the others untouched", low,
+                _prefix_attention_inf(device, dtype), PACKED)
+            if low:
+                add("prefix_attention", "packed, the first programs only, rows past them unwritten", True,
+                    _prefix_attention_first_programs(device, dtype), PACKED)
             add("prefix_attention", "N=1 B=2 S=6 H=2/1 dh=80 P=3 (fallback)", False,
                 _prefix_attention(device, dtype, 1, 2, 6, 2, 1, 80, 3, exact=True))
             # (N, B, S, H, Hkv, dh, p0): SmolLM2, Qwen2.5-0.5B, Llama-2-7B heads; dh=80 no power of two
@@ -515,9 +610,10 @@ def cases(device, dtypes, sizes):
                     _add_norm(device, dtype, shape, center, True, True, center))
             # SmolLM2 (9/3, 64), Qwen2.5-0.5B (14/2, 64), GPT-2 (12/12, 64), Llama-2-7B (32/32, 128)
             for N, B, S, H, Hkv, dh, P in [(64, 8, 40, 9, 3, 64, 60), (32, 8, 200, 14, 2, 64, 300),
-                                           (64, 4, 100, 12, 12, 64, 0), (16, 4, 300, 32, 32, 128, 700)]:
+                                           (64, 4, 100, 12, 12, 64, 0), (16, 4, 300, 32, 32, 128, 700),
+                                           (135, 16, 4, 9, 3, 64, 60), (72, 16, 1, 12, 12, 64, 63)]:
                 add("prefix_attention", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh} P={P}", low,
-                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P))
+                    _prefix_attention(device, dtype, N, B, S, H, Hkv, dh, P), _prefix_via(N, S, H, Hkv))
             for N, B, S, H, Hkv, dh in [(64, 16, 64, 9, 3, 64), (16, 16, 128, 32, 32, 128)]:
                 add("rope", f"N={N} B={B} S={S} H={H}/{Hkv} dh={dh}", True, _rope(device, dtype, N, B, S, H, Hkv, dh))
             for shape in [(135 * 16 * 64, 2 * 1536), (16 * 16 * 128, 2 * 11008)]:
@@ -531,9 +627,11 @@ def cases(device, dtypes, sizes):
                 add("head_scatter", "out [2, 2^19, 4096] (variant 1 at 2^31), direct launch", True,
                     _head_scatter_int64(dtype))
                 add("prefix_attention", "variants 2^30 apart (variant 2 at 2^31)", True,
-                    _prefix_attention_int64(dtype))
+                    _prefix_attention_int64(dtype), ONE_HEAD)
                 add("prefix_attention", "variants 2^30 apart (variant 2 at 2^31), packed", True,
-                    _prefix_attention_int64(dtype, S=2))
+                    _prefix_attention_int64(dtype, S=2), PACKED)
+                add("prefix_attention", "prefix examples 2^30 apart (example 2 at 2^31), packed", True,
+                    _prefix_attention_int64_prefix(dtype), PACKED)
             elif low:  # real memory: 2^31-element tensors (4 GB in bf16; ~50 GB at the peak, of the
                 # H200's 141). The index arithmetic is the same in every dtype; fp32 would double that.
                 add("norm_logit_diff", "R=2^19+1 d=4096 (x past 2^31)", True,
@@ -543,7 +641,9 @@ def cases(device, dtypes, sizes):
                 add("add_norm", "[2^19+1, 4096] (x past 2^31)", True,
                     _add_norm(device, dtype, ((1 << 19) + 1, 4096), False, True, True, False))
                 add("prefix_attention", "N=520 B=8 S=128 H=32/32 dh=128 P=64 (q past 2^31)", True,
-                    _prefix_attention(device, dtype, 520, 8, 128, 32, 32, 128, 64))
+                    _prefix_attention(device, dtype, 520, 8, 128, 32, 32, 128, 64), ONE_HEAD)
+                add("prefix_attention", "N=2 B=4097 S=1 H=32/32 dh=128 P=128 (prefix past 2^31), packed", True,
+                    _prefix_attention(device, dtype, 2, 4097, 1, 32, 32, 128, 128), PACKED)
                 add("rope", "N=1 B=4097 S=128 H=32/32 dh=128 (q and out past 2^31)", True,
                     _rope(device, dtype, 1, 4097, 128, 32, 32, 128))
                 add("silu_mul", "[2^19+1, 2*4096] (out past 2^31)", True,
@@ -576,6 +676,9 @@ def run_case(case, launches):
         return False
     took = "triton" if launches[case.kernel].n > before else "reference"
     ok = took == ("triton" if case.triton else "reference")
+    if case.via is not None and took == "triton":
+        took = launches[case.kernel].last
+        ok &= took == case.via
     parts = []
     for label, (got, want, tol) in outputs.items():
         err = max_abs_err(got, want)

@@ -4,6 +4,13 @@
                                                             # 16 prompts x 128 tokens, positions 0-7
     python benchmarks/long_prompt_gpu.py --positions 0-127  # the whole sweep (~25 min on one H200)
 
+The whole sweep in parts of under 10 minutes each, on one machine (each part a separate sweep over
+its positions, its values and time saved), then joined: the time is the sum of the parts', the peak
+memory the largest; the parts split the FLOP floor in quarters:
+
+    python benchmarks/long_prompt_gpu.py --positions 0-17 --save /tmp/part1.pt     # and 18-37, 38-63, 64-127
+    python benchmarks/long_prompt_gpu.py --join /tmp/part1.pt /tmp/part2.pt /tmp/part3.pt /tmp/part4.pt
+
 The first positions are the longest suffixes (each patch at position p recomputes positions >= p),
 so a run over positions 0-7 is the sweep's largest working set: if it fits, the whole sweep fits.
 Its time against the floor of those positions (``interp.bench.floor_flops``) gives the rate, and the
@@ -43,7 +50,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-pos", type=int, default=128)
     p.add_argument("--positions", default="0-7", help="first-last position patched (default 0-7)")
+    p.add_argument("--save", type=Path, help="write this part's values, time and peak memory here (torch.save)")
+    p.add_argument("--join", type=Path, nargs="+", help="join saved parts into the whole sweep's row, and stop")
     a = p.parse_args(argv)
+    if a.join:
+        return join(a.join)
     pos = _positions(a.positions)
     model = random_model(a.shape, "cuda", torch.bfloat16)
     prompts = random_prompts(model, a.batch, a.n_pos)
@@ -61,6 +72,10 @@ def main(argv=None) -> int:
           f"time vs floor {took / (floor / 790e12):.2f}x ({floor / took / 1e12:.0f} TFLOP/s); "
           f"whole sweep: floor {whole / 790e12 / 60:.1f} min, estimated at this rate {whole / (floor / took) / 60:.1f} min",
           flush=True)
+
+    if a.save:
+        torch.save({"shape": a.shape, "batch": a.batch, "n_pos": a.n_pos, "positions": pos, "seconds": took,
+                    "peak_gib": peak, "floor_flops": floor, "whole_floor_flops": whole, "values": result.values}, a.save)
 
     metric = lambda logits: logit_diff(logits, prompts).mean()  # noqa: E731
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -86,6 +101,33 @@ def main(argv=None) -> int:
         print("self-check (fp32 twin, 2 cells):", check.meta["verified"])
     except EngineUnsupported as err:
         print("self-check refused:", err)
+    return 0
+
+
+def join(paths: list[Path]) -> int:
+    """The whole sweep's row from its saved parts: they must be of one shape and prompt size, and cover
+    positions 0..n_pos-1 once each."""
+    import torch
+
+    parts = sorted((torch.load(p, weights_only=True) for p in paths), key=lambda d: d["positions"][0])
+    shape, batch, n_pos = parts[0]["shape"], parts[0]["batch"], parts[0]["n_pos"]
+    if any((d["shape"], d["batch"], d["n_pos"]) != (shape, batch, n_pos) for d in parts):
+        print("error: the parts are of different shapes or prompt sizes", file=sys.stderr)
+        return 2
+    covered = [q for d in parts for q in d["positions"]]
+    if covered != list(range(n_pos)):
+        print(f"error: the parts cover positions {covered[0]}..{covered[-1]} with gaps or overlaps, not 0..{n_pos - 1} "
+              "once each", file=sys.stderr)
+        return 2
+    took = sum(d["seconds"] for d in parts)
+    peak = max(d["peak_gib"] for d in parts)
+    whole = parts[0]["whole_floor_flops"]
+    assert abs(sum(d["floor_flops"] for d in parts) - whole) <= 1e-6 * whole  # the parts' floors add up
+    values = torch.cat([d["values"] for d in parts], dim=1)  # [layer, pos, head]
+    each = " + ".join(f"{d['seconds']:.0f}" for d in parts)
+    print(f"{shape} bf16 {batch}x{n_pos} head_out by position, the whole sweep in {len(parts)} parts: "
+          f"{took / 60:.1f} min ({each} s), peak {peak:.1f} GiB, floor {whole / 790e12 / 60:.1f} min at 790 TFLOP/s, time vs floor "
+          f"{took / (whole / 790e12):.2f}x; values {tuple(values.shape)}, finite: {bool(values.isfinite().all())}")
     return 0
 
 

@@ -34,6 +34,21 @@ def _keys(q, k, v, visible, m, l, acc, scale, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _prefix_keys(q, KP, VP, b, g, P, skp0, skp1, skp2, svp0, svp1, svp2, m, l, acc, scale,
+                 DH: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    """The cached prefix of example b, key/value head g, block by block: every key visible to every row."""
+    e = tl.arange(0, DH)
+    j = tl.arange(0, BLOCK_N)
+    for start in range(0, P, BLOCK_N):
+        jj = start + j
+        inside = (jj < P)[:, None]
+        k = tl.load(KP + b * skp0 + jj[:, None] * skp1 + g * skp2 + e[None, :], mask=inside, other=0.0)
+        v = tl.load(VP + b * svp0 + jj[:, None] * svp1 + g * svp2 + e[None, :], mask=inside, other=0.0)
+        m, l, acc = _keys(q, k, v, (jj < P)[None, :], m, l, acc, scale, IEEE)
+    return m, l, acc
+
+
+@triton.jit
 def prefix_attention_kernel(Q, K, V, KP, VP, Z, B, S, P, GROUP, scale,
                             sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, skp0, skp1, skp2, svp0, svp1, svp2,
                             DH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
@@ -51,12 +66,8 @@ def prefix_attention_kernel(Q, K, V, KP, VP, Z, B, S, P, GROUP, scale,
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DH], tl.float32)
-    for start in range(0, P, BLOCK_N):  # the shared prefix: every key visible
-        jj = start + j
-        inside = (jj < P)[:, None]
-        k = tl.load(KP + b * skp0 + jj[:, None] * skp1 + g * skp2 + e[None, :], mask=inside, other=0.0)
-        v = tl.load(VP + b * svp0 + jj[:, None] * svp1 + g * svp2 + e[None, :], mask=inside, other=0.0)
-        m, l, acc = _keys(q, k, v, (jj < P)[None, :], m, l, acc, scale, IEEE)
+    m, l, acc = _prefix_keys(q, KP, VP, b, g, P, skp0, skp1, skp2, svp0, svp1, svp2, m, l, acc, scale,
+                             DH, BLOCK_N, IEEE)
     last = tl.minimum(S, (tl.program_id(2) + 1) * BLOCK_M)
     for start in range(0, last, BLOCK_N):  # the variant's own suffix: causal
         jj = start + j
@@ -99,12 +110,8 @@ def packed_prefix_attention_kernel(Q, K, V, KP, VP, Z, N, B, S, P, GROUP, VARS, 
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DH], tl.float32)
     j = tl.arange(0, BLOCK_N)
-    for start in range(0, P, BLOCK_N):  # the shared prefix: every key visible
-        jj = start + j
-        inside = (jj < P)[:, None]
-        k = tl.load(KP + b * skp0 + jj[:, None] * skp1 + g * skp2 + e[None, :], mask=inside, other=0.0)
-        v = tl.load(VP + b * svp0 + jj[:, None] * svp1 + g * svp2 + e[None, :], mask=inside, other=0.0)
-        m, l, acc = _keys(q, k, v, (jj < P)[None, :], m, l, acc, scale, IEEE)
+    m, l, acc = _prefix_keys(q, KP, VP, b, g, P, skp0, skp1, skp2, svp0, svp1, svp2, m, l, acc, scale,
+                             DH, BLOCK_N, IEEE)
     # The suffixes of the packed variants: columns c = v' * S + j, visible to row (v, i) when v' = v
     # and j <= i.
     for start in range(0, VARS * S, BLOCK_N):

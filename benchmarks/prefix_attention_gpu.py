@@ -65,6 +65,7 @@ def packed(q, k, v, k_pre, v_pre, variants=True):
     z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
     group = H // Hkv
     V = max(1, min(N, PACKED_ROWS // (S * group))) if variants else 1
+    assert V * S * group <= PACKED_ROWS, "the packed kernel holds all its rows in one block"
     BM = max(16, triton.next_power_of_2(V * S * group))  # one block holds every row
     BN = max(16, min(64, triton.next_power_of_2(max(V * S, P))))
     grid = (triton.cdiv(N, V) * B, Hkv, triton.cdiv(V * S * group, BM))

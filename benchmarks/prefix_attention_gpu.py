@@ -16,11 +16,9 @@ query heads over 3 key/value heads), GPT-2 small's (12/12) and Qwen2.5-0.5B's (1
     python3 benchmarks/prefix_attention_gpu.py
 """
 import torch
-import triton
 from triton.testing import do_bench
 
-from interp.kernels.prefix_attention import PACKED_ROWS, prefix_attention_reference
-from interp.kernels.prefix_attention_triton import packed_prefix_attention_kernel, prefix_attention_kernel
+from interp.kernels.prefix_attention import PACKED_ROWS, launch, prefix_attention_reference
 
 SHAPES = [  # name, (N variants, B examples, S suffix, H, Hkv, dh, P prefix)
     ("SmolLM2, all positions", (270, 16, 64, 9, 3, 64, 0)),
@@ -42,53 +40,22 @@ def inputs(N, B, S, H, Hkv, dh, P):
     return q, k, v, k_pre, v_pre
 
 
-def _strides(q, k, v, k_pre, v_pre):
-    q, k, v = (t.flatten(0, 1) for t in (q, k, v))
-    return (q, k, v, k_pre, v_pre), tuple(s for t in (q, k, v, k_pre, v_pre) for s in t.stride()[:3])
-
-
-def one_head(q, k, v, k_pre, v_pre):
-    N, B, S, H, dh = q.shape
-    Hkv, P = k.shape[3], k_pre.shape[1]
-    args, strides = _strides(q, k, v, k_pre, v_pre)
-    z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
-    BM, BN = max(16, min(64, triton.next_power_of_2(S))), max(16, min(64, triton.next_power_of_2(max(S, P))))
-    prefix_attention_kernel[(N * B, H, triton.cdiv(S, BM))](*args, z, B, S, P, H // Hkv, dh ** -0.5, *strides,
-                                                            DH=dh, BLOCK_M=BM, BLOCK_N=BN, IEEE=False, num_warps=4)
-    return z.view(N, B, S, H, dh)
-
-
-def packed(q, k, v, k_pre, v_pre, variants=True):
-    N, B, S, H, dh = q.shape
-    Hkv, P = k.shape[3], k_pre.shape[1]
-    args, strides = _strides(q, k, v, k_pre, v_pre)
-    z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
-    group = H // Hkv
-    V = max(1, min(N, PACKED_ROWS // (S * group))) if variants else 1
-    assert V * S * group <= PACKED_ROWS, "the packed kernel holds all its rows in one block"
-    BM = max(16, triton.next_power_of_2(V * S * group))  # one block holds every row
-    BN = max(16, min(64, triton.next_power_of_2(max(V * S, P))))
-    grid = (triton.cdiv(N, V) * B, Hkv, triton.cdiv(V * S * group, BM))
-    packed_prefix_attention_kernel[grid](*args, z, N, B, S, P, group, V, dh ** -0.5, *strides,
-                                         DH=dh, BLOCK_M=BM, BLOCK_N=BN, IEEE=False, num_warps=4)
-    return z.view(N, B, S, H, dh)
-
-
 def main():
-    kinds = {"one head per program": one_head, "packed": packed,
-             "packed, one variant per program": lambda *a: packed(*a, variants=False)}
+    kinds = ["one head per program", "packed", "packed, one variant per program"]
     print("| shape (N, B, S, H/Hkv, P) | " + " | ".join(f"{k}, us (max abs diff)" for k in kinds) + " |")
     print("|---|" + "---|" * len(kinds))
     for name, (N, B, S, H, Hkv, dh, P) in SHAPES:
-        a = inputs(N, B, S, H, Hkv, dh, P)
-        want = prefix_attention_reference(*a, dh ** -0.5).float()
+        a = (*inputs(N, B, S, H, Hkv, dh, P), dh ** -0.5)
+        want = prefix_attention_reference(*a).float()
+        rows = S * (H // Hkv)  # query rows of one variant in a packed program
+        packings = [0, max(1, min(N, PACKED_ROWS // rows)), 1]
         cells = []
-        for kind, f in kinds.items():
-            if kind != "one head per program" and S * (H // Hkv) > PACKED_ROWS:
+        for packed in packings:
+            if packed and rows > PACKED_ROWS:
                 cells.append("n/a (rows over one block)")  # the packed kernel holds its rows in one block
                 continue
-            err = (f(*a).float() - want).abs().max().item()
-            cells.append(f"{do_bench(lambda: f(*a), warmup=10, rep=60) * 1e3:.0f} ({err:.1e})")  # noqa: B023
+            err = (launch(*a, packed).float() - want).abs().max().item()
+            cells.append(f"{do_bench(lambda: launch(*a, packed), warmup=10, rep=60) * 1e3:.0f} ({err:.1e})")  # noqa: B023
         print(f"| {name} ({N}, {B}, {S}, {H}/{Hkv}, {P}) | " + " | ".join(cells) + " |", flush=True)
 
 

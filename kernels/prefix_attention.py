@@ -52,11 +52,25 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
     if (not use_triton(q) or (q.dtype == torch.float32 and not interpreted)
             or dh not in (16, 32, 64, 128, 256) or S == 0):
         return prefix_attention_reference(q, k, v, k_pre, v_pre, scale)
+    packed = min(N, PACKED_ROWS // (S * (H // k.shape[3])))  # variants of one example per program
+    return launch(q, k, v, k_pre, v_pre, scale, packed if packed >= 2 else 0)
+
+
+def launch(q, k, v, k_pre, v_pre, scale: float, packed: int):
+    """The Triton kernels themselves (``prefix_attention`` chooses ``packed``; the benchmarks
+    choose it freely): ``packed`` = 0, one (variant x example, query head) per program; ``packed``
+    = n >= 1, the packed kernel with n variants per program, whose n x S x H/Hkv query rows must fit
+    in PACKED_ROWS (one block)."""
     import triton
 
     from interp.kernels.prefix_attention_triton import packed_prefix_attention_kernel, prefix_attention_kernel
 
+    N, B, S, H, dh = q.shape
     Hkv, P = k.shape[3], k_pre.shape[1]
+    group = H // Hkv
+    if packed * S * group > PACKED_ROWS:
+        raise ValueError(f"prefix_attention: {packed} variants of {S * group} rows do not fit one block of "
+                         f"{PACKED_ROWS} rows")
     qr, kr, vr = (t.flatten(0, 1) for t in (q, k, v))  # [N*B, S, heads, dh]; a view where strides allow
     if qr.stride(-1) != 1 or kr.stride(-1) != 1 or vr.stride(-1) != 1:
         qr, kr, vr = qr.contiguous(), kr.contiguous(), vr.contiguous()
@@ -65,10 +79,8 @@ def prefix_attention(q, k, v, k_pre, v_pre, scale: float):
         kp, vp = kp.contiguous(), vp.contiguous()
     z = torch.empty(N * B, S, H, dh, device=q.device, dtype=q.dtype)
     strides = (*qr.stride()[:3], *kr.stride()[:3], *vr.stride()[:3], *kp.stride()[:3], *vp.stride()[:3])
-    group = H // Hkv
-    packed = min(N, PACKED_ROWS // (S * group))  # variants of one example per program
-    if packed >= 2:  # a short suffix: (variant, position, head of the group) rows, all in one block
-        BLOCK_M = max(16, triton.next_power_of_2(packed * S * group))  # <= PACKED_ROWS
+    if packed:  # (variant, position, head of the group) rows, all in one block
+        BLOCK_M = max(16, triton.next_power_of_2(packed * S * group))
         BLOCK_N = max(16, min(64, triton.next_power_of_2(max(packed * S, P))))
         packed_prefix_attention_kernel[(triton.cdiv(N, packed) * B, Hkv, 1)](
             qr, kr, vr, kp, vp, z, N, B, S, P, group, packed, float(scale), *strides,

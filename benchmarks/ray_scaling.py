@@ -2,26 +2,37 @@
 
     python benchmarks/ray_scaling.py            # 2 GPUs: Llama-2-7B shape (random weights), bf16,
                                                 # head_out by position, 16 prompts x 16 tokens
-    python benchmarks/ray_scaling.py --smoke    # CPU: a tiny random Llama, 2 CPU workers (checks
-                                                # that the script runs; its times mean nothing)
+    python benchmarks/ray_scaling.py --device cpu --shape gpt2-small --batch 4 --seq 12
+                                                # 2 CPU processes of one thread each vs one
+    python benchmarks/ray_scaling.py --smoke    # CPU, a tiny random Llama: checks that it runs
 
-Three timed runs of the same sweep, each after a small warm-up sweep (CUDA context, Triton
-kernels) and with the models already loaded:
+Three ways of running the same sweep, each after one untimed run of that sweep (CUDA context,
+and Triton kernels compiled for every chunk shape: a kernel first met in a timed sweep would add
+its compile time to one side only) and with the models already loaded, each timed ``--repeat`` times (median, min-max). The
+one-process replica stays loaded beside the pools (on the first GPU, beside worker 0's), and each
+pool sweep follows a one-process sweep: a machine's speed drifts over minutes, so a speed-up is
+the median of these pairs' ratios.
 
-    1 GPU, one process       interp.sweep.sweep_patch, what a user runs without Ray
+    1 device, one process    interp.sweep.sweep_patch, what a user runs without Ray
     Ray, 1 worker            the same through RaySweepPool (shows Ray's own overhead)
-    Ray, N workers           the sweep spread over N GPUs
+    Ray, N workers           the sweep spread over N devices
 
-All three use the same chunks (the N-worker plan's memory budget), so their values must agree;
-the table shows the largest difference from the one-process run. Speed-up is the one-process
-time over the run's time; scaling efficiency is the speed-up over the number of GPUs (target:
-speed-up >= 1.8 on 2 GPUs). Random weights: speed does not depend on weight values, and no
-weights can reach the GPU machine (interp.bench builds the same models).
+Every timed sweep builds its engine (its two cached runs) and runs its self-check, on both sides:
+the one-process engine kept from the previous sweep is released first, as each Ray sweep sets up
+its workers' engines anew. All three use the same chunks (the N-worker plan's memory budget), so
+their values must agree; the table shows the largest difference from the one-process run.
+Scaling efficiency is the speed-up over the number of devices (target: speed-up >= 1.8 on 2
+GPUs). A second table splits each Ray sweep's
+time (``SweepStats``): planning on worker 0, the busiest worker's seconds in chunks and the
+self-check, the idle rest, and the self-check with the part of it still running after the last
+chunk (it runs beside the chunks, on one worker). Random weights: speed does not depend on
+weight values, and no weights can reach the GPU machine (interp.bench builds the same models).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,18 +44,14 @@ import torch  # noqa: E402
 
 from interp import bench  # noqa: E402
 from interp.distributed import RaySweepPool  # noqa: E402
-from interp.sweep import sweep_patch  # noqa: E402
-
-TINY = ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, head_dim=16))
+from interp.sweep import release, sweep_patch  # noqa: E402
 
 
-def build(shape: str, spec: tuple, dtype: torch.dtype, device: str):
-    """The random-weight bridge of ``shape`` (seeded: every call gives the same weights). Runs in
-    each Ray worker; registering ``spec`` there lets it build shapes that interp.bench lacks."""
+def build(shape: str, dtype: torch.dtype, device: str):
+    """The random-weight bridge of ``shape`` (seeded: every call gives the same weights); runs in
+    each Ray worker."""
     from interp import bench
 
-    bench.SHAPES.setdefault(shape, spec)
     return bench.random_model(shape, device, dtype)
 
 
@@ -58,79 +65,123 @@ def timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def spread(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 2 workers: check that it runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU, tiny-llama, 4 prompts x 8 tokens, one repetition: check that it runs")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: each worker and the one process use one thread")
     parser.add_argument("--shape", default="llama-2-7b", choices=sorted(bench.SHAPES))
-    parser.add_argument("--workers", type=int, default=2, help="GPUs (actors) of the distributed run")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--workers", type=int, default=2, help="devices (actors) of the distributed run")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="on CPU always float32")
     parser.add_argument("--batch", type=int, default=16, help="prompts")
     parser.add_argument("--seq", type=int, default=16, help="tokens per prompt")
+    parser.add_argument("--repeat", type=int, default=3, help="timed sweeps of each way")
     parser.add_argument("--all-pos", action="store_true", help="head_out at all positions (default: by position)")
+    parser.add_argument("--positions", default=None, metavar="A-B",
+                        help="by position, only positions A..B (a part of a long-prompt sweep)")
     parser.add_argument("--min-chunks", type=int, default=None, help="default: 8 per worker")
     args = parser.parse_args(argv)
-
     if args.smoke:
-        shape, spec, device, dtype = "tiny-llama", TINY, "cpu", torch.float32
-        batch, seq = 4, 8
-        torch.set_num_threads(1)  # as each of the 2 CPU workers on a 2-core machine
-    else:
-        shape, spec, device, dtype = args.shape, bench.SHAPES[args.shape], "cuda", getattr(torch, args.dtype)
-        batch, seq = args.batch, args.seq
-        if torch.cuda.device_count() < args.workers:
-            print(f"need {args.workers} GPUs, found {torch.cuda.device_count()} (use --smoke on a CPU)")
-            return 2
+        args.device, args.shape, args.batch, args.seq, args.repeat = "cpu", "tiny-llama", 4, 8, 1
+    if args.repeat < 1 or args.workers < 1:
+        parser.error("--repeat and --workers must be >= 1")
+    positions = None
+    if args.positions is not None:
+        first, _, last = args.positions.partition("-")
+        if args.all_pos or not (first.isdigit() and last.isdigit() and int(first) <= int(last) < args.seq):
+            parser.error(f"--positions must be A-B with 0 <= A <= B < --seq, by position, got {args.positions!r}")
+        positions = list(range(int(first), int(last) + 1))
+    device = args.device
+    dtype = torch.float32 if device == "cpu" else getattr(torch, args.dtype)
+    if device == "cuda" and torch.cuda.device_count() < args.workers:
+        print(f"need {args.workers} GPUs, found {torch.cuda.device_count()} (use --device cpu)", file=sys.stderr)
+        return 2
+    if device == "cpu":
+        torch.set_num_threads(1)  # as each CPU worker
+    shape = args.shape
     by_pos = not args.all_pos
-    loader = functools.partial(build, shape, spec, dtype)
-    cfg = SimpleNamespace(d_vocab=spec[1]["vocab_size"], device="cpu")
-    prompts = bench.random_prompts(SimpleNamespace(cfg=cfg), batch, seq)
-    sweep = dict(component="head_out", by_pos=by_pos, progress=False)
+    loader = functools.partial(build, shape, dtype)
+    spec = bench.SHAPES[shape][1]
+    vocab = spec["vocab_size"]
+    prompts = bench.random_prompts(SimpleNamespace(cfg=SimpleNamespace(d_vocab=vocab, device="cpu")),
+                                   args.batch, args.seq)
+    sweep = dict(component="head_out", by_pos=by_pos, positions=positions, progress=False)
     min_chunks = args.min_chunks or 8 * args.workers
-    L = spec[1]["num_hidden_layers"]
-    warm = dict(sweep, layers=[L - 1])
 
     import ray
 
     ray.init(num_cpus=max(2, args.workers), num_gpus=torch.cuda.device_count() if device == "cuda" else None,
              include_dashboard=False, logging_level="WARNING")
-    runs = {}  # name -> (devices, sweep seconds, Result, seconds to start the workers)
-    budget = None  # the engine's default on worker 0, possibly lowered to make min_chunks chunks
+    runs = {}  # name -> (devices, [sweep seconds], Result, seconds to start, [SweepStats])
+    pairs = {}  # run -> [one-process seconds / its seconds], of sweeps run one after the other
     try:
+        t0 = time.perf_counter()
+        model = loader(device)  # the one process's replica (on the first GPU, beside worker 0's)
+        runs["one process"] = [1, [], None, time.perf_counter() - t0, []]
         for n in sorted({args.workers, 1}, reverse=True):
             t0 = time.perf_counter()
             with RaySweepPool(loader, workers=n, device=device, threads=1 if device == "cpu" else None) as pool:
-                start_s = time.perf_counter() - t0
-                pool.sweep(prompts, **warm, memory_budget=budget)
-                seconds, result = timed(lambda: pool.sweep(prompts, **sweep, memory_budget=budget,
-                                                           min_chunks=min_chunks), "cpu")
-            budget = result.meta["distributed"]["memory_budget"]  # the later runs make the same chunks
-            runs[f"Ray, {n} worker{'s' if n > 1 else ''}"] = (n, seconds, result, start_s)
+                run = runs[f"Ray, {n} worker{'s' if n > 1 else ''}"] = [n, [], None, time.perf_counter() - t0, []]
+                if n == args.workers:  # the chunks of every run: min_chunks of the N-worker plan
+                    budget = pool.plan(prompts, "head_out", by_pos, positions=positions,
+                                       min_chunks=min_chunks).memory_budget
+                    sweep_patch(model, prompts, **sweep, memory_budget=budget)  # the one process's warm-up
+                pool.sweep(prompts, **sweep, memory_budget=budget)  # warm-up: the whole sweep, its chunks
+                for _ in range(args.repeat):
+                    # The machine's speed drifts over minutes (shared hosts, clocks): the pool's
+                    # sweeps alternate with one-process ones and are compared in pairs.
+                    release(model, engine_only=True)  # each timed sweep builds its engine, as the workers do
+                    one, runs["one process"][2] = timed(
+                        lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget), device)
+                    runs["one process"][1].append(one)
+                    seconds, run[2] = timed(lambda: pool.sweep(prompts, **sweep, memory_budget=budget), "cpu")
+                    run[1].append(seconds)
+                    run[4].append(pool.stats)
+                    pairs.setdefault(n, []).append(one / seconds)
     finally:
         ray.shutdown()
-    t0 = time.perf_counter()
-    model = loader(device)
-    start_s = time.perf_counter() - t0
-    sweep_patch(model, prompts, **warm, memory_budget=budget)
-    seconds, local = timed(lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget), device)
-    runs = {"one process": (1, seconds, local, start_s), **dict(reversed(runs.items()))}
-
+    local = runs["one process"][2]
+    runs = dict(sorted(runs.items(), key=lambda item: (item[0] != "one process", item[1][0])))
     cells = local.values.numel()
-    chunks = next(iter(r.meta["distributed"]["chunks"] for _, _, r, _ in runs.values() if "distributed" in r.meta))
-    print(f"\nhead_out {'by position' if by_pos else 'at all positions'}: {shape} ({str(dtype)[6:]}, random weights), "
-          f"{batch} prompts x {seq} tokens, {cells} patches in {chunks} chunks (memory budget {budget / 2**20:.2f} MiB), "
-          f"on {'GPUs' if device == 'cuda' else 'CPU processes of 1 thread'}\n")
+    chunks = next(r.meta["distributed"]["chunks"] for _, _, r, _, _ in runs.values() if "distributed" in r.meta)
+    where = "GPUs" if device == "cuda" else "CPU processes of 1 thread"
+    part = f" {positions[0]}-{positions[-1]}" if positions else ""
+    print(f"\n(host CPU: {bench.host_cpu()}{'; GPU: ' + torch.cuda.get_device_name() if device == 'cuda' else ''})")
+    print(f"\nhead_out {'by position' + part if by_pos else 'at all positions'}: {shape} ({str(dtype)[6:]}, random "
+          f"weights), {args.batch} prompts x {args.seq} tokens, {cells} patches in {chunks} chunks (memory budget "
+          f"{budget / 2**20:.2f} MiB), on {where}; {args.repeat} timed sweeps each, median (min-max)\n")
     print("| run | devices | sweep s | speed-up | scaling efficiency | max abs diff vs one process | start s |")
     print("|---|---|---|---|---|---|---|")
-    base = runs["one process"][1]
-    for name, (n, seconds, result, start_s) in runs.items():
+    base = statistics.median(runs["one process"][1])
+    for name, (n, times, result, start_s, _) in runs.items():
         diff = (result.values - local.values).abs().max().item()
-        print(f"| {name} | {n} | {seconds:.2f} | {base / seconds:.2f}x | {base / seconds / n:.0%} | {diff:.1e} | "
-              f"{start_s:.1f} |")
-    speedup = base / runs[f"Ray, {args.workers} workers"][1] if args.workers > 1 else 1.0
+        speed = statistics.median(pairs[n]) if name != "one process" else 1.0
+        print(f"| {name} | {n} | {spread(times)} | {speed:.2f}x | {speed / n:.0%} | {diff:.1e} | {start_s:.1f} |")
+    print("\nEach Ray speed-up is the median over pairs of sweeps run one after the other (one process, then the "
+          "pool): " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {min(r):.2f}x-{max(r):.2f}x"
+                                for n, r in sorted(pairs.items())) + ".")
+    print("\nwhere each Ray sweep's time went, median seconds (SweepStats):\n")
+    print("| run | plan | busiest worker (chunks, check) | idle | self-check | of it after the last chunk | "
+          "all workers |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (n, _, _, _, stats) in runs.items():
+        if not stats:
+            continue
+        med = lambda f: statistics.median(map(f, stats))  # noqa: E731
+        print(f"| {name} | {med(lambda s: s.plan_seconds):.2f} | {med(lambda s: max(s.busy.values())):.2f} | "
+              f"{med(lambda s: s.overhead()['idle']):.2f} | {med(lambda s: s.check_seconds):.2f} | "
+              f"{med(lambda s: s.after_chunks_seconds):.2f} | {med(lambda s: sum(s.busy.values())):.2f} |")
+    speedup = statistics.median(pairs[args.workers])
     target = 0.9 * args.workers
     print(f"\n{args.workers} workers: {speedup:.2f}x the one-process speed, "
           f"{'meets' if speedup >= target else 'misses'} the {target:.1f}x target"
-          f"{' (smoke run on a CPU: the times mean nothing)' if args.smoke else ''}")
+          f"{' (smoke run: the times mean nothing)' if args.smoke else ''}")
     return 0
 
 

@@ -11,6 +11,8 @@ module hands those chunks to a pool of Ray actors instead of running them in one
     send chunks, up to 2 per worker ---> engine.run(component, chunk) -> values of the chunk
     record each finished chunk   <-----
     in the checkpoint file
+    send the self-check, once the   ---> re-run a seeded sample of cells through the reference
+    sampled cells' chunks are in           loop (interp.verify), while the others run chunks
 
 Why the numbers are the engine's own, bit for bit. Floating-point sums depend on how a chunk is
 batched: the same variant computed in a chunk of 25 and in a chunk of 1 differs in the last bits
@@ -41,6 +43,7 @@ one process. See docs/ray.md.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import random
@@ -139,18 +142,25 @@ class SweepWorker:
         return SweepPlan(tuple(axes), index, variants, chunks, engine._key(component, variants),
                          engine.memory_budget, clean, corrupted)
 
-    def verify(self, component: str, variants: list[Variant], values: torch.Tensor) -> dict:
+    def verify(self, component: str, variants: list[Variant], values: torch.Tensor) -> tuple[dict, float]:
         """Re-run ``variants`` (a sample of the sweep, with their swept ``values``) through the
-        reference loop on this worker's model (``interp.verify``); the evidence."""
+        reference loop on this worker's model (``interp.verify``); the evidence, and the seconds
+        it took."""
         from interp.verify import SweepCheck
 
-        return SweepCheck(self.engine, component, variants, len(variants)).check(values)
+        start = time.perf_counter()
+        evidence = SweepCheck(self.engine, component, variants, len(variants)).check(values)
+        return evidence, time.perf_counter() - start
 
-    def run_chunk(self, component: str, variants: list[Variant], memory_budget: int) -> torch.Tensor:
-        """The values of one chunk. With the plan's memory budget, ``run`` computes the chunk in
-        one piece, as the local engine does (it still halves it on out-of-memory)."""
+    def run_chunk(self, component: str, variants: list[Variant], memory_budget: int) -> tuple[torch.Tensor, float]:
+        """The values of one chunk, and the seconds this worker spent on it. With the plan's memory
+        budget, ``run`` computes the chunk in one piece, as the local engine does (it still halves
+        it on out-of-memory). The values are on the host when ``run`` returns, so the seconds
+        include the device's work."""
+        start = time.perf_counter()
         self.engine.memory_budget = memory_budget
-        return self.engine.run(component, variants, progress=False)
+        values = self.engine.run(component, variants, progress=False)
+        return values, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------ connecting
@@ -213,11 +223,26 @@ class SweepStats:
 
     chunks: int = 0  # chunks in the plan
     skipped: int = 0  # already in the checkpoint
+    sent: list[int] = field(default_factory=list)  # chunk ids, in the order they were sent
     recorded: list[int] = field(default_factory=list)  # chunk ids, in the order they were recorded
+    check_after: int | None = None  # chunks recorded when the self-check was (last) sent
     workers: list[int] = field(default_factory=list)  # the worker (pool position) of each of those
     lost: int = 0  # chunk runs lost with a dead worker (and sent again)
     replaced: int = 0  # workers replaced
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole sweep, as the caller waits for it
+    plan_seconds: float = 0.0  # until worker 0's plan reached the driver (no chunk runs before it)
+    check_seconds: float = 0.0  # the self-check on its worker (``interp.verify``)
+    after_chunks_seconds: float = 0.0  # from the last chunk recorded to the end: the check's unhidden part
+    busy: dict[int, float] = field(default_factory=dict)  # pool position -> seconds in chunks and the check
+
+    def overhead(self) -> dict[str, float]:
+        """Where the sweep's time went besides the busiest worker's work: ``plan`` (no chunk runs
+        before it), ``idle`` (the rest of the sweep minus the busiest worker's seconds: dispatch,
+        round trips, and the end of the sweep, when the other workers have run out of chunks) and
+        ``after_chunks`` (the self-check still running when the last chunk came back)."""
+        busiest = max(self.busy.values(), default=0.0)
+        return {"plan": self.plan_seconds, "idle": max(0.0, self.seconds - self.plan_seconds - busiest),
+                "after_chunks": self.after_chunks_seconds}
 
 
 class RaySweepPool:
@@ -369,8 +394,9 @@ class RaySweepPool:
                 with ``memory_budget=result.meta["distributed"]["memory_budget"]``.
             on_chunk: ``on_chunk(chunk, worker)`` is called after each chunk is recorded, with the
                 chunk's id and the position in ``handles`` of the worker that computed it.
-            verify: cells re-run through the reference loop on a worker after the sweep
-                (``interp.verify``; the evidence is ``meta["verified"]``).
+            verify: cells re-run through the reference loop on a worker (``interp.verify``; the
+                evidence is ``meta["verified"]``). Their chunks run first and the check runs
+                while the other workers compute the rest; a failed check stops the sweep.
         """
         import ray
         from ray.exceptions import RayActorError
@@ -382,75 +408,102 @@ class RaySweepPool:
         # Workers 1.. build their engines (two cached runs each) while worker 0 plans.
         setup_args = (prompts, direction, metric, memory_budget)
         slots = [_Slot(h, position) for position, h in enumerate(self.handles)]
-        refs: dict[Any, tuple[_Slot, int | None]] = {}  # in flight: ref -> (worker, chunk or None = setup)
+        refs: dict[Any, tuple[_Slot, str, int | None]] = {}  # in flight: ref -> (worker, task, chunk id)
         for slot in slots[1:]:
-            refs[slot.handle.setup.remote(*setup_args)] = (slot, None)
+            refs[slot.handle.setup.remote(*setup_args)] = (slot, "setup", None)
         plan = self.plan(prompts, component, by_pos, direction, metric, layers, heads, positions,
                          memory_budget, min_chunks)
+        self.stats = stats = SweepStats(plan_seconds=time.perf_counter() - start)
         slots[0] = _Slot(self.handles[0], 0, ready=True)  # (replaced if it died while planning)
         n = len(plan.variants)
         values = torch.full((n,), float("nan"))
         done = torch.zeros(n, dtype=torch.bool)
         if checkpoint is not None:
             values, done = ckpt.load(ckpt.check_path(checkpoint), plan.key, values, done)
-        todo = collections.deque(c for c, idx in enumerate(plan.chunks) if not done[idx].all())
-        self.stats = stats = SweepStats(chunks=len(plan.chunks), skipped=len(plan.chunks) - len(todo))
+        # The self-check re-runs a seeded sample of cells. It is sent, as one more task, as soon
+        # as their chunks are in, and those chunks go first: the check then runs while the other
+        # workers compute the rest, instead of after the last chunk with the other workers idle.
+        sample = sorted(random.Random(seed).sample(range(n), min(max(verify, 0), n)))
+        sampled = {c for c, idx in enumerate(plan.chunks) if not set(idx).isdisjoint(sample)}
+        todo = collections.deque(sorted((c for c, idx in enumerate(plan.chunks) if not done[idx].all()),
+                                        key=lambda c: c not in sampled))
+        stats.chunks, stats.skipped = len(plan.chunks), len(plan.chunks) - len(todo)
+        check = "waiting"  # -> "ready" (every sampled cell has its value) -> "sent" -> "done"
+        verified, last_chunk = None, time.perf_counter()
         bar = tqdm(total=n, initial=int(done.sum()), desc=f"sweep {component} on {self.workers} workers",
                    disable=not progress, leave=False)
         restarts = self.max_restarts
-        while todo or any(cid is not None for _, cid in refs.values()):
-            for slot in slots:
-                while slot.alive and slot.ready and slot.busy < IN_FLIGHT_PER_WORKER and todo:
-                    cid = todo.popleft()
-                    chunk = [plan.variants[i] for i in plan.chunks[cid]]
-                    ref = slot.handle.run_chunk.remote(component, chunk, plan.memory_budget)
-                    refs[ref], slot.busy = (slot, cid), slot.busy + 1
-            if not refs:
-                bar.close()
-                raise InterpError(f"every Ray worker died and {self.max_restarts} replacements were used up; "
-                                  f"{len(todo)} chunks left (resume from the checkpoint)")
-            (ref,), _ = ray.wait(list(refs), num_returns=1)
-            slot, cid = refs.pop(ref)
-            try:
-                out = ray.get(ref)
-            except RayActorError:  # the worker is gone: its chunks go back in the queue
-                if cid is not None:
-                    todo.appendleft(cid)
-                    slot.busy -= 1
-                    stats.lost += 1
-                if slot.alive:
-                    slot.alive = False
-                    self._kill(slot.handle)
-                    if restarts > 0:
-                        restarts -= 1
-                        stats.replaced += 1
-                        new = _Slot(self._new_actor(), slot.position)
-                        self.handles[slot.position] = new.handle
-                        slots.append(new)
-                        refs[new.handle.setup.remote(*setup_args)] = (new, None)
-                continue
-            except BaseException:
-                bar.close()
-                raise
-            if cid is None:
-                slot.ready = True
-                continue
-            slot.busy -= 1
-            idx = torch.tensor(plan.chunks[cid])
-            fresh = ~done[idx]  # a chunk partly in a checkpoint keeps its recorded values
-            values[idx[fresh]], done[idx] = out[fresh], True
-            if checkpoint is not None:
-                ckpt.save(checkpoint, plan.key, values, done)
-            stats.recorded.append(cid)
-            stats.workers.append(slot.position)
-            bar.update(int(fresh.sum()))
-            if on_chunk is not None:
-                on_chunk(cid, slot.position)
+        try:
+            while todo or check != "done" or any(task == "chunk" for _, task, _ in refs.values()):
+                if check == "waiting" and bool(done[sample].all()):
+                    check = "ready"
+                for slot in slots:
+                    while slot.alive and slot.ready and slot.busy < IN_FLIGHT_PER_WORKER and (todo or check == "ready"):
+                        if check == "ready":
+                            ref = slot.handle.verify.remote(component, [plan.variants[i] for i in sample], values[sample])
+                            refs[ref], check = (slot, "check", None), "sent"
+                            stats.check_after = len(stats.recorded)
+                        else:
+                            cid = todo.popleft()
+                            chunk = [plan.variants[i] for i in plan.chunks[cid]]
+                            refs[slot.handle.run_chunk.remote(component, chunk, plan.memory_budget)] = (slot, "chunk", cid)
+                            stats.sent.append(cid)
+                        slot.busy += 1
+                if not refs:
+                    raise InterpError(f"every Ray worker died and {self.max_restarts} replacements were used up; "
+                                      f"{len(todo)} chunks left (resume from the checkpoint)")
+                (ref,), _ = ray.wait(list(refs), num_returns=1)
+                slot, task, cid = refs.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except RayActorError:  # the worker is gone: its chunks (or the check) go back in the queue
+                    if task == "chunk":
+                        todo.appendleft(cid)
+                        stats.lost += 1
+                    elif task == "check":
+                        check = "ready"
+                    if task != "setup":
+                        slot.busy -= 1
+                    if slot.alive:
+                        slot.alive = False
+                        self._kill(slot.handle)
+                        if restarts > 0:
+                            restarts -= 1
+                            stats.replaced += 1
+                            new = _Slot(self._new_actor(), slot.position)
+                            self.handles[slot.position] = new.handle
+                            slots.append(new)
+                            refs[new.handle.setup.remote(*setup_args)] = (new, "setup", None)
+                    continue
+                if task == "setup":
+                    slot.ready = True
+                    continue
+                out, seconds = out
+                stats.busy[slot.position] = stats.busy.get(slot.position, 0.0) + seconds
+                slot.busy -= 1
+                if task == "check":
+                    verified, check, stats.check_seconds = out, "done", seconds
+                    continue
+                idx = torch.tensor(plan.chunks[cid])
+                fresh = ~done[idx]  # a chunk partly in a checkpoint keeps its recorded values
+                values[idx[fresh]], done[idx] = out[fresh], True
+                last_chunk = time.perf_counter()
+                if checkpoint is not None:
+                    ckpt.save(checkpoint, plan.key, values, done)
+                stats.recorded.append(cid)
+                stats.workers.append(slot.position)
+                bar.update(int(fresh.sum()))
+                if on_chunk is not None:
+                    on_chunk(cid, slot.position)
+        except BaseException:  # (a failed check, a dead pool, an interrupt, the caller's on_chunk)
+            bar.close()
+            for ref in refs:  # the pool's next sweep does not wait behind this one's chunks
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            raise
         bar.close()
-        sample = sorted(random.Random(seed).sample(range(n), min(max(verify, 0), n)))
-        alive = next(s for s in slots if s.alive)
-        verified = ray.get(alive.handle.verify.remote(component, [plan.variants[i] for i in sample], values[sample]))
         stats.seconds = time.perf_counter() - start
+        stats.after_chunks_seconds = max(0.0, stats.seconds - (last_chunk - start)) if stats.recorded else stats.seconds
         return Result(values.reshape([len(plan.index[a]) for a in plan.axes]), plan.axes, component,
                       getattr(metric, "__name__", "metric"), clean=plan.clean, corrupted=plan.corrupted,
                       meta={"index": {a: plan.index[a] for a in plan.axes}, "direction": direction,

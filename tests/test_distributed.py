@@ -8,6 +8,7 @@ command's sweep on it.
 """
 import json
 import os
+import random
 import signal
 
 import pytest
@@ -17,7 +18,7 @@ import ray
 
 from interp.cli import main
 from interp.distributed import RaySweepPool
-from interp.errors import InterpError
+from interp.errors import InterpError, VerificationError
 from interp.checkpoint import save as _save_checkpoint
 from interp.sweep import sweep_patch
 from interp.tasks import PromptSet, ioi_examples
@@ -64,8 +65,16 @@ def test_same_bits_as_the_local_engine(pool, model, ioi4, reference):
     assert torch.equal(result.values, reference.values)
     assert (result.clean, result.corrupted) == (reference.clean, reference.corrupted)
     assert result.axes == reference.axes and result.meta["index"] == reference.meta["index"]
-    assert pool.stats.chunks == 12 and sorted(pool.stats.recorded) == list(range(12))
-    assert set(pool.stats.workers) == {0, 1}  # both workers computed chunks
+    stats = pool.stats
+    assert stats.chunks == 12 and sorted(stats.recorded) == list(range(12))
+    assert set(stats.workers) == {0, 1}  # both workers computed chunks
+    # The self-check's cells are in the chunks sent first, and it ran before the last chunk came
+    # back (not after the sweep, with the other worker idle).
+    plan = pool.plan(ioi4, "head_out", layers=SWEEP["layers"], memory_budget=SWEEP["memory_budget"])
+    sample = random.Random(0).sample(range(len(plan.variants)), 2)
+    first = {c for c, idx in enumerate(plan.chunks) if set(idx) & set(sample)}
+    assert set(stats.sent[:len(first)]) == first and stats.check_after < stats.chunks
+    assert result.meta["verified"]["cells"] == 2 and len(stats.sent) == 12
 
     # by position: chunks grouped by first patched position, as the local engine groups them
     by_pos = dict(component="head_out", by_pos=True, layers=[28, 29], positions=[2, 9, ioi4.n_pos - 1],
@@ -114,13 +123,22 @@ def test_crashed_driver_resumes_from_checkpoint(pool, ioi4, reference, tmp_path)
     values[saved] = 1234.0
     _save_checkpoint(ckpt, plan.key, values, done)
 
-    result = pool.sweep(ioi4, **SWEEP, checkpoint=ckpt)
+    result = pool.sweep(ioi4, **SWEEP, checkpoint=ckpt, verify=0)  # (the marks would fail the check)
     assert pool.stats.skipped == 3 and sorted(pool.stats.recorded + first) == list(range(12))
     flat, expected = result.values.flatten(), reference.values.flatten()
     assert (flat[saved] == 1234.0).all()
     rest = torch.ones(len(flat), dtype=torch.bool)
     rest[saved] = False
     assert torch.equal(flat[rest], expected[rest])
+
+    # The self-check reads the checkpoint's values too: a wrong one at a sampled cell fails it.
+    sample = random.Random(0).sample(range(len(flat)), 2)
+    values, done = result.values.flatten().clone(), torch.ones(len(flat), dtype=torch.bool)
+    values[sample] = 1234.0
+    _save_checkpoint(ckpt, plan.key, values, done)
+    with pytest.raises(VerificationError, match="disagrees with the reference loop"):
+        pool.sweep(ioi4, **SWEEP, checkpoint=ckpt)
+    assert pool.stats.skipped == 12 and pool.stats.sent == []
 
 
 def test_bad_input_is_one_line(pool):

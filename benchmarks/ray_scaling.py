@@ -22,7 +22,8 @@ the one-process engine kept from the previous sweep is released first, as each R
 its workers' engines anew. All three use the same chunks (the N-worker plan's memory budget), so
 their values must agree; the table shows the largest difference from the one-process run.
 Scaling efficiency is the speed-up over the number of devices (target: speed-up >= 1.8 on 2
-GPUs). A second table splits each Ray sweep's
+GPUs); the self-check column is each run's own evidence (``meta["verified"]``: its sampled cells
+against TransformerLens's hooked forward, on the fp32 copy for a bf16 model). A second table splits each Ray sweep's
 time (``SweepStats``): planning on worker 0, the busiest worker's seconds in chunks and the
 self-check, the idle rest, and the self-check with the part of it still running after the last
 chunk (it runs beside the chunks, on one worker). Random weights: speed does not depend on
@@ -156,13 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nhead_out {'by position' + part if by_pos else 'at all positions'}: {shape} ({str(dtype)[6:]}, random "
           f"weights), {args.batch} prompts x {args.seq} tokens, {cells} patches in {chunks} chunks (memory budget "
           f"{budget / 2**20:.2f} MiB), on {where}; {args.repeat} timed sweeps each, median (min-max)\n")
-    print("| run | devices | sweep s | speed-up | scaling efficiency | max abs diff vs one process | start s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | devices | sweep s | speed-up | scaling efficiency | max abs diff vs one process | "
+          "self-check vs the reference loop | start s |")
+    print("|---|---|---|---|---|---|---|---|")
     base = statistics.median(runs["one process"][1])
     for name, (n, times, result, start_s, _) in runs.items():
         diff = (result.values - local.values).abs().max().item()
         speed = statistics.median(pairs[n]) if name != "one process" else 1.0
-        print(f"| {name} | {n} | {spread(times)} | {speed:.2f}x | {speed / n:.0%} | {diff:.1e} | {start_s:.1f} |")
+        check = result.meta["verified"]
+        checked = (f"{check['max_abs_diff']:.1e} ({check['cells']} cells, {check.get('reference_dtype', '?')})"
+                   if check["cells"] else "none")
+        print(f"| {name} | {n} | {spread(times)} | {speed:.2f}x | {speed / n:.0%} | {diff:.1e} | {checked} | "
+              f"{start_s:.1f} |")
     print("\nEach Ray speed-up is the median over pairs of sweeps run one after the other (one process, then the "
           "pool): " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {min(r):.2f}x-{max(r):.2f}x"
                                 for n, r in sorted(pairs.items())) + ".")

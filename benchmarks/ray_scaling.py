@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", default=None, metavar="A-B",
                         help="by position, only positions A..B (a part of a long-prompt sweep)")
     parser.add_argument("--min-chunks", type=int, default=None, help="default: 8 per worker")
+    parser.add_argument("--warmup", default="sweep", choices=["sweep", "layer"],
+                        help="untimed run before the timed ones: the whole sweep (default), or its last "
+                             "layer only (long sweeps, where a compile is small beside the run)")
+    parser.add_argument("--no-one-worker", action="store_true", help="skip the Ray run with 1 worker")
     args = parser.parse_args(argv)
     if args.smoke:
         args.device, args.shape, args.batch, args.seq, args.repeat = "cpu", "tiny-llama", 4, 8, 1
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.batch, args.seq)
     sweep = dict(component="head_out", by_pos=by_pos, positions=positions, progress=False)
     min_chunks = args.min_chunks or 8 * args.workers
+    layers = spec.get("num_hidden_layers", spec.get("n_layer"))
+    warm = sweep if args.warmup == "sweep" else dict(sweep, layers=[layers - 1])
 
     import ray
 
@@ -125,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model = loader(device)  # the one process's replica (on the first GPU, beside worker 0's)
         runs["one process"] = [1, [], None, time.perf_counter() - t0, []]
-        for n in sorted({args.workers, 1}, reverse=True):
+        for n in sorted({args.workers} if args.no_one_worker else {args.workers, 1}, reverse=True):
             t0 = time.perf_counter()
             with RaySweepPool(loader, workers=n, device=device, threads=1 if device == "cpu" else None) as pool:
                 run = runs[f"Ray, {n} worker{'s' if n > 1 else ''}"] = [n, [], None, time.perf_counter() - t0, []]
                 if n == args.workers:  # the chunks of every run: min_chunks of the N-worker plan
                     budget = pool.plan(prompts, "head_out", by_pos, positions=positions,
                                        min_chunks=min_chunks).memory_budget
-                    sweep_patch(model, prompts, **sweep, memory_budget=budget)  # the one process's warm-up
-                pool.sweep(prompts, **sweep, memory_budget=budget)  # warm-up: the whole sweep, its chunks
+                    sweep_patch(model, prompts, **warm, memory_budget=budget)  # the one process's warm-up
+                pool.sweep(prompts, **warm, memory_budget=budget)
                 for _ in range(args.repeat):
                     # The machine's speed drifts over minutes (shared hosts, clocks): the pool's
                     # sweeps alternate with one-process ones and are compared in pairs.

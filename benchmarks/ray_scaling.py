@@ -9,9 +9,9 @@
 Three ways of running the same sweep, each after one untimed run of that sweep (CUDA context,
 and Triton kernels compiled for every chunk shape: a kernel first met in a timed sweep would add
 its compile time to one side only) and with the models already loaded, each timed ``--repeat`` times (median, min-max). The
-one-process replica stays loaded beside the pools (on the first GPU, beside worker 0's), and each
-pool sweep follows a one-process sweep: a machine's speed drifts over minutes, so a speed-up is
-the median of these pairs' ratios.
+one-process replica stays loaded beside the pools (on the first GPU, which one worker shares), and
+each pool sweep is paired with a one-process sweep run just before or after it (alternately): a
+machine's speed drifts over minutes, so a speed-up is the median of these pairs' ratios.
 
     1 device, one process    interp.sweep.sweep_patch, what a user runs without Ray
     Ray, 1 worker            the same through RaySweepPool (shows Ray's own overhead)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = {}  # run -> [one-process seconds / its seconds], of sweeps run one after the other
     try:
         t0 = time.perf_counter()
-        model = loader(device)  # the one process's replica (on the first GPU, beside worker 0's)
+        model = loader(device)  # the one process's replica, on the first GPU (which one worker shares)
         runs["one process"] = [1, [], None, time.perf_counter() - t0, []]
         for n in sorted({args.workers} if args.no_one_worker else {args.workers, 1}, reverse=True):
             t0 = time.perf_counter()
@@ -140,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
                                        min_chunks=min_chunks).memory_budget
                     sweep_patch(model, prompts, **warm, memory_budget=budget)  # the one process's warm-up
                 pool.sweep(prompts, **warm, memory_budget=budget)
-                for _ in range(args.repeat):
+                for r in range(args.repeat):
                     # The machine's speed drifts over minutes (shared hosts, clocks): the pool's
-                    # sweeps alternate with one-process ones and are compared in pairs.
-                    release(model, engine_only=True)  # each timed sweep builds its engine, as the workers do
-                    one, runs["one process"][2] = timed(
-                        lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget), device)
-                    runs["one process"][1].append(one)
+                    # sweeps alternate with one-process ones and are compared in pairs, the pair's
+                    # order alternating too (one process first, then the pool first, ...).
+                    def one_process():
+                        release(model, engine_only=True)  # each timed sweep builds its engine, as the workers do
+                        seconds, runs["one process"][2] = timed(
+                            lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget), device)
+                        runs["one process"][1].append(seconds)
+                        return seconds
+
+                    one = one_process() if r % 2 == 0 else None
                     seconds, run[2] = timed(lambda: pool.sweep(prompts, **sweep, memory_budget=budget), "cpu")
                     run[1].append(seconds)
                     run[4].append(pool.stats)
+                    one = one_process() if one is None else one
                     pairs.setdefault(n, []).append(one / seconds)
     finally:
         ray.shutdown()
@@ -166,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | devices | sweep s | speed-up | scaling efficiency | max abs diff vs one process | "
           "self-check vs the reference loop | start s |")
     print("|---|---|---|---|---|---|---|---|")
-    base = statistics.median(runs["one process"][1])
     for name, (n, times, result, start_s, _) in runs.items():
         diff = (result.values - local.values).abs().max().item()
         speed = statistics.median(pairs[n]) if name != "one process" else 1.0
@@ -175,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                    if check["cells"] else "none")
         print(f"| {name} | {n} | {spread(times)} | {speed:.2f}x | {speed / n:.0%} | {diff:.1e} | {checked} | "
               f"{start_s:.1f} |")
-    print("\nEach Ray speed-up is the median over pairs of sweeps run one after the other (one process, then the "
-          "pool): " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {min(r):.2f}x-{max(r):.2f}x"
+    print("\nEach Ray speed-up is the median over pairs of sweeps run one after the other (in alternating "
+          "order): " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {min(r):.2f}x-{max(r):.2f}x"
                                 for n, r in sorted(pairs.items())) + ".")
     print("\nwhere each Ray sweep's time went, median seconds (SweepStats):\n")
     print("| run | plan | busiest worker (chunks, check) | idle | self-check | of it after the last chunk | "

@@ -37,6 +37,18 @@ def save(path, key: str, values: torch.Tensor, done: torch.Tensor) -> None:
     os.replace(tmp, path)
 
 
+def set_aside(path) -> Path:
+    """Move the checkpoint at ``path`` to ``<name>.failed`` when its sweep's values failed their
+    self-check (``interp.verify``): the file stays there to look at, and the next run of the sweep
+    starts over instead of resuming those values (with the check off, it would return them
+    unchecked). Returns the new path."""
+    path = Path(path)
+    failed = path.with_name(path.name + ".failed")
+    if path.exists():
+        os.replace(path, failed)
+    return failed
+
+
 def load(path, key: str, values: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, done) from the file at ``path`` if it exists and belongs to this sweep, else the
     ones given."""

@@ -453,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except InterpError as exc:
-        print(f"interp {args.command}: error: {exc}", file=sys.stderr)
+        message = "; ".join([str(exc), *getattr(exc, "__notes__", [])])  # (a note: a checkpoint set aside)
+        print(f"interp {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interp {args.command}: interrupted", file=sys.stderr)

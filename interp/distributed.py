@@ -56,7 +56,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
+from interp.errors import InterpError, VerificationError
 from interp.metrics import logit_diff
 from interp.result import Result
 from interp import checkpoint as ckpt
@@ -161,6 +161,21 @@ class SweepWorker:
         self.engine.memory_budget = memory_budget
         values = self.engine.run(component, variants, progress=False)
         return values, time.perf_counter() - start
+
+
+def _get(ref):
+    """``ray.get(ref)``; an InterpError raised in a worker (a bad index, a failed self-check) is
+    raised here as itself, so that its message stays one line (Ray wraps it with the worker's
+    traceback)."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as err:
+        if isinstance(err.cause, InterpError):
+            raise err.cause from None
+        raise
 
 
 # ------------------------------------------------------------------------------------ connecting
@@ -368,8 +383,8 @@ class RaySweepPool:
         for _ in range(self.max_restarts + 1):
             first = self.handles[0]
             try:
-                return ray.get(first.plan.remote(prompts, direction, metric, memory_budget, component, by_pos,
-                                                 layers, heads, positions, min_chunks))
+                return _get(first.plan.remote(prompts, direction, metric, memory_budget, component, by_pos,
+                                              layers, heads, positions, min_chunks))
             except RayActorError:
                 self._kill(first)
                 self.handles[0] = self._new_actor()
@@ -396,7 +411,8 @@ class RaySweepPool:
                 chunk's id and the position in ``handles`` of the worker that computed it.
             verify: cells re-run through the reference loop on a worker (``interp.verify``; the
                 evidence is ``meta["verified"]``). Their chunks run first and the check runs
-                while the other workers compute the rest; a failed check stops the sweep.
+                while the other workers compute the rest; a failed check stops the sweep
+                (VerificationError) and moves the checkpoint aside (``interp.checkpoint.set_aside``).
         """
         import ray
         from ray.exceptions import RayActorError
@@ -429,7 +445,7 @@ class RaySweepPool:
                                         key=lambda c: c not in sampled))
         stats.chunks, stats.skipped = len(plan.chunks), len(plan.chunks) - len(todo)
         check = "waiting"  # -> "ready" (every sampled cell has its value) -> "sent" -> "done"
-        verified, last_chunk = None, time.perf_counter()
+        verified, last_chunk = None, None
         bar = tqdm(total=n, initial=int(done.sum()), desc=f"sweep {component} on {self.workers} workers",
                    disable=not progress, leave=False)
         restarts = self.max_restarts
@@ -450,12 +466,13 @@ class RaySweepPool:
                             stats.sent.append(cid)
                         slot.busy += 1
                 if not refs:
+                    left = f"{len(todo)} chunks" + (" and the self-check" if check != "done" else "")
                     raise InterpError(f"every Ray worker died and {self.max_restarts} replacements were used up; "
-                                      f"{len(todo)} chunks left (resume from the checkpoint)")
+                                      f"{left} left (resume from the checkpoint)")
                 (ref,), _ = ray.wait(list(refs), num_returns=1)
                 slot, task, cid = refs.pop(ref)
                 try:
-                    out = ray.get(ref)
+                    out = _get(ref)
                 except RayActorError:  # the worker is gone: its chunks (or the check) go back in the queue
                     if task == "chunk":
                         todo.appendleft(cid)
@@ -495,15 +512,17 @@ class RaySweepPool:
                 bar.update(int(fresh.sum()))
                 if on_chunk is not None:
                     on_chunk(cid, slot.position)
-        except BaseException:  # (a failed check, a dead pool, an interrupt, the caller's on_chunk)
+        except BaseException as err:  # (a failed check, a dead pool, an interrupt, the caller's on_chunk)
             bar.close()
+            if checkpoint is not None and isinstance(err, VerificationError):
+                err.add_note(f"the checkpoint was moved to {ckpt.set_aside(checkpoint)}: its values failed the check")
             for ref in refs:  # the pool's next sweep does not wait behind this one's chunks
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
             raise
         bar.close()
         stats.seconds = time.perf_counter() - start
-        stats.after_chunks_seconds = max(0.0, stats.seconds - (last_chunk - start)) if stats.recorded else stats.seconds
+        stats.after_chunks_seconds = stats.seconds - ((last_chunk - start) if stats.recorded else stats.plan_seconds)
         return Result(values.reshape([len(plan.index[a]) for a in plan.axes]), plan.axes, component,
                       getattr(metric, "__name__", "metric"), clean=plan.clean, corrupted=plan.corrupted,
                       meta={"index": {a: plan.index[a] for a in plan.axes}, "direction": direction,

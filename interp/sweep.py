@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 
 from interp import checkpoint as ckpt
 from interp.components import ABLATIONS, Variant, get_component
-from interp.errors import ComponentError, EngineUnsupported, InterpError
+from interp.errors import ComponentError, EngineUnsupported, InterpError, VerificationError
 from interp.hooks import sweep_index
 from interp.interventions import HEAD_KINDS, EditSet, model_edits
 from interp.kernels import head_scatter, norm_logit_diff, prefix_attention
@@ -910,7 +910,12 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
                 held.join()
         raise
     del held
-    verified = check.check(values)
+    try:
+        verified = check.check(values)
+    except VerificationError as err:
+        if checkpoint is not None:
+            err.add_note(f"the checkpoint was moved to {ckpt.set_aside(checkpoint)}: its values failed the check")
+        raise
     clean, corrupted = engine.clean_and_corrupted()
     meta = {"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),
             "engine": "batched", "verified": verified}

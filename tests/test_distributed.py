@@ -18,7 +18,7 @@ import ray
 
 from interp.cli import main
 from interp.distributed import RaySweepPool
-from interp.errors import InterpError, VerificationError
+from interp.errors import ComponentError, InterpError, VerificationError
 from interp.checkpoint import save as _save_checkpoint
 from interp.sweep import sweep_patch
 from interp.tasks import PromptSet, ioi_examples
@@ -68,8 +68,8 @@ def test_same_bits_as_the_local_engine(pool, model, ioi4, reference):
     stats = pool.stats
     assert stats.chunks == 12 and sorted(stats.recorded) == list(range(12))
     assert set(stats.workers) == {0, 1}  # both workers computed chunks
-    # The self-check's cells are in the chunks sent first, and it ran before the last chunk came
-    # back (not after the sweep, with the other worker idle).
+    # The self-check's cells are in the chunks sent first, and the check was sent before the last
+    # chunk came back (not after the sweep, with the other worker idle).
     plan = pool.plan(ioi4, "head_out", layers=SWEEP["layers"], memory_budget=SWEEP["memory_budget"])
     sample = random.Random(0).sample(range(len(plan.variants)), 2)
     first = {c for c, idx in enumerate(plan.chunks) if set(idx) & set(sample)}
@@ -136,12 +136,19 @@ def test_crashed_driver_resumes_from_checkpoint(pool, ioi4, reference, tmp_path)
     values, done = result.values.flatten().clone(), torch.ones(len(flat), dtype=torch.bool)
     values[sample] = 1234.0
     _save_checkpoint(ckpt, plan.key, values, done)
-    with pytest.raises(VerificationError, match="disagrees with the reference loop"):
+    with pytest.raises(VerificationError, match="disagrees with the reference loop") as failed:
         pool.sweep(ioi4, **SWEEP, checkpoint=ckpt)
     assert pool.stats.skipped == 12 and pool.stats.sent == []
+    # ... and the file is set aside: a rerun starts over rather than reading those values unchecked.
+    aside = ckpt.with_name(ckpt.name + ".failed")
+    assert not ckpt.exists() and aside.exists() and str(aside) in "".join(failed.value.__notes__)
 
 
-def test_bad_input_is_one_line(pool):
+def test_bad_input_is_one_line(pool, ioi4):
+    # raised on worker 0 while it plans: the error itself, not Ray's wrapper with its traceback
+    with pytest.raises(ComponentError, match=r"layer index 99 out of range \(0\.\.29\)") as bad:
+        pool.sweep(ioi4, "head_out", layers=[99], progress=False)
+    assert type(bad.value) is ComponentError and "\n" not in str(bad.value)
     with pytest.raises(InterpError, match="workers must be an integer >= 1"):
         RaySweepPool(None, workers=0)
     with pytest.raises(InterpError, match="no Ray cluster reachable at 127.0.0.1:1"):

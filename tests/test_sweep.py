@@ -11,7 +11,7 @@ import torch
 
 import interp
 from interp import patch
-from interp.errors import InterpError
+from interp.errors import InterpError, VerificationError
 from interp.metrics import answer_prob, logit_diff
 from interp.sweep import SweepEngine, sweep_patch
 
@@ -137,6 +137,28 @@ def test_checkpoint_of_another_sweep_is_refused(model, prompts, tmp_path):
     ckpt.write_bytes(b"garbage")
     with pytest.raises(InterpError, match="unreadable"):
         sweep_patch(model, prompts, "head_out", layers=[29], checkpoint=ckpt, progress=False)
+
+
+def test_checkpoint_that_fails_the_check_is_set_aside(model, prompts, tmp_path):
+    """Wrong values in a checkpoint (here written by hand at every cell) fail the self-check of the
+    sweep that resumes it, and the file is moved to .failed: a rerun with the check off would
+    otherwise return them unchecked."""
+    from safetensors import safe_open
+
+    from interp.checkpoint import save
+
+    ckpt = tmp_path / "c.ckpt"
+    sweep = dict(layers=[29], checkpoint=ckpt, progress=False)
+    sweep_patch(model, prompts, "head_out", **sweep)
+    with safe_open(str(ckpt), "pt") as f:
+        key, values, done = f.metadata()["key"], f.get_tensor("values"), f.get_tensor("done").bool()
+    save(ckpt, key, values + 1.0, done)
+    with pytest.raises(VerificationError, match="disagrees with the reference loop") as failed:
+        sweep_patch(model, prompts, "head_out", **sweep)
+    aside = tmp_path / "c.ckpt.failed"
+    assert not ckpt.exists() and aside.exists() and str(aside) in "".join(failed.value.__notes__)
+    again = sweep_patch(model, prompts, "head_out", **dict(sweep, checkpoint=ckpt), verify=0)
+    assert torch.equal(again.values.flatten(), values)  # computed again, not read from the file
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])

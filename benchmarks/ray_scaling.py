@@ -53,7 +53,10 @@ def build(shape: str, dtype: torch.dtype, device: str):
     each Ray worker."""
     from interp import bench
 
-    return bench.random_model(shape, device, dtype)
+    model = bench.random_model(shape, device, dtype)
+    if device == "cuda":  # building it peaked at ~4x its bf16 size: give the rest back for the other replica
+        torch.cuda.empty_cache()
+    return model
 
 
 def timed(fn, device: str) -> tuple[float, object]:
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed run before the timed ones: the whole sweep (default), or its last "
                              "layer only (long sweeps, where a compile is small beside the run)")
     parser.add_argument("--no-one-worker", action="store_true", help="skip the Ray run with 1 worker")
+    parser.add_argument("--verify", type=int, default=2,
+                        help="cells of each sweep's self-check (0: none, on both sides; random bf16 weights "
+                             "can exceed the check's bf16 tolerance, and then every sweep refuses)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.device, args.shape, args.batch, args.seq, args.repeat = "cpu", "tiny-llama", 4, 8, 1
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = spec["vocab_size"]
     prompts = bench.random_prompts(SimpleNamespace(cfg=SimpleNamespace(d_vocab=vocab, device="cpu")),
                                    args.batch, args.seq)
-    sweep = dict(component="head_out", by_pos=by_pos, positions=positions, progress=False)
+    sweep = dict(component="head_out", by_pos=by_pos, positions=positions, progress=False, verify=args.verify)
     min_chunks = args.min_chunks or 8 * args.workers
     layers = spec.get("num_hidden_layers", spec.get("n_layer"))
     warm = sweep if args.warmup == "sweep" else dict(sweep, layers=[layers - 1])

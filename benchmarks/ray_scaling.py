@@ -133,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
              include_dashboard=False, logging_level="WARNING")
     runs = {}  # name -> (devices, [sweep seconds], Result, seconds to start, [SweepStats])
     pairs = {}  # run -> [one-process seconds / its seconds], of sweeps run one after the other
+
+    def one_process(budget: int) -> float:
+        """One timed sweep_patch on the driver's replica, with an engine built for it, as the workers do."""
+        release(model, engine_only=True)
+        seconds, runs["one process"][2] = timed(lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget),
+                                                device)
+        runs["one process"][1].append(seconds)
+        return seconds
+
     try:
         t0 = time.perf_counter()
         model = loader(device)  # the one process's replica, on the first GPU (which one worker shares)
@@ -150,18 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                     # The machine's speed drifts over minutes (shared hosts, clocks): the pool's
                     # sweeps alternate with one-process ones and are compared in pairs, the pair's
                     # order alternating too (one process first, then the pool first, ...).
-                    def one_process():
-                        release(model, engine_only=True)  # each timed sweep builds its engine, as the workers do
-                        seconds, runs["one process"][2] = timed(
-                            lambda: sweep_patch(model, prompts, **sweep, memory_budget=budget), device)
-                        runs["one process"][1].append(seconds)
-                        return seconds
-
-                    one = one_process() if r % 2 == 0 else None
+                    one = one_process(budget) if r % 2 == 0 else None
                     seconds, run[2] = timed(lambda: pool.sweep(prompts, **sweep, memory_budget=budget), "cpu")
                     run[1].append(seconds)
                     run[4].append(pool.stats)
-                    one = one_process() if one is None else one
+                    one = one_process(budget) if one is None else one
                     pairs.setdefault(n, []).append(one / seconds)
     finally:
         ray.shutdown()
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         med = lambda f: statistics.median(map(f, stats))  # noqa: E731
         print(f"| {name} | {med(lambda s: s.plan_seconds):.2f} | {med(lambda s: max(s.busy.values())):.2f} | "
-              f"{med(lambda s: s.overhead()['idle']):.2f} | {med(lambda s: s.check_seconds):.2f} | "
+              f"{med(lambda s: s.idle_seconds):.2f} | {med(lambda s: s.check_seconds):.2f} | "
               f"{med(lambda s: s.after_chunks_seconds):.2f} | {med(lambda s: sum(s.busy.values())):.2f} |")
     speedup = statistics.median(pairs[args.workers])
     target = 0.9 * args.workers

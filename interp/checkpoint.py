@@ -37,15 +37,17 @@ def save(path, key: str, values: torch.Tensor, done: torch.Tensor) -> None:
     os.replace(tmp, path)
 
 
-def set_aside(path) -> Path:
-    """Move the checkpoint at ``path`` to ``<name>.failed`` when its sweep's values failed their
-    self-check (``interp.verify``): the file stays there to look at, and the next run of the sweep
-    starts over instead of resuming those values (with the check off, it would return them
-    unchecked). Returns the new path."""
+def set_aside(path, failure: Exception) -> Path:
+    """Move the checkpoint at ``path`` to ``<name>.failed`` because its sweep's values failed their
+    self-check (``failure``, an ``interp.verify`` VerificationError, gets a note saying where the
+    file went): the file stays there to look at, and the next run of the sweep starts over instead
+    of resuming those values (with the check off, it would return them unchecked). Returns the
+    new path."""
     path = Path(path)
     failed = path.with_name(path.name + ".failed")
     if path.exists():
         os.replace(path, failed)
+    failure.add_note(f"the checkpoint was moved to {failed}: its values failed the check")
     return failed
 
 

@@ -250,14 +250,12 @@ class SweepStats:
     after_chunks_seconds: float = 0.0  # from the last chunk recorded to the end: the check's unhidden part
     busy: dict[int, float] = field(default_factory=dict)  # pool position -> seconds in chunks and the check
 
-    def overhead(self) -> dict[str, float]:
-        """Where the sweep's time went besides the busiest worker's work: ``plan`` (no chunk runs
-        before it), ``idle`` (the rest of the sweep minus the busiest worker's seconds: dispatch,
-        round trips, and the end of the sweep, when the other workers have run out of chunks) and
-        ``after_chunks`` (the self-check still running when the last chunk came back)."""
-        busiest = max(self.busy.values(), default=0.0)
-        return {"plan": self.plan_seconds, "idle": max(0.0, self.seconds - self.plan_seconds - busiest),
-                "after_chunks": self.after_chunks_seconds}
+    @property
+    def idle_seconds(self) -> float:
+        """The sweep's time after the plan that the busiest worker did not spend in its tasks:
+        dispatch, round trips, and the end of the sweep, when the other workers had run out of
+        chunks."""
+        return max(0.0, self.seconds - self.plan_seconds - max(self.busy.values(), default=0.0))
 
 
 class RaySweepPool:
@@ -515,7 +513,7 @@ class RaySweepPool:
         except BaseException as err:  # (a failed check, a dead pool, an interrupt, the caller's on_chunk)
             bar.close()
             if checkpoint is not None and isinstance(err, VerificationError):
-                err.add_note(f"the checkpoint was moved to {ckpt.set_aside(checkpoint)}: its values failed the check")
+                ckpt.set_aside(checkpoint, err)
             for ref in refs:  # the pool's next sweep does not wait behind this one's chunks
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)

@@ -914,7 +914,7 @@ def sweep_patch(model, prompts: PromptSet, component: str, by_pos: bool = False,
         verified = check.check(values)
     except VerificationError as err:
         if checkpoint is not None:
-            err.add_note(f"the checkpoint was moved to {ckpt.set_aside(checkpoint)}: its values failed the check")
+            ckpt.set_aside(checkpoint, err)
         raise
     clean, corrupted = engine.clean_and_corrupted()
     meta = {"index": {a: index[a] for a in axes}, "direction": direction, "n_prompts": len(prompts),

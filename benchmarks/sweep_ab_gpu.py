@@ -4,6 +4,7 @@ commits on one machine (run it on each, alternating, then `--compare`).
 
     python3 benchmarks/sweep_ab_gpu.py --save /tmp/new.pt
     python3 benchmarks/sweep_ab_gpu.py --compare /tmp/old.pt /tmp/new.pt
+    python3 benchmarks/sweep_ab_gpu.py --rows smollm2-135m:64:pos:3,gpt2-small:16:pos:7,gpt2-small:64:pos:3
 """
 import argparse
 import statistics
@@ -19,7 +20,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--save", help="file to save the values of every row to")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two saved files: max abs diff per row")
+    p.add_argument("--rows", help="instead of the default rows: SHAPE:TOKENS:pos|all:CALLS,... (16 prompts each)")
     a = p.parse_args()
+    rows = ROWS
+    if a.rows:
+        try:
+            rows = [(shape, 16, int(tokens), where == "pos", int(calls))
+                    for shape, tokens, where, calls in (row.split(":") for row in a.rows.split(","))]
+        except ValueError:
+            p.error(f"--rows must be SHAPE:TOKENS:pos|all:CALLS,..., got {a.rows!r}")
     if a.compare:
         x, y = (torch.load(f) for f in a.compare)
         for key in x:
@@ -30,7 +39,7 @@ def main() -> None:
     from interp.sweep import sweep_patch
 
     values = {}
-    for shape, B, S, by_pos, calls in ROWS:
+    for shape, B, S, by_pos, calls in rows:
         model = random_model(shape, "cuda", torch.bfloat16)
         prompts = random_prompts(model, B, S)
 

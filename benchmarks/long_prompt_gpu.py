@@ -4,18 +4,20 @@
                                                             # 16 prompts x 128 tokens, positions 0-7
     python benchmarks/long_prompt_gpu.py --positions 0-127  # the whole sweep (~25 min on one H200)
 
-The whole sweep in parts of under 10 minutes each, on one machine (each part a separate sweep over
-its positions, its values and time saved), then joined: the time is the sum of the parts', the peak
-memory the largest; the parts split the FLOP floor in quarters:
+The whole sweep in parts, in one process (one model build), each part a separate sweep over its
+positions whose values, time and peak memory are saved as soon as it ends; then joined: the time is
+the sum of the parts', the peak memory the largest. Parts of equal floor (~4 min each on one H200),
+positions 0-7 (measured alone before) last:
 
-    python benchmarks/long_prompt_gpu.py --positions 0-17 --save /tmp/part1.pt     # and 18-37, 38-63, 64-127
-    python benchmarks/long_prompt_gpu.py --join /tmp/part1.pt /tmp/part2.pt /tmp/part3.pt /tmp/part4.pt
+    python benchmarks/long_prompt_gpu.py --parts 8-20,21-35,36-53,54-77,78-127,0-7 --save-dir /tmp/lp --no-self-check
+    python benchmarks/long_prompt_gpu.py --join /tmp/lp/part_*.pt
 
 The first positions are the longest suffixes (each patch at position p recomputes positions >= p),
 so a run over positions 0-7 is the sweep's largest working set: if it fits, the whole sweep fits.
 Its time against the floor of those positions (``interp.bench.floor_flops``) gives the rate, and the
 whole sweep's time at that rate is printed as an estimate (labelled so). Eight cells are checked
-against TransformerLens's loop (``get_act_patch_attn_head_out_by_pos``) in the same run. The timed
+against TransformerLens's loop (``get_act_patch_attn_head_out_by_pos``) in the same run, spread over
+the positions run. The timed
 sweep runs with ``verify=0``; the engine's own self-check (a fp32 twin) is run apart and reported,
 refusal included. Random weights: speed does not depend on the values.
 """
@@ -35,15 +37,9 @@ def _positions(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    import pandas as pd
     import torch
-    from transformer_lens import patching
 
-    from interp.bench import floor_flops
-    from interp.errors import EngineUnsupported
-    from interp.metrics import logit_diff
     from interp.random_models import random_model, random_prompts
-    from interp.sweep import sweep_patch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="llama-2-7b")
@@ -51,13 +47,40 @@ def main(argv=None) -> int:
     p.add_argument("--n-pos", type=int, default=128)
     p.add_argument("--positions", default="0-7", help="first-last position patched (default 0-7)")
     p.add_argument("--save", type=Path, help="write this part's values, time and peak memory here (torch.save)")
+    p.add_argument("--parts", help="several parts in one process, one model build: first-last,first-last,...; "
+                                   "each part is saved to --save-dir as soon as it ends")
+    p.add_argument("--save-dir", type=Path, help="with --parts: where each part's file goes")
+    p.add_argument("--no-self-check", action="store_true", help="skip the engine's fp32 self-check at the end")
     p.add_argument("--join", type=Path, nargs="+", help="join saved parts into the whole sweep's row, and stop")
     a = p.parse_args(argv)
     if a.join:
         return join(a.join)
-    pos = _positions(a.positions)
+    if a.parts and not a.save_dir:
+        print("error: --parts needs --save-dir", file=sys.stderr)
+        return 2
+    parts = [_positions(t) for t in a.parts.split(",")] if a.parts else [_positions(a.positions)]
     model = random_model(a.shape, "cuda", torch.bfloat16)
     prompts = random_prompts(model, a.batch, a.n_pos)
+    results = {}
+    for pos in parts:
+        part = run_part(model, prompts, pos, a)
+        results.update({q: part["values"][:, i] for i, q in enumerate(pos)})
+        path = a.save if not a.parts else a.save_dir / f"part_{pos[0]:03d}-{pos[-1]:03d}.pt"
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(part, path)
+    check(model, prompts, results, a)
+    return 0
+
+
+def run_part(model, prompts, pos: list[int], a) -> dict:
+    """One timed sweep (``verify=0``) over the patches at positions ``pos``: its values, time, peak
+    memory and floor, printed as one line."""
+    import torch
+
+    from interp.bench import floor_flops
+    from interp.sweep import sweep_patch
+
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -72,15 +95,26 @@ def main(argv=None) -> int:
           f"time vs floor {took / (floor / 790e12):.2f}x ({floor / took / 1e12:.0f} TFLOP/s); "
           f"whole sweep: floor {whole / 790e12 / 60:.1f} min, estimated at this rate {whole / (floor / took) / 60:.1f} min",
           flush=True)
+    return {"shape": a.shape, "batch": a.batch, "n_pos": a.n_pos, "positions": pos, "seconds": took,
+            "peak_gib": peak, "floor_flops": floor, "whole_floor_flops": whole, "values": result.values}
 
-    if a.save:
-        torch.save({"shape": a.shape, "batch": a.batch, "n_pos": a.n_pos, "positions": pos, "seconds": took,
-                    "peak_gib": peak, "floor_flops": floor, "whole_floor_flops": whole, "values": result.values}, a.save)
+
+def check(model, prompts, values: dict, a) -> None:
+    """Eight cells, spread over the positions run, against TransformerLens's loop in the same
+    process; then the engine's own self-check (fp32 twin, 2 cells) unless ``--no-self-check``."""
+    import pandas as pd
+    import torch
+    from transformer_lens import patching
+
+    from interp.errors import EngineUnsupported
+    from interp.metrics import logit_diff
+    from interp.sweep import sweep_patch
 
     metric = lambda logits: logit_diff(logits, prompts).mean()  # noqa: E731
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    ran = sorted(values)
     cells = pd.DataFrame({"layer": [0, 3 % L, 9 % L, 15 % L, 20 % L, 26 % L, L - 2, L - 1],
-                          "pos": [pos[i % len(pos)] for i in (0, 7, 2, 5, 1, 6, 3, 4)],
+                          "pos": [ran[(i * len(ran)) // 8] for i in (0, 7, 2, 5, 1, 6, 3, 4)],
                           "head": [5 % H, 0, H - 1, 12 % H, 7 % H, 19 % H, 2 % H, H - 2]})
     with torch.no_grad():
         _, cache = model.run_with_cache(prompts.clean_tokens)
@@ -89,19 +123,21 @@ def main(argv=None) -> int:
                                                          index_axis_names=None, index_df=cells)
         torch.cuda.synchronize()
     per_cell = (time.perf_counter() - t) / len(cells)
-    ours = torch.stack([result.values[l, p - pos[0], h] for l, p, h in cells.itertuples(index=False)])
-    print(f"vs TransformerLens on {len(cells)} cells: max abs diff {(ours - tl.float().cpu()).abs().max().item():.2e}; "
-          f"TransformerLens {per_cell * 1e3:.0f} ms per cell, {per_cell * a.n_pos * L * H / 60:.0f} min for the whole "
-          "sweep", flush=True)
+    ours = torch.stack([values[p][l, h] for l, p, h in cells.itertuples(index=False)])
+    print(f"vs TransformerLens on {len(cells)} cells (positions {sorted(set(cells.pos))}): max abs diff "
+          f"{(ours - tl.float().cpu()).abs().max().item():.2e}; TransformerLens {per_cell * 1e3:.0f} ms per cell, "
+          f"{per_cell * a.n_pos * L * H / 60:.0f} min for the whole sweep", flush=True)
     del cache
     torch.cuda.empty_cache()
+    if a.no_self_check:
+        return
     try:
-        check = sweep_patch(model, prompts, "head_out", by_pos=True, positions=pos[:1], layers=[0, L - 1],
+        first = ran[0]
+        check = sweep_patch(model, prompts, "head_out", by_pos=True, positions=[first], layers=[0, L - 1],
                             progress=False, verify=2)
         print("self-check (fp32 twin, 2 cells):", check.meta["verified"])
     except EngineUnsupported as err:
         print("self-check refused:", err)
-    return 0
 
 
 def join(paths: list[Path]) -> int:

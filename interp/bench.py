@@ -27,12 +27,15 @@ from interp.metrics import logit_diff
 from interp.random_models import SHAPES, random_model, random_prompts  # noqa: F401 (re-exported)
 from interp.tasks.prompts import PromptSet
 
-def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool, positions=None) -> float:
+def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool, positions=None, attention: bool = True) -> float:
     """FLOPs of the minimal exact recomputation of a head-output sweep (by position: of the
     patches at ``positions``, default all).
 
-    A patch of head h at layer l (at position p) must recompute layer l's MLP and every later
-    layer, at positions >= p only (attending to all earlier keys), and two logits per example.
+    A patch of head h at layer l must recompute layer l's MLP and every later layer, and two
+    logits per example. By position (at p): layer l's MLP at position p alone (the head's output
+    changed there only), the later layers at positions >= p (attending to all earlier keys).
+    ``attention=False``: the matrix products with the weights alone, without attention's scores
+    and weighted sums.
     """
     d, H, dh, L = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.n_layers
     Hkv = cfg.n_key_value_heads or H
@@ -42,9 +45,9 @@ def floor_flops(cfg, batch: int, n_pos: int, by_pos: bool, positions=None) -> fl
     for p0 in ((range(n_pos) if positions is None else positions) if by_pos else [0]):
         S = n_pos - p0
         ctx = sum(range(p0 + 1, n_pos + 1))  # keys seen by the recomputed queries
-        attn_layer = S * proj + 4 * H * dh * ctx
+        attn_layer = S * proj + 4 * H * dh * ctx * attention
         for l in range(L):
-            per_variant = S * mlp + (L - 1 - l) * (S * mlp + attn_layer) + 4 * d
+            per_variant = (1 if by_pos else S) * mlp + (L - 1 - l) * (S * mlp + attn_layer) + 4 * d
             total += H * batch * per_variant
     return total
 

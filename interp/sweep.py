@@ -112,6 +112,11 @@ GRAPH_MAX_SHARE = 1 / 16  # the largest working set (share of GPU memory) record
 # launch wastes at most that; a larger sweep would run before its own progress bar, and the checks'
 # ~20 ms are noise beside it.
 LAUNCH_MAX_FLOPS = 2e14
+# By-position patches that change the residual stream before layer l's MLP at their position alone
+# (a head's output, its query or its pattern at one query position, attn_out): the MLP of layer l
+# runs for that position only (``SweepEngine._after_mlp``). k and v patches change the attention of
+# every later position, resid_pre and mlp_out start elsewhere.
+ONE_POSITION_BEFORE_MLP = ("head_out", "head_q", "head_pattern", "attn_out")
 
 
 class SweepEngine:
@@ -446,11 +451,15 @@ class SweepEngine:
     def starts(self, component: str, variants: list[Variant], p0: int):
         """The blocks ``run_suffix`` takes for a chunk of variants sharing p0: ``start_of`` of each,
         except head outputs, whose variants of one layer form one block through the fused scatter
-        kernel (one W_O product per variant, added to the residual)."""
+        kernel (one W_O product per variant, added to the residual). A by-position patch that
+        changes position p0 alone before the MLP starts after that MLP (``_after_mlp``)."""
         if component != "head_out":
             blocks = []
             for i, v in enumerate(variants):
                 layer, point, x = self.start_of(component, v)
+                if v.pos is not None and component in ONE_POSITION_BEFORE_MLP:
+                    layer, point, x = self._after_mlp(layer, x[None, :, 0], p0)
+                    x = x[0]
                 blocks.append((layer, point, x[None], [i]))
             return blocks
         base, src = self.cache("base"), self.cache("source")
@@ -458,16 +467,28 @@ class SweepEngine:
         for l in sorted({v.layer for v in variants}):
             idx = [i for i, v in enumerate(variants) if v.layer == l]
             heads = self._index([variants[i].head for i in idx])
+            if variants[idx[0]].pos is not None:  # by position: the head's output changes at p0 only
+                diff = (src.z[l][:, p0] - base.z[l][:, p0])[:, heads]  # [B, V, dh]
+                x0 = head_scatter(base.resid_mid[l][:, p0], diff.transpose(0, 1).contiguous(), self.w.W_O[l], heads)
+                out.append((*self._after_mlp(l, x0, p0), idx))
+                continue
             B, T = base.z[l].shape[:2]
-            S = T - p0
-            dz = torch.zeros(len(idx), B, S, base.z[l].shape[-1], device=self.device, dtype=base.z[l].dtype)
-            n = S if variants[idx[0]].pos is None else 1  # a by-position patch changes position p0 only
-            diff = (src.z[l][:, p0:p0 + n] - base.z[l][:, p0:p0 + n])[:, :, heads]  # [B, n, V, dh]
-            dz[:, :, :n] = diff.permute(2, 0, 1, 3)
-            resid = base.resid_mid[l][:, p0:].reshape(B * S, -1)
-            x = head_scatter(resid, dz.reshape(len(idx), B * S, -1), self.w.W_O[l], heads)
-            out.append((l, "mid", x.reshape(len(idx), B, S, -1), idx))
+            dz = (src.z[l] - base.z[l])[:, :, heads].permute(2, 0, 1, 3)  # [V, B, T, dh]
+            x = head_scatter(base.resid_mid[l].reshape(B * T, -1), dz.reshape(len(idx), B * T, -1), self.w.W_O[l], heads)
+            out.append((l, "mid", x.reshape(len(idx), B, T, -1), idx))
         return out
+
+    def _after_mlp(self, layer: int, x0: torch.Tensor, p0: int) -> tuple[int, str, torch.Tensor]:
+        """(layer + 1, "pre", x [n, B, S, d]) for n variants whose residual stream before ``layer``'s
+        MLP differs from the base run at position p0 alone (x0 [n, B, d] there): at the later
+        positions the MLP reads the base run's input, so it returns the base run's output, and only
+        position p0 goes through it. After the last layer: (L, "final", x)."""
+        w, base, L = self.w, self.cache("base"), self.cfg.n_layers
+        x0, _ = w.add_norm(x0, w.mlp_normed(layer, w.norm(x0, w.ln2[layer])), None)
+        after = base.resid_pre[layer + 1] if layer + 1 < L else base.final  # [B, T, d]
+        x = after[None, :, p0:].repeat(len(x0), 1, 1, 1)
+        x[:, :, 0] = x0
+        return (layer + 1, "pre", x) if layer + 1 < L else (L, "final", x)
 
     def _edited(self, l, heads, z_new, p0):
         """z_new [B, S, len(heads), dh] of ``heads`` at positions p0.. with layer l's z edits applied

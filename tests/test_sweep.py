@@ -208,3 +208,26 @@ def test_an_unrelated_runtime_error_is_not_taken_for_out_of_memory(model, prompt
     monkeypatch.setattr(SweepEngine, "run_suffix", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         engine.run("head_out", variants, progress=False)
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("by_pos", [False, True], ids=["all_pos", "by_pos"])
+def test_the_flop_floor_is_the_engines_work(family, by_pos):
+    """The matrix products a head sweep runs (torch's FLOP counter) are the floor that BENCHMARKS.md
+    divides by (``interp.bench.floor_flops``), plus at most 3% (the W_O product of the patched head
+    and the readout): a floor above them would flatter every "time vs floor" ratio, and work far
+    above it (layer l's MLP at every later position of a by-position patch) would be waste."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from interp.bench import floor_flops
+    from interp.random_models import random_model, random_prompts
+
+    model = random_model(family, "cpu", torch.float32)
+    prompts = random_prompts(model, batch=3, n_pos=12)
+    engine = SweepEngine(model, prompts)
+    engine.cache_both()  # the two cached runs are not the sweep's work
+    _, _, variants = engine.variants("head_out", by_pos)
+    with FlopCounterMode(display=False) as counter:  # attention runs as one fused op, not counted
+        engine.run("head_out", variants, progress=False)
+    floor = floor_flops(model.cfg, 3, 12, by_pos, attention=False)
+    assert floor <= counter.get_total_flops() <= 1.03 * floor

@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def _positions(text: str) -> list[int]:
+    """"A-B" (or "A") as the positions A..B; [] when it is not that."""
     lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
+    hi = hi or lo
+    return list(range(int(lo), int(hi) + 1)) if lo.isdigit() and hi.isdigit() else []
 
 
 def main(argv=None) -> int:
@@ -59,6 +61,10 @@ def main(argv=None) -> int:
         print("error: --parts needs --save-dir", file=sys.stderr)
         return 2
     parts = [_positions(t) for t in a.parts.split(",")] if a.parts else [_positions(a.positions)]
+    if not all(part and 0 <= part[0] and part[-1] < a.n_pos for part in parts):
+        print(f"error: positions must be A-B with 0 <= A <= B < --n-pos ({a.n_pos}), got "
+              f"{a.parts or a.positions!r}", file=sys.stderr)
+        return 2
     model = random_model(a.shape, "cuda", torch.bfloat16)
     prompts = random_prompts(model, a.batch, a.n_pos)
     results = {}
@@ -133,9 +139,9 @@ def check(model, prompts, values: dict, a) -> None:
         return
     try:
         first = ran[0]
-        check = sweep_patch(model, prompts, "head_out", by_pos=True, positions=[first], layers=[0, L - 1],
-                            progress=False, verify=2)
-        print("self-check (fp32 twin, 2 cells):", check.meta["verified"])
+        twin = sweep_patch(model, prompts, "head_out", by_pos=True, positions=[first], layers=[0, L - 1],
+                           progress=False, verify=2)
+        print("self-check (fp32 twin, 2 cells):", twin.meta["verified"])
     except EngineUnsupported as err:
         print("self-check refused:", err)
 

@@ -457,10 +457,10 @@ class SweepEngine:
             blocks = []
             for i, v in enumerate(variants):
                 layer, point, x = self.start_of(component, v)
+                x = x[None]
                 if v.pos is not None and component in ONE_POSITION_BEFORE_MLP:
-                    layer, point, x = self._after_mlp(layer, x[None, :, 0], p0)
-                    x = x[0]
-                blocks.append((layer, point, x[None], [i]))
+                    layer, point, x = self._after_mlp(layer, x[:, :, 0], p0)
+                blocks.append((layer, point, x, [i]))
             return blocks
         base, src = self.cache("base"), self.cache("source")
         out = []
